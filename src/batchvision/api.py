@@ -1,0 +1,255 @@
+"""``batchvision.run``: the one entry point the CLI and Python users share."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from batchvision import __version__
+from batchvision.config import RunConfig
+from batchvision.engines.base import EngineResult, Job, ProgressCallback, get_engine
+from batchvision.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TOO_MANY_ERRORS,
+    ConfigError,
+    OutputDirError,
+)
+from batchvision.io import sinks, sources
+from batchvision.models.registry import load_state_dict, resolve_model
+from batchvision.models.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    """What a run did. ``exit_code`` is what the CLI exits with."""
+
+    output: str
+    ok: int
+    error: int
+    skipped: int
+    already_done: int
+    wall_seconds: float
+    stage_seconds: dict[str, float]
+    error_codes: dict[str, int]
+    interrupted: bool
+    max_error_rate: float
+    device: str = ""
+    precision: str = ""
+    skipped_examples: list[str] = field(default_factory=list)
+
+    @property
+    def processed(self) -> int:
+        return self.ok + self.error
+
+    @property
+    def error_rate(self) -> float:
+        return self.error / self.processed if self.processed else 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.processed / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        if self.error_rate > self.max_error_rate:
+            return EXIT_TOO_MANY_ERRORS
+        return EXIT_OK
+
+
+def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
+    """Run ``config`` to completion and return its summary.
+
+    Everything that can be checked is checked before the output folder is touched: inputs,
+    duplicate ids, model name, weights (downloaded or read here, once) and options.
+
+    Raises:
+        BatchvisionError: (exit code 2) for anything the user must fix.
+    """
+    start = time.perf_counter()
+    kinds = sources.check_inputs(config.inputs)
+    known_total = _check_duplicates(config, kinds)
+    spec = resolve_model(
+        config.model,
+        config.weights,
+        labels_path=config.labels,
+        overrides=config.preprocess,
+        seed=config.seed,
+    )
+    if config.top_k > spec.num_classes:
+        raise ConfigError(
+            f"--top-k {config.top_k} is not valid for {spec.arch} with {spec.num_classes} "
+            f"classes; choose 1..{spec.num_classes}"
+        )
+    state_dict = load_state_dict(spec)
+
+    sinks.prepare_output_dir(config.output, resume=config.resume, overwrite=config.overwrite)
+    previous = sinks.read_manifest(config.output) if config.resume else None
+    manifest = _manifest(config, spec, previous)
+    if previous is not None:
+        _check_resumable(previous, manifest)
+    done = sinks.read_done_ids(config.output) if config.resume else set()
+    if done:
+        logger.info("resuming: %d ids already written in %s", len(done), config.output)
+    manifest["status"] = "running"
+    sinks.write_manifest(config.output, manifest)
+
+    listing = sources.ListingStats()
+    skipped_done = [0]
+    writer = sinks.PartWriter(
+        config.output,
+        config.format,
+        part_rows=config.part_rows,
+        flush_seconds=config.flush_seconds,
+    )
+    job = Job(
+        config=config,
+        spec=spec,
+        state_dict=state_dict,
+        items=_not_done(sources.iter_inputs(config.inputs, listing), done, skipped_done),
+        writer=writer,
+        listing=listing,
+        already_done=len(done),
+        known_total=None if known_total is None else max(0, known_total - len(done)),
+        progress=progress,
+    )
+    result = get_engine(config.engine).run(job)
+    summary = Summary(
+        output=config.output,
+        ok=result.ok,
+        error=result.error,
+        skipped=listing.skipped,
+        already_done=skipped_done[0],
+        wall_seconds=time.perf_counter() - start,
+        stage_seconds=result.stage_seconds,
+        error_codes=dict(result.error_codes.most_common()),
+        interrupted=result.interrupted,
+        max_error_rate=config.max_error_rate,
+        device=result.device,
+        precision=result.precision,
+        skipped_examples=listing.skipped_examples,
+    )
+    _finish_manifest(manifest, summary, result, writer)
+    sinks.write_manifest(config.output, manifest)
+    return summary
+
+
+def _check_duplicates(config: RunConfig, kinds: list[str]) -> int | None:
+    """Fail before any work when two inputs share an id; returns the count when listed."""
+    if not sources.needs_duplicate_check(config.inputs, kinds):
+        return None
+    count, dups = sources.duplicate_ids(config.inputs)
+    if dups:
+        raise ConfigError(
+            f"duplicate ids in this run: {', '.join(repr(d) for d in dups)}; every input must "
+            "have a distinct id (path relative to its INPUT folder, or as listed) - pass "
+            "their common parent folder or a manifest without repeats"
+        )
+    return count
+
+
+def _not_done(
+    items: Iterator[sources.InputItem], done: set[str], counter: list[int]
+) -> Iterator[sources.InputItem]:
+    for item in items:
+        if item.id in done:
+            counter[0] += 1
+            continue
+        yield item
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import PIL
+    import pyarrow
+    import torchvision
+
+    return {
+        "batchvision": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pillow": PIL.__version__,
+        "numpy": numpy.__version__,
+        "pyarrow": pyarrow.__version__,
+    }
+
+
+# What must match for --resume to add rows to an earlier run's output.
+_RESUME_KEYS = ("model", "weights", "preprocess", "top_k", "format", "labels_sha")
+
+
+def _manifest(config: RunConfig, spec: ModelSpec, previous: dict[str, Any] | None) -> dict[str, Any]:
+    import hashlib
+
+    labels_sha = hashlib.sha256("\n".join(spec.labels).encode()).hexdigest()[:16]
+    manifest: dict[str, Any] = dict(previous or {})
+    manifest.update(
+        {
+            "model": spec.name,
+            "task": spec.task,
+            "weights": spec.weights,
+            "weights_kind": spec.weights_kind,
+            "num_classes": spec.num_classes,
+            "labels_sha": labels_sha,
+            "preprocess": asdict(spec.preprocess),
+            "top_k": config.top_k,
+            "format": config.format,
+            "inputs": list(config.inputs),
+            "versions": _versions(),
+        }
+    )
+    manifest.setdefault("runs", [])
+    return manifest
+
+
+def _check_resumable(previous: dict[str, Any], current: dict[str, Any]) -> None:
+    for key in _RESUME_KEYS:
+        if key in previous and previous[key] != current[key]:
+            raise OutputDirError(
+                f"cannot --resume: {key} differs from the earlier run "
+                f"({previous[key]!r} there, {current[key]!r} now); use the same settings, "
+                "or --overwrite"
+            )
+
+
+def _finish_manifest(
+    manifest: dict[str, Any], summary: Summary, result: EngineResult, writer: sinks.PartWriter
+) -> None:
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    manifest["runs"].append(
+        {
+            "finished_at": now,
+            "status": "interrupted" if summary.interrupted else "complete",
+            "device": result.device,
+            "precision": result.precision,
+            "workers": result.workers,
+            "ok": summary.ok,
+            "error": summary.error,
+            "skipped": summary.skipped,
+            "already_done": summary.already_done,
+            "rows_written": writer.rows_written,
+            "parts_written": writer.parts_written,
+            "wall_seconds": round(summary.wall_seconds, 3),
+            "images_per_second": round(summary.images_per_second, 2),
+            "stage_seconds": {k: round(v, 3) for k, v in summary.stage_seconds.items()},
+            "error_codes": summary.error_codes,
+        }
+    )
+    runs = manifest["runs"]
+    manifest["status"] = runs[-1]["status"]
+    manifest["counts"] = {
+        key: sum(r[key] for r in runs) for key in ("ok", "error", "rows_written")
+    }
+    manifest["counts"]["skipped"] = summary.skipped

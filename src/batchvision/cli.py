@@ -1,0 +1,205 @@
+"""The command line: parse flags into a RunConfig and call batchvision.run. No logic here."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from typing import Any
+
+import click
+
+from batchvision.config import (
+    DEFAULT_MAX_PIXELS,
+    ENGINES,
+    INTERPOLATIONS,
+    OUTPUT_FORMATS,
+    PRECISIONS,
+)
+from batchvision.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, BatchvisionError
+
+logger = logging.getLogger("batchvision")
+
+
+def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not comma-separated numbers, e.g. 0.5,0.5,0.5")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="batchvision")
+def cli() -> None:
+    """Run PyTorch vision models over very large image collections."""
+
+
+@cli.command("run")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--model", "-m", required=True, help="Model name, e.g. resnet50 (see `batchvision models`).")
+@click.option("--output", "-o", required=True, help="Output folder for part files and _manifest.json.")
+@click.option("--weights", "-w", default="DEFAULT", show_default=True,
+              help="DEFAULT, an enum name (IMAGENET1K_V2, ResNet50_Weights.IMAGENET1K_V1), "
+              "random, or a checkpoint file (.pt/.pth/.safetensors).")
+@click.option("--labels", default=None, help="Class names, one per line (for checkpoints).")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto: bf16 where the device runs it natively, else fp32.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", "-j", type=click.IntRange(min=0), default=None,
+              help="Decode worker processes [default: number of cores].")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="parquet",
+              show_default=True)
+@click.option("--resume", is_flag=True, help="Skip ids already in OUTPUT and finish the rest.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier run's output in OUTPUT.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
+              show_default=True, help="Larger images are error rows (decided from the header).")
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Exit 3 when a larger fraction of images fail.")
+@click.option("--resize-size", type=click.IntRange(min=1), default=None,
+              help="Override the weights' resize (shorter side).")
+@click.option("--crop-size", type=click.IntRange(min=1), default=None,
+              help="Override the weights' center crop.")
+@click.option("--interpolation", type=click.Choice(INTERPOLATIONS), default=None,
+              help="Override the weights' resize interpolation.")
+@click.option("--mean", callback=_floats, default=None, help="Override mean, e.g. 0.5,0.5,0.5.")
+@click.option("--std", callback=_floats, default=None, help="Override std, e.g. 0.5,0.5,0.5.")
+@click.option("--draft/--no-draft", default=True, show_default=True,
+              help="Decode large JPEGs at reduced size when the model input is much smaller.")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
+@click.option("--part-rows", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Rows per part file (a part is also committed every 30 s).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines.")
+@click.option("--verbose", "-v", is_flag=True, help="More log output.")
+def run_cmd(inputs: tuple[str, ...], quiet: bool, verbose: bool, **opts: Any) -> None:
+    """Classify every image of INPUT (folders, globs, image files, .txt/.csv/.parquet manifests)."""
+    from batchvision import api
+    from batchvision.config import PreprocessOverrides, RunConfig
+    from batchvision.progress import ProgressDisplay
+
+    _setup_logging(verbose)
+    overrides = PreprocessOverrides(
+        resize_size=opts.pop("resize_size"),
+        crop_size=opts.pop("crop_size"),
+        interpolation=opts.pop("interpolation"),
+        mean=opts.pop("mean"),
+        std=opts.pop("std"),
+    )
+    config = RunConfig(inputs=inputs, format=opts.pop("fmt"), preprocess=overrides, **opts)
+    display = ProgressDisplay.for_terminal(quiet)
+    try:
+        summary = api.run(config, progress=display)
+    finally:
+        display.close()
+    click.echo(format_summary(summary))
+    if summary.interrupted:
+        click.echo(f"interrupted; to finish, run:\n  {resume_command(sys.argv)}")
+    elif summary.exit_code:
+        click.echo(
+            f"error rate {summary.error_rate:.1%} exceeds --max-error-rate "
+            f"{summary.max_error_rate:.1%}: exit {summary.exit_code}",
+            err=True,
+        )
+    sys.exit(summary.exit_code)
+
+
+def format_summary(s: Any) -> str:
+    """The end-of-run summary block."""
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items())
+    lines = [
+        f"{s.processed} images in {s.wall_seconds:.1f} s ({s.images_per_second:.1f} img/s) "
+        f"on {s.device or '?'} ({s.precision or '?'})",
+        f"  ok {s.ok}, error {s.error}, skipped {s.skipped} (hidden or not an image name)"
+        + (f", already done {s.already_done}" if s.already_done else ""),
+    ]
+    if s.error_codes:
+        lines.append("  errors: " + ", ".join(f"{k} {v}" for k, v in s.error_codes.items()))
+    lines.append(f"  stages: {stages} (read/decode are summed over workers)")
+    lines.append(f"  output: {s.output}")
+    return "\n".join(lines)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that resumes this run."""
+    args = [a for a in argv[1:] if a != "--overwrite"]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["batchvision", *args])
+
+
+@cli.command("models")
+@click.option("--source", default=None, help="Only this source (e.g. torchvision).")
+def models_cmd(source: str | None) -> None:
+    """List the models and their weights, by source."""
+    from batchvision.models.registry import list_models
+
+    for src, infos in list_models().items():
+        if source and src != source:
+            continue
+        click.echo(f"{src}: name a model as NAME or {src}:NAME")
+        for info in infos:
+            weights = ", ".join(info.weights) or "(no pretrained weights: random or a checkpoint)"
+            click.echo(f"  {info.name:<28} {info.task:<9} {weights}")
+
+
+@cli.command("demo")
+@click.option("--output", "-o", default="demo-output", show_default=True)
+@click.option("--per-class", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+def demo_cmd(output: str, per_class: int, quiet: bool) -> None:
+    """Offline demo: generate labelled images, classify them with the bundled model."""
+    from batchvision.demo.runner import run_demo
+    from batchvision.progress import ProgressDisplay
+
+    _setup_logging(False)
+    display = ProgressDisplay.for_terminal(quiet)
+    try:
+        report = run_demo(output, per_class=per_class, progress=display)
+    finally:
+        display.close()
+    click.echo(format_summary(report.summary))
+    click.echo(
+        f"demo accuracy: {report.accuracy:.1%} ({report.correct}/{report.total}) on "
+        f"{len(report.classes)} classes; predictions in {report.summary.output}"
+    )
+    sys.exit(0 if report.accuracy >= 0.95 else 1)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="batchvision: %(levelname)s: %(message)s" if verbose else "batchvision: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: every user error is one line on stderr and exit code 2."""
+    try:
+        rc = cli.main(args=argv, prog_name="batchvision", standalone_mode=False)
+    except click.UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        click.echo(f"batchvision: error: {e.format_message()}{hint}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as e:
+        click.echo(f"batchvision: error: {e.format_message()}", err=True)
+        sys.exit(EXIT_USAGE)
+    except BatchvisionError as e:
+        click.echo(f"batchvision: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, click.Abort):
+        click.echo("batchvision: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception:
+        logger.exception("internal error (please report this with the traceback above)")
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Frozen, validated configuration objects shared by the CLI, the API and the engines."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Literal, get_args
+
+from batchvision.errors import ConfigError
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+OutputFormat = Literal["parquet", "csv", "jsonl"]
+EngineName = Literal["local"]
+Interpolation = Literal["bilinear", "bicubic", "nearest"]
+
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
+ENGINES: tuple[str, ...] = get_args(EngineName)
+INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
+
+#: Pillow's own warning threshold for decompression bombs.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} {value!r} is not valid; choose one of: {', '.join(choices)}")
+
+
+def _triple(name: str, value: tuple[float, ...]) -> tuple[float, float, float]:
+    if len(value) != 3:
+        raise ConfigError(f"{name} needs 3 values (R,G,B), got {len(value)}: {value}")
+    return (float(value[0]), float(value[1]), float(value[2]))
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image becomes model input: the recipe that travels with the weights.
+
+    Mirrors torchvision's ``ImageClassification`` transform: resize the shorter side to
+    ``resize_size``, center-crop ``crop_size``, scale to [0, 1], normalise with mean/std.
+    """
+
+    resize_size: int = 256
+    crop_size: tuple[int, int] = (224, 224)
+    interpolation: Interpolation = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if self.resize_size < 1:
+            raise ConfigError(f"resize size must be >= 1, got {self.resize_size}")
+        if len(self.crop_size) != 2 or min(self.crop_size) < 1:
+            raise ConfigError(f"crop size must be two positive ints, got {self.crop_size}")
+        _choice("interpolation", self.interpolation, INTERPOLATIONS)
+        object.__setattr__(self, "mean", _triple("mean", self.mean))
+        object.__setattr__(self, "std", _triple("std", self.std))
+        if min(self.std) <= 0:
+            raise ConfigError(f"std values must be > 0, got {self.std}")
+
+
+@dataclass(frozen=True)
+class PreprocessOverrides:
+    """User overrides of the weights' own preprocessing; ``None`` keeps the weights' value."""
+
+    resize_size: int | None = None
+    crop_size: int | None = None
+    interpolation: Interpolation | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    def apply(self, base: PreprocessConfig) -> PreprocessConfig:
+        """The one place where flags override the weights' preprocessing."""
+        changes: dict[str, object] = {}
+        if self.resize_size is not None:
+            changes["resize_size"] = self.resize_size
+        if self.crop_size is not None:
+            changes["crop_size"] = (self.crop_size, self.crop_size)
+        if self.interpolation is not None:
+            changes["interpolation"] = self.interpolation
+        if self.mean is not None:
+            changes["mean"] = self.mean
+        if self.std is not None:
+            changes["std"] = self.std
+        return replace(base, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs; validated on construction so engines can trust it."""
+
+    inputs: tuple[str, ...]
+    output: str
+    model: str
+    weights: str = "DEFAULT"
+    labels: str | None = None
+    engine: EngineName = "local"
+    device: str = "auto"
+    precision: Precision = "auto"
+    batch_size: int = 32
+    workers: int | None = None
+    top_k: int = 5
+    format: OutputFormat = "parquet"
+    resume: bool = False
+    overwrite: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_error_rate: float = 0.1
+    preprocess: PreprocessOverrides = field(default_factory=PreprocessOverrides)
+    draft: bool = True
+    channels_last: bool = True
+    seed: int = 0
+    part_rows: int = 10_000
+    flush_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inputs, str):
+            object.__setattr__(self, "inputs", (self.inputs,))
+        object.__setattr__(self, "inputs", tuple(str(i) for i in self.inputs))
+        object.__setattr__(self, "output", str(self.output))
+        if not self.inputs:
+            raise ConfigError("no INPUT given: pass a folder, glob, image file or manifest")
+        if not self.output:
+            raise ConfigError("--output is required")
+        _choice("--engine", self.engine, ENGINES)
+        _choice("--precision", self.precision, PRECISIONS)
+        _choice("--format", self.format, OUTPUT_FORMATS)
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other; pick one")
+        _positive("--batch-size", self.batch_size)
+        _positive("--top-k", self.top_k)
+        _positive("--max-pixels", self.max_pixels)
+        _positive("--part-rows", self.part_rows)
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise ConfigError(f"--max-error-rate must be in [0, 1], got {self.max_error_rate}")
+        if self.flush_seconds <= 0:
+            raise ConfigError(f"flush interval must be > 0 s, got {self.flush_seconds}")
+
+    @property
+    def num_workers(self) -> int:
+        """Decode workers: ``--workers`` or the number of usable cores."""
+        if self.workers is not None:
+            return self.workers
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1
+        )
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{name} must be >= 1, got {value}")

@@ -1,0 +1,118 @@
+"""The engine interface: an engine decides where stages run, and nothing else."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from batchvision.config import RunConfig
+from batchvision.io.sinks import PartWriter
+from batchvision.io.sources import InputItem, ListingStats
+from batchvision.models.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    """What a progress display needs; ``total`` is ``None`` while the listing runs."""
+
+    done: int
+    errors: int
+    total: int | None
+    elapsed: float
+
+
+ProgressCallback = Callable[[ProgressUpdate], None]
+
+
+@dataclass
+class Job:
+    """One run, ready for an engine: inputs to do, the model, and where rows go."""
+
+    config: RunConfig
+    spec: ModelSpec
+    state_dict: dict[str, torch.Tensor] | None
+    items: Iterator[InputItem]
+    writer: PartWriter
+    listing: ListingStats
+    already_done: int = 0
+    known_total: int | None = None
+    progress: ProgressCallback | None = None
+
+
+@dataclass
+class EngineResult:
+    """Counts and timings an engine reports back."""
+
+    ok: int = 0
+    error: int = 0
+    error_codes: Counter[str] = field(default_factory=Counter)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+    device: str = ""
+    precision: str = ""
+    workers: int = 0
+
+
+class RunStats:
+    """Counts rows as they are produced and throttles progress callbacks."""
+
+    def __init__(self, job: Job, interval: float = 0.25) -> None:
+        self.job = job
+        self.result = EngineResult()
+        self.start = time.perf_counter()
+        self.interval = interval
+        self._last = 0.0
+
+    def observe(self, batch: dict[str, np.ndarray]) -> None:
+        """Count a labelled batch and report progress."""
+        ok = int(np.count_nonzero(batch["status"] == "ok"))
+        self.result.ok += ok
+        self.result.error += len(batch["status"]) - ok
+        for err in batch["error"]:
+            if err is not None:
+                self.result.error_codes[str(err).split(":", 1)[0]] += 1
+        self.report()
+
+    def report(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.job.progress is None or (not force and now - self._last < self.interval):
+            return
+        self._last = now
+        total = self.job.known_total
+        if total is None and self.job.listing.done:
+            total = self.job.listing.listed - self.job.already_done
+        self.job.progress(
+            ProgressUpdate(
+                done=self.result.ok + self.result.error,
+                errors=self.result.error,
+                total=total,
+                elapsed=now - self.start,
+            )
+        )
+
+
+class Engine(ABC):
+    """Runs a Job's stages somewhere: this process and its workers, or a cluster."""
+
+    name: str
+
+    @abstractmethod
+    def run(self, job: Job) -> EngineResult:
+        """Process every item of ``job`` and write its rows through ``job.writer``."""
+
+
+def get_engine(name: str) -> Engine:
+    """The engine called ``name``; an unknown name is an error, never a silent fallback."""
+    if name == "local":
+        from batchvision.engines.local import LocalEngine
+
+        return LocalEngine()
+    from batchvision.errors import ConfigError
+
+    raise ConfigError(f"--engine {name!r} is not valid; choose one of: local")

@@ -1,0 +1,255 @@
+"""Where results go: plain-Arrow part files written atomically, and the run manifest.
+
+A part file is written under a hidden temporary name and renamed when complete, so a
+reader (or ``--resume``) never sees half a part, whatever moment the process dies at.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from batchvision.errors import OutputDirError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "_manifest.json"
+PART_PREFIX = "part-"
+EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
+LIST_COLUMNS = ("topk_ids", "topk_labels", "topk_scores")
+
+CLASSIFY_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("label", pa.string()),
+        pa.field("score", pa.float32()),
+        pa.field("topk_ids", pa.list_(pa.int32())),
+        pa.field("topk_labels", pa.list_(pa.string())),
+        pa.field("topk_scores", pa.list_(pa.float32())),
+    ]
+)
+
+
+def _list_array(values: np.ndarray, valid: np.ndarray, type_: pa.DataType) -> pa.Array:
+    n, k = values.shape[0], values.shape[1] if values.ndim == 2 else 0
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    flat = pa.array(values.reshape(-1).tolist() if values.dtype == object else values.reshape(-1),
+                    type=type_)
+    return pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~valid))
+
+
+def batch_to_table(batch: dict[str, np.ndarray]) -> pa.Table:
+    """A labelled batch to the output table: plain Arrow types, nulls on error rows."""
+    ok = np.asarray(batch["status"] == "ok")
+    err = ~ok
+    columns = {
+        "id": pa.array(batch["id"].tolist(), pa.string()),
+        "path": pa.array(batch["path"].tolist(), pa.string()),
+        "status": pa.array(batch["status"].tolist(), pa.string()),
+        "error": pa.array(batch["error"].tolist(), pa.string()),
+        "width": pa.array(batch["width"], pa.int32(), mask=err),
+        "height": pa.array(batch["height"], pa.int32(), mask=err),
+        "label": pa.array(batch["label"].tolist(), pa.string()),
+        "score": pa.array(batch["score"], pa.float32(), mask=err),
+        "topk_ids": _list_array(batch["topk_ids"], ok, pa.int32()),
+        "topk_labels": _list_array(batch["topk_labels"], ok, pa.string()),
+        "topk_scores": _list_array(batch["topk_scores"], ok, pa.float32()),
+    }
+    return pa.table(columns, schema=CLASSIFY_SCHEMA)
+
+
+def _write_file(table: pa.Table, path: str, fmt: str) -> None:
+    if fmt == "parquet":
+        pq.write_table(table, path, compression="zstd")
+    elif fmt == "csv":
+        # CSV has no list type: list columns are written as JSON arrays.
+        for name in LIST_COLUMNS:
+            i = table.schema.get_field_index(name)
+            as_json = [None if v is None else json.dumps(v) for v in table.column(i).to_pylist()]
+            table = table.set_column(i, name, pa.array(as_json, pa.string()))
+        pacsv.write_csv(table, path)
+    else:
+        with open(path, "w", encoding="utf-8") as f:
+            for row in table.to_pylist():
+                f.write(json.dumps(row, ensure_ascii=False, allow_nan=False, default=str))
+                f.write("\n")
+    # The rename below must not expose a file whose bytes are still in the page cache only.
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+class PartWriter:
+    """Buffers result tables and commits them as part files, atomically.
+
+    A part is committed when ``part_rows`` rows are buffered or ``flush_seconds`` have
+    passed since the last commit, and on ``close()``. A crash loses at most the rows
+    buffered since the last commit; ``--resume`` redoes exactly those.
+    """
+
+    def __init__(
+        self,
+        out_dir: str,
+        fmt: str,
+        *,
+        part_rows: int = 10_000,
+        flush_seconds: float = 30.0,
+        run_id: str | None = None,
+    ) -> None:
+        self.out_dir = out_dir
+        self.fmt = fmt
+        self.part_rows = part_rows
+        self.flush_seconds = flush_seconds
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.parts_written = 0
+        self.rows_written = 0
+        self.write_seconds = 0.0
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+        self._last_flush = time.monotonic()
+
+    def add(self, table: pa.Table) -> None:
+        """Buffer ``table``; commits a part when the buffer is due."""
+        if table.num_rows:
+            self._buffer.append(table)
+            self._buffered += table.num_rows
+        due = time.monotonic() - self._last_flush >= self.flush_seconds
+        if self._buffered >= self.part_rows or (due and self._buffered):
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit everything buffered as one part file (no-op when empty)."""
+        self._last_flush = time.monotonic()
+        if not self._buffered:
+            return
+        t0 = time.perf_counter()
+        table = pa.concat_tables(self._buffer)
+        name = f"{PART_PREFIX}{self.run_id}-{self.parts_written:05d}{EXTENSIONS[self.fmt]}"
+        final = os.path.join(self.out_dir, name)
+        tmp = os.path.join(self.out_dir, f".{name}.tmp")
+        _write_file(table, tmp, self.fmt)
+        os.replace(tmp, final)
+        self.parts_written += 1
+        self.rows_written += table.num_rows
+        self._buffer, self._buffered = [], 0
+        self.write_seconds += time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Commit what is left."""
+        self.flush()
+
+
+# --- the output folder -------------------------------------------------------------------
+
+
+def data_files(out_dir: str) -> list[Path]:
+    """Part files in ``out_dir`` (names starting with ``_`` or ``.`` are not data)."""
+    root = Path(out_dir)
+    if not root.is_dir():
+        return []
+    exts = set(EXTENSIONS.values())
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.is_file() and p.suffix in exts and not p.name.startswith(("_", "."))
+    )
+
+
+def prepare_output_dir(out_dir: str, *, resume: bool, overwrite: bool) -> None:
+    """Create ``out_dir``; refuse a non-empty one unless resuming or overwriting.
+
+    ``--overwrite`` deletes only what batchvision wrote (parts, temporaries, manifest) and
+    refuses a folder holding anything else, so a mistyped path cannot wipe user files.
+    """
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise OutputDirError(f"--output {out_dir!r} exists and is not a folder")
+    entries = sorted(root.iterdir()) if root.exists() else []
+    if entries and not (resume or overwrite):
+        raise OutputDirError(
+            f"--output {out_dir!r} is not empty ({len(entries)} entries); pass --resume to "
+            "finish that run, --overwrite to replace it, or choose an empty folder"
+        )
+    if entries and resume and not (root / MANIFEST_NAME).exists():
+        raise OutputDirError(
+            f"cannot --resume in {out_dir!r}: it has no {MANIFEST_NAME}, so it is not a "
+            "batchvision output folder"
+        )
+    if entries and overwrite:
+        ours = _our_files(root)
+        foreign = [p.name for p in entries if p not in ours]
+        if foreign:
+            raise OutputDirError(
+                f"--overwrite refused: {out_dir!r} holds files batchvision did not write "
+                f"({', '.join(foreign[:5])}); choose an empty folder"
+            )
+        for p in ours:
+            p.unlink()
+    if resume:
+        for p in root.glob(f".{PART_PREFIX}*.tmp"):
+            p.unlink()  # a part that was being written when the last run died
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def _our_files(root: Path) -> set[Path]:
+    ours = set(data_files(str(root))) if (root / MANIFEST_NAME).exists() else set()
+    ours = {p for p in ours if p.name.startswith(PART_PREFIX)}
+    ours |= set(root.glob(f".{PART_PREFIX}*.tmp")) | set(root.glob(f".{MANIFEST_NAME}.tmp"))
+    if (root / MANIFEST_NAME).exists():
+        ours.add(root / MANIFEST_NAME)
+    return ours
+
+
+def read_done_ids(out_dir: str) -> set[str]:
+    """Every id already written to ``out_dir``'s part files."""
+    done: set[str] = set()
+    for path in data_files(out_dir):
+        done.update(_read_ids(path))
+    return done
+
+
+def _read_ids(path: Path) -> Iterable[str]:
+    if path.suffix == ".parquet":
+        return pq.read_table(path, columns=["id"]).column(0).to_pylist()
+    if path.suffix == ".csv":
+        opts = pacsv.ConvertOptions(include_columns=["id"], column_types={"id": pa.string()})
+        return pacsv.read_csv(path, convert_options=opts).column(0).to_pylist()
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["id"] for line in f if line.strip()]
+
+
+def read_manifest(out_dir: str) -> dict[str, Any] | None:
+    """The run manifest, or ``None`` when there is none."""
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.exists():
+        return None
+    with open(path, encoding="utf-8") as f:
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+def write_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
+    """Write ``_manifest.json`` atomically."""
+    path = os.path.join(out_dir, MANIFEST_NAME)
+    tmp = os.path.join(out_dir, f".{MANIFEST_NAME}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,136 @@
+"""The one way in to models: parse a name, resolve it to a ModelSpec, build the module.
+
+Modelled on torchvision's ``models/_api.py``: sources register once (a duplicate is an
+error), names are parsed in one place, and an unknown name lists what is valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from batchvision.config import PreprocessOverrides
+from batchvision.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from batchvision.models.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One row of ``batchvision models``."""
+
+    name: str
+    task: str
+    weights: tuple[str, ...]
+
+
+class ModelSource(Protocol):
+    """A family of models (torchvision, Hugging Face, timm, ...)."""
+
+    name: str
+
+    def resolve(
+        self,
+        arch: str,
+        weights: str,
+        *,
+        labels_path: str | None,
+        overrides: PreprocessOverrides,
+        seed: int,
+    ) -> ModelSpec:
+        """Validate the name and weights and describe the model, cheaply (no download)."""
+        ...
+
+    def load_state_dict(self, spec: ModelSpec) -> dict[str, torch.Tensor] | None:
+        """Download or read the weights, once, on the driver (``None`` for random init)."""
+        ...
+
+    def build(
+        self, spec: ModelSpec, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> torch.nn.Module:
+        """Build the module with its weights (downloading or reading them if not given)."""
+        ...
+
+    def list_models(self) -> list[ModelInfo]:
+        """Every model this source offers."""
+        ...
+
+
+_SOURCES: dict[str, ModelSource] = {}
+DEFAULT_SOURCE = "torchvision"
+
+
+def register_source(source: ModelSource) -> ModelSource:
+    """Add a model source; registering a name twice is a programming error."""
+    if source.name in _SOURCES:
+        raise ValueError(f"model source {source.name!r} is already registered")
+    _SOURCES[source.name] = source
+    return source
+
+
+def get_source(name: str) -> ModelSource:
+    """The registered source called ``name``."""
+    _ensure_builtin_sources()
+    try:
+        return _SOURCES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown model source {name!r}; valid sources: {', '.join(sorted(_SOURCES))}"
+        ) from None
+
+
+def parse_model_name(name: str) -> tuple[str, str]:
+    """Split ``"source:arch"`` into its parts; a bare name belongs to torchvision."""
+    name = name.strip()
+    if not name:
+        raise ConfigError("--model is empty; try `batchvision models` for the list")
+    source, sep, arch = name.partition(":")
+    if not sep:
+        return DEFAULT_SOURCE, source
+    return source, arch
+
+
+def resolve_model(
+    name: str,
+    weights: str = "DEFAULT",
+    *,
+    labels_path: str | None = None,
+    overrides: PreprocessOverrides | None = None,
+    seed: int = 0,
+) -> ModelSpec:
+    """Resolve a user-facing model name and weights into a ModelSpec."""
+    source_name, arch = parse_model_name(name)
+    return get_source(source_name).resolve(
+        arch,
+        weights,
+        labels_path=labels_path,
+        overrides=overrides or PreprocessOverrides(),
+        seed=seed,
+    )
+
+
+def load_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor] | None:
+    """``spec``'s weights, fetched once so workers never download on their own."""
+    return get_source(spec.source).load_state_dict(spec)
+
+
+def build_model(
+    spec: ModelSpec, state_dict: dict[str, torch.Tensor] | None = None
+) -> torch.nn.Module:
+    """Build ``spec``'s module in eval mode."""
+    module = get_source(spec.source).build(spec, state_dict)
+    return module.eval()
+
+
+def list_models() -> dict[str, list[ModelInfo]]:
+    """All models, by source."""
+    _ensure_builtin_sources()
+    return {name: src.list_models() for name, src in sorted(_SOURCES.items())}
+
+
+def _ensure_builtin_sources() -> None:
+    # Imported lazily so that `import batchvision` stays cheap; the import registers.
+    from batchvision.models import torchvision as _tv  # noqa: F401

@@ -1,0 +1,43 @@
+"""What a resolved model is: everything needed to build it anywhere, without a network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from batchvision.config import PreprocessConfig
+
+Task = Literal["classify"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model resolved on the driver: picklable, so engines can ship it to workers.
+
+    Attributes:
+        source: registry source name, e.g. ``"torchvision"``.
+        arch: architecture name within the source, e.g. ``"resnet50"``.
+        weights: what the weights are: a qualified enum name
+            (``"ResNet50_Weights.IMAGENET1K_V2"``), ``"random"``, or a checkpoint path.
+        weights_kind: ``"pretrained"``, ``"random"`` or ``"checkpoint"``.
+        num_classes: size of the classifier output.
+        labels: one name per class.
+        preprocess: the resolved preprocessing (weights' own, with user overrides applied).
+        task: what the model does.
+        seed: seed for ``random`` initialisation.
+    """
+
+    source: str
+    arch: str
+    weights: str
+    weights_kind: Literal["pretrained", "random", "checkpoint"]
+    num_classes: int
+    labels: tuple[str, ...]
+    preprocess: PreprocessConfig
+    task: Task = "classify"
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        """The fully qualified model name, ``source:arch``."""
+        return f"{self.source}:{self.arch}"

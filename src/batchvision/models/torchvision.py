@@ -1,0 +1,314 @@
+"""torchvision classification models, through torchvision's own registry."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.models as tvm
+from torchvision.models import WeightsEnum
+
+from batchvision.config import PreprocessConfig, PreprocessOverrides
+from batchvision.errors import ConfigError, ModelLoadError
+from batchvision.models.registry import ModelInfo, register_source
+from batchvision.models.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")
+_INTERPOLATIONS = {"BILINEAR": "bilinear", "BICUBIC": "bicubic", "NEAREST": "nearest"}
+# Keys under which training scripts commonly nest the state_dict.
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
+_HEAD_PROBE_CLASSES = 1000
+
+
+class TorchvisionSource:
+    """Classification architectures in ``torchvision.models``."""
+
+    name = "torchvision"
+
+    def resolve(
+        self,
+        arch: str,
+        weights: str,
+        *,
+        labels_path: str | None,
+        overrides: PreprocessOverrides,
+        seed: int,
+    ) -> ModelSpec:
+        arch = _check_arch(arch)
+        weights = weights.strip()
+        default = _default_weights(arch)
+        base = preprocess_from_weights(default) if default else PreprocessConfig()
+        if _looks_like_path(weights):
+            num_classes = checkpoint_num_classes(arch, weights)
+            labels = read_labels(labels_path, num_classes)
+            kind, desc = "checkpoint", str(Path(weights).resolve())
+        elif weights.lower() == "random":
+            labels = _labels_for_random(default, labels_path)
+            num_classes = len(labels)
+            kind, desc = "random", "random"
+        else:
+            w = parse_weights(arch, weights)
+            base = preprocess_from_weights(w)
+            categories = tuple(w.meta.get("categories") or ())
+            labels = read_labels(labels_path, len(categories)) if labels_path else categories
+            num_classes = len(labels)
+            kind, desc = "pretrained", _qualname(w)
+        return ModelSpec(
+            source=self.name,
+            arch=arch,
+            weights=desc,
+            weights_kind=kind,  # type: ignore[arg-type]
+            num_classes=num_classes,
+            labels=labels,
+            preprocess=overrides.apply(base),
+            seed=seed,
+        )
+
+    def load_state_dict(self, spec: ModelSpec) -> dict[str, torch.Tensor] | None:
+        if spec.weights_kind == "random":
+            return None
+        if spec.weights_kind == "checkpoint":
+            return read_checkpoint(spec.weights)
+        return _download_pretrained(spec.arch, tvm.get_weight(spec.weights)).state_dict()
+
+    def build(
+        self, spec: ModelSpec, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> torch.nn.Module:
+        if state_dict is None and spec.weights_kind == "random":
+            logger.warning(
+                "RANDOM WEIGHTS (--weights random, seed %d): predictions are meaningless; "
+                "use this only for benchmarking and testing",
+                spec.seed,
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(spec.seed)
+                return tvm.get_model(spec.arch, weights=None, num_classes=spec.num_classes)
+        if state_dict is None:
+            state_dict = self.load_state_dict(spec)
+            assert state_dict is not None
+        model = tvm.get_model(
+            spec.arch,
+            weights=None,
+            num_classes=spec.num_classes,
+            **_builder_kwargs(spec, state_dict.keys()),
+        )
+        _load_into(model, state_dict, spec.weights)
+        return model
+
+    def list_models(self) -> list[ModelInfo]:
+        infos = []
+        for arch in tvm.list_models(module=tvm):
+            try:
+                names = tuple(_qualname(w) for w in tvm.get_model_weights(arch))
+            except (ValueError, KeyError):
+                names = ()
+            infos.append(ModelInfo(name=arch, task="classify", weights=names))
+        return infos
+
+
+register_source(TorchvisionSource())
+
+
+def _check_arch(arch: str) -> str:
+    valid = tvm.list_models(module=tvm)
+    if arch in valid:
+        return arch
+    close = difflib.get_close_matches(arch, valid, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ConfigError(
+        f"unknown torchvision classification model {arch!r}{hint}; valid: {', '.join(valid)}"
+    )
+
+
+def _default_weights(arch: str) -> WeightsEnum | None:
+    try:
+        enum = tvm.get_model_weights(arch)
+    except (ValueError, KeyError):
+        return None
+    return enum["DEFAULT"]
+
+
+def _qualname(w: Enum) -> str:
+    return f"{type(w).__name__}.{w.name}"
+
+
+def parse_weights(arch: str, weights: str) -> WeightsEnum:
+    """``DEFAULT``, ``IMAGENET1K_V2`` or ``ResNet50_Weights.IMAGENET1K_V2`` to a weights enum."""
+    try:
+        enum = tvm.get_model_weights(arch)
+    except (ValueError, KeyError):
+        raise ConfigError(
+            f"torchvision has no pretrained weights for {arch!r}; use --weights random "
+            "or --weights PATH to a checkpoint"
+        ) from None
+    members = [m for m in enum.__members__ if m != "DEFAULT"]
+    enum_name, dot, member = weights.rpartition(".")
+    if dot and enum_name != enum.__name__:
+        raise ConfigError(
+            f"weights {weights!r} do not belong to {arch!r}; valid: DEFAULT, "
+            + ", ".join(f"{enum.__name__}.{m}" for m in members)
+            + ", random, or a checkpoint path"
+        )
+    try:
+        return enum[member if dot else weights]
+    except KeyError:
+        raise ConfigError(
+            f"unknown weights {weights!r} for {arch!r}; valid: DEFAULT, "
+            + ", ".join(members)
+            + ", random, or a checkpoint path (.pt/.pth/.safetensors)"
+        ) from None
+
+
+def preprocess_from_weights(weights: WeightsEnum) -> PreprocessConfig:
+    """Read the weights' own ``transforms()`` (an ``ImageClassification``) into our config."""
+    t = weights.transforms()
+    resize = list(t.resize_size)
+    crop = list(t.crop_size)
+    return PreprocessConfig(
+        resize_size=int(resize[0]),
+        crop_size=(int(crop[0]), int(crop[-1])),
+        interpolation=_INTERPOLATIONS[t.interpolation.name],  # type: ignore[arg-type]
+        mean=tuple(t.mean),  # type: ignore[arg-type]
+        std=tuple(t.std),  # type: ignore[arg-type]
+    )
+
+
+def _labels_for_random(default: WeightsEnum | None, labels_path: str | None) -> tuple[str, ...]:
+    if labels_path:
+        return read_labels(labels_path, None)
+    if default is not None and default.meta.get("categories"):
+        return tuple(default.meta["categories"])
+    return tuple(f"class_{i}" for i in range(_HEAD_PROBE_CLASSES))
+
+
+def read_labels(path: str | None, num_classes: int | None) -> tuple[str, ...]:
+    """Class names from a file (one per line), or ``class_N`` when no file is given."""
+    if not path:
+        if num_classes is None:
+            raise ConfigError("cannot tell the number of classes; pass --labels FILE")
+        return tuple(f"class_{i}" for i in range(num_classes))
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read --labels {path!r}: {e.strerror or e}") from e
+    labels = tuple(line.strip() for line in text.splitlines())
+    while labels and not labels[-1]:
+        labels = labels[:-1]
+    if num_classes is not None and len(labels) != num_classes:
+        raise ConfigError(
+            f"--labels {path!r} has {len(labels)} names but the model has {num_classes} classes"
+        )
+    return labels
+
+
+def _looks_like_path(weights: str) -> bool:
+    return (
+        weights.lower().endswith(CHECKPOINT_SUFFIXES)
+        or os.sep in weights
+        or os.path.exists(weights)
+    )
+
+
+def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    """A state_dict from ``.safetensors`` or a torch pickle, unwrapped and de-prefixed."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--weights checkpoint {path!r} does not exist")
+    try:
+        if path.lower().endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            raw: Any = load_file(path)
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise ModelLoadError(f"cannot read checkpoint {path!r}: {e}") from e
+    return _unwrap_state_dict(raw, path)
+
+
+def _unwrap_state_dict(raw: Any, path: str) -> dict[str, torch.Tensor]:
+    if isinstance(raw, torch.nn.Module):
+        raw = raw.state_dict()
+    for key in _WRAPPER_KEYS:
+        if isinstance(raw, Mapping) and isinstance(raw.get(key), Mapping):
+            raw = raw[key]
+            break
+    if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise ModelLoadError(f"checkpoint {path!r} does not hold a state_dict of tensors")
+    state = dict(raw)
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def checkpoint_num_classes(arch: str, path: str) -> int:
+    """Read the number of classes off the checkpoint's classifier head.
+
+    The head is found by building the architecture on the meta device with 1000 classes
+    and looking for the tensors whose first dimension is that 1000.
+    """
+    state = read_checkpoint(path)
+    with torch.device("meta"):
+        probe = tvm.get_model(arch, weights=None, num_classes=_HEAD_PROBE_CLASSES)
+    heads = [
+        k
+        for k, v in probe.state_dict().items()
+        if v.ndim >= 1 and v.shape[0] == _HEAD_PROBE_CLASSES and k in state
+    ]
+    if not heads:
+        raise ModelLoadError(
+            f"checkpoint {path!r} has no classifier head for {arch!r}; "
+            "is it a state_dict of this architecture?"
+        )
+    return int(state[heads[-1]].shape[0])
+
+
+def _builder_kwargs(spec: ModelSpec, state_keys: Iterable[str]) -> dict[str, Any]:
+    """Constructor arguments that make the module match the weights' layout.
+
+    Inception-style models switch on auxiliary heads and input re-scaling only when
+    torchvision builds them with pretrained weights; a state_dict alone does not say so.
+    """
+    if spec.arch not in ("inception_v3", "googlenet"):
+        return {}
+    return {
+        "aux_logits": any("aux" in k.lower() for k in state_keys),
+        "transform_input": spec.weights_kind == "pretrained",
+        "init_weights": False,
+    }
+
+
+def _load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise ModelLoadError(
+            f"checkpoint {where!r} does not fit {type(model).__name__}: "
+            f"{' '.join(first[:3])[:400]}"
+        ) from e
+
+
+def _download_pretrained(arch: str, weights: WeightsEnum) -> torch.nn.Module:
+    try:
+        return tvm.get_model(arch, weights=weights)
+    except Exception as e:
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise ModelLoadError(
+            f"cannot download {_qualname(weights)} ({type(e).__name__}: {_short(e)}); "
+            f"this machine may be offline. Fix: pass --weights PATH to a local checkpoint, "
+            f"or put the file {Path(weights.url).name} at {cache} (the torch hub cache)"
+        ) from e
+
+
+def _short(e: BaseException) -> str:
+    text = str(getattr(e, "reason", None) or e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__

@@ -1,0 +1,148 @@
+"""Bytes to an upright RGB Pillow image, with every failure turned into a coded error.
+
+Decoding never reads files: it takes bytes, so the same function serves local files,
+object storage and Ray blocks.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+_ORIENTATION = ExifTags.Base.Orientation
+# EXIF orientations 5-8 swap width and height.
+_TRANSPOSED = frozenset({5, 6, 7, 8})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_WHITE = (255, 255, 255, 255)
+# What Pillow raises on malformed input, across its plugins (struct.error: bad headers).
+_DECODE_FAILURES = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+
+
+class DecodeError(Exception):
+    """An input that cannot become an image; ``code`` is short and stable for grouping."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image and its size as displayed (after EXIF rotation, before any reduction)."""
+
+    image: Image.Image
+    width: int
+    height: int
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int, min_size: tuple[int, int] | None = None
+) -> Decoded:
+    """Decode ``data`` into an upright RGB image.
+
+    Args:
+        data: the file's bytes; the content, not any file name, decides the format.
+        max_pixels: images with more pixels than this are refused from their header,
+            before any pixel is decoded (decompression-bomb guard).
+        min_size: ``(width, height)`` the decoded image must keep at least, upright. When
+            given, large JPEGs are decoded at a reduced scale (libjpeg DCT scaling) that
+            still covers it; the reported width/height stay those of the full image.
+
+    Raises:
+        DecodeError: with code ``empty``, ``not_image``, ``too_large``, ``truncated``
+            or ``corrupt``.
+    """
+    if not data:
+        raise DecodeError("empty", "file is empty (0 bytes)")
+    img = _open(data, max_pixels)
+    try:
+        orientation = _orientation(img)
+        full_w, full_h = img.size
+        if orientation in _TRANSPOSED:
+            full_w, full_h = full_h, full_w
+        if min_size is not None and img.format == "JPEG":
+            want = min_size[::-1] if orientation in _TRANSPOSED else min_size
+            img.draft(None, (max(1, want[0]), max(1, want[1])))
+        img.load()
+        if orientation not in (None, 1):
+            img = ImageOps.exif_transpose(img)
+        return Decoded(image=to_rgb(img), width=full_w, height=full_h)
+    except DecodeError:
+        raise
+    except _DECODE_FAILURES as e:
+        raise _classify(e) from e
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # Our own --max-pixels check below replaces Pillow's warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise DecodeError("too_large", str(e).split(" could be")[0]) from e
+    except UnidentifiedImageError as e:
+        raise DecodeError("not_image", "content is not a recognised image format") from e
+    except _DECODE_FAILURES as e:
+        raise _classify(e) from e
+    w, h = img.size
+    if w * h > max_pixels:
+        raise DecodeError(
+            "too_large", f"{w}x{h} = {w * h} pixels exceeds --max-pixels {max_pixels}"
+        )
+    if w < 1 or h < 1:
+        raise DecodeError("corrupt", f"image has an empty size {w}x{h}")
+    return img
+
+
+def _orientation(img: Image.Image) -> int | None:
+    # JPEG/TIFF/WebP expose EXIF from the header; reading it for PNG may decode the
+    # image, which is fine since the size was checked already.
+    try:
+        value = img.getexif().get(_ORIENTATION)
+    except Exception:
+        return None  # unreadable EXIF must not cost the image
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else None
+
+
+def _classify(e: BaseException) -> DecodeError:
+    text = str(e).strip() or type(e).__name__
+    lower = text.lower()
+    if "truncat" in lower or "broken data stream" in lower or isinstance(e, EOFError):
+        return DecodeError("truncated", text)
+    return DecodeError("corrupt", text)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB: alpha composited on white, 16/32-bit scaled to 8 bits."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(img), mode), "L").convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+        if mode == "RGB":
+            return img
+    if mode in _ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    if mode.startswith("I;16") or arr.dtype == np.uint16:
+        return (arr.astype(np.uint32) // 257).astype(np.uint8)
+    if mode == "F":
+        return np.clip(arr, 0, 255).astype(np.uint8)
+    # 32-bit integer images: 16-bit content is common (PNG 'I' mode), keep it in range.
+    if arr.size and arr.max() > 255:
+        return np.clip(arr // 257, 0, 255).astype(np.uint8)
+    return np.clip(arr, 0, 255).astype(np.uint8)

@@ -1,0 +1,118 @@
+"""Decoded image to a model-sized uint8 array, and the decode+preprocess batch stage.
+
+The resize and center crop follow torchvision's ``ImageClassification`` exactly (shorter
+side to ``resize_size`` with ``int`` truncation of the longer side, crop offsets rounded),
+but run on uint8 with Pillow, and only on the region the crop keeps: Pillow's ``box``
+argument resamples that region with the kernel of the full resize, so the result is the
+resize-then-crop result without computing the discarded border.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from batchvision.config import DEFAULT_MAX_PIXELS, PreprocessConfig
+from batchvision.stages.decode import DecodeError, decode_image
+
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+def resized_size(width: int, height: int, resize_size: int) -> tuple[int, int]:
+    """``(w, h)`` after torchvision's shorter-side resize."""
+    if width <= height:
+        return resize_size, int(resize_size * height / width)
+    return int(resize_size * width / height), resize_size
+
+
+def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """Resize the shorter side and center-crop, as ``(crop_h, crop_w, 3)`` uint8."""
+    w, h = img.size
+    rw, rh = resized_size(w, h, cfg.resize_size)
+    ch, cw = cfg.crop_size
+    resample = _RESAMPLE[cfg.interpolation]
+    if ch > rh or cw > rw:
+        return _pad_crop(np.asarray(img.resize((rw, rh), resample)), ch, cw)
+    top = int(round((rh - ch) / 2.0))
+    left = int(round((rw - cw) / 2.0))
+    sx, sy = w / rw, h / rh
+    box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+    return np.asarray(img.resize((cw, ch), resample, box=box))
+
+
+def _pad_crop(arr: np.ndarray, ch: int, cw: int) -> np.ndarray:
+    # torchvision's center_crop pads with zeros when the crop is larger than the image.
+    h, w = arr.shape[:2]
+    top, left = max(0, (ch - h) // 2), max(0, (cw - w) // 2)
+    out = np.zeros((max(ch, h), max(cw, w), 3), dtype=np.uint8)
+    out[top : top + h, left : left + w] = arr
+    ph, pw = out.shape[:2]
+    t, lft = int(round((ph - ch) / 2.0)), int(round((pw - cw) / 2.0))
+    return np.ascontiguousarray(out[t : t + ch, lft : lft + cw])
+
+
+def draft_floor(cfg: PreprocessConfig) -> tuple[int, int]:
+    """The smallest decoded size that keeps the resize a downscale for any aspect ratio.
+
+    A JPEG may be decoded at 1/2, 1/4 or 1/8 scale as long as both sides stay at least
+    ``resize_size``: the shorter side then still shrinks to ``resize_size``, so the
+    resize filter sees at least as many pixels as it outputs.
+    """
+    side = max(cfg.resize_size, *cfg.crop_size)
+    return side, side
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray],
+    preprocess: PreprocessConfig,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: bool = True,
+) -> dict[str, np.ndarray]:
+    """Decode and preprocess a batch; failures become error rows, never exceptions.
+
+    Args:
+        batch: ``id``, ``path``, ``bytes`` (object array, ``None`` where the read failed)
+            and ``error`` (object array, set where the read failed).
+        preprocess: resize, crop and interpolation to apply.
+        max_pixels: decompression-bomb guard, checked from the header.
+        draft: allow reduced-size JPEG decoding when the image is much larger than needed.
+
+    Returns:
+        ``id``, ``path``, ``status`` ("ok"/"error"), ``error``, ``width``/``height`` (as
+        displayed) and ``image``: ``(N, crop_h, crop_w, 3)`` uint8, zeros on error rows.
+    """
+    n = len(batch["id"])
+    ch, cw = preprocess.crop_size
+    images = np.zeros((n, ch, cw, 3), dtype=np.uint8)
+    width = np.zeros(n, dtype=np.int32)
+    height = np.zeros(n, dtype=np.int32)
+    errors = np.array(batch.get("error", np.full(n, None, dtype=object)), dtype=object)
+    floor = draft_floor(preprocess) if draft else None
+    for i, data in enumerate(batch["bytes"]):
+        if errors[i] is not None:
+            continue
+        try:
+            decoded = decode_image(data, max_pixels=max_pixels, min_size=floor)
+            images[i] = resize_crop(decoded.image, preprocess)
+        except DecodeError as e:
+            errors[i] = str(e)
+            continue
+        except Exception as e:  # a decoder bug must cost one row, not the run
+            errors[i] = f"decode_failed: {type(e).__name__}: {e}"
+            continue
+        width[i], height[i] = decoded.width, decoded.height
+    status = np.array(["ok" if e is None else "error" for e in errors], dtype=object)
+    return {
+        "id": np.asarray(batch["id"], dtype=object),
+        "path": np.asarray(batch["path"], dtype=object),
+        "status": status,
+        "error": errors,
+        "width": width,
+        "height": height,
+        "image": images,
+    }
