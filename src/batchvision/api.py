@@ -190,7 +190,9 @@ def _versions() -> dict[str, str]:
 _RESUME_KEYS = ("model", "weights", "preprocess", "top_k", "format", "labels_sha")
 
 
-def _manifest(config: RunConfig, spec: ModelSpec, previous: dict[str, Any] | None) -> dict[str, Any]:
+def _manifest(
+    config: RunConfig, spec: ModelSpec, previous: dict[str, Any] | None
+) -> dict[str, Any]:
     import hashlib
 
     labels_sha = hashlib.sha256("\n".join(spec.labels).encode()).hexdigest()[:16]
@@ -249,7 +251,5 @@ def _finish_manifest(
     )
     runs = manifest["runs"]
     manifest["status"] = runs[-1]["status"]
-    manifest["counts"] = {
-        key: sum(r[key] for r in runs) for key in ("ok", "error", "rows_written")
-    }
+    manifest["counts"] = {key: sum(r[key] for r in runs) for key in ("ok", "error", "rows_written")}
     manifest["counts"]["skipped"] = summary.skipped

@@ -27,7 +27,9 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> An
     try:
         return tuple(float(v) for v in value.split(","))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not comma-separated numbers, e.g. 0.5,0.5,0.5")
+        raise click.BadParameter(
+            f"{value!r} is not comma-separated numbers, e.g. 0.5,0.5,0.5"
+        ) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,42 +40,93 @@ def cli() -> None:
 
 @cli.command("run")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option("--model", "-m", required=True, help="Model name, e.g. resnet50 (see `batchvision models`).")
-@click.option("--output", "-o", required=True, help="Output folder for part files and _manifest.json.")
-@click.option("--weights", "-w", default="DEFAULT", show_default=True,
-              help="DEFAULT, an enum name (IMAGENET1K_V2, ResNet50_Weights.IMAGENET1K_V1), "
-              "random, or a checkpoint file (.pt/.pth/.safetensors).")
+@click.option(
+    "--model", "-m", required=True, help="Model name, e.g. resnet50 (see `batchvision models`)."
+)
+@click.option(
+    "--output", "-o", required=True, help="Output folder for part files and _manifest.json."
+)
+@click.option(
+    "--weights",
+    "-w",
+    default="DEFAULT",
+    show_default=True,
+    help="DEFAULT, an enum name (IMAGENET1K_V2, ResNet50_Weights.IMAGENET1K_V1), "
+    "random, or a checkpoint file (.pt/.pth/.safetensors).",
+)
 @click.option("--labels", default=None, help="Class names, one per line (for checkpoints).")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="auto: bf16 where the device runs it natively, else fp32.")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 where the device runs it natively, else fp32.",
+)
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--workers", "-j", type=click.IntRange(min=0), default=None,
-              help="Decode worker processes [default: number of cores].")
+@click.option(
+    "--workers",
+    "-j",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Decode worker processes [default: number of cores].",
+)
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="parquet",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="parquet", show_default=True
+)
 @click.option("--resume", is_flag=True, help="Skip ids already in OUTPUT and finish the rest.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run's output in OUTPUT.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
-              show_default=True, help="Larger images are error rows (decided from the header).")
-@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.1, show_default=True,
-              help="Exit 3 when a larger fraction of images fail.")
-@click.option("--resize-size", type=click.IntRange(min=1), default=None,
-              help="Override the weights' resize (shorter side).")
-@click.option("--crop-size", type=click.IntRange(min=1), default=None,
-              help="Override the weights' center crop.")
-@click.option("--interpolation", type=click.Choice(INTERPOLATIONS), default=None,
-              help="Override the weights' resize interpolation.")
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="Larger images are error rows (decided from the header).",
+)
+@click.option(
+    "--max-error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="Exit 3 when a larger fraction of images fail.",
+)
+@click.option(
+    "--resize-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Override the weights' resize (shorter side).",
+)
+@click.option(
+    "--crop-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Override the weights' center crop.",
+)
+@click.option(
+    "--interpolation",
+    type=click.Choice(INTERPOLATIONS),
+    default=None,
+    help="Override the weights' resize interpolation.",
+)
 @click.option("--mean", callback=_floats, default=None, help="Override mean, e.g. 0.5,0.5,0.5.")
 @click.option("--std", callback=_floats, default=None, help="Override std, e.g. 0.5,0.5,0.5.")
-@click.option("--draft/--no-draft", default=True, show_default=True,
-              help="Decode large JPEGs at reduced size when the model input is much smaller.")
+@click.option(
+    "--draft/--no-draft",
+    default=True,
+    show_default=True,
+    help="Decode large JPEGs at reduced size when the model input is much smaller.",
+)
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
-@click.option("--part-rows", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Rows per part file (a part is also committed every 30 s).")
+@click.option(
+    "--part-rows",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Rows per part file (a part is also committed every 30 s).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines.")
 @click.option("--verbose", "-v", is_flag=True, help="More log output.")
 def run_cmd(inputs: tuple[str, ...], quiet: bool, verbose: bool, **opts: Any) -> None:

@@ -41,7 +41,7 @@ class DecodeDataset(Dataset[dict[str, Any]]):
         self.max_pixels = max_pixels
         self.draft = draft
 
-    def __getitem__(self, chunk: list[InputItem]) -> dict[str, Any]:  # type: ignore[override]
+    def __getitem__(self, chunk: list[InputItem]) -> dict[str, Any]:
         t0 = time.perf_counter()
         batch = read_batch(items_to_batch(chunk))
         t1 = time.perf_counter()
@@ -91,7 +91,7 @@ class LocalEngine(Engine):
         loader = DataLoader(
             DecodeDataset(job.spec.preprocess, cfg.max_pixels, cfg.draft),
             batch_size=None,
-            sampler=chunked(job.items, cfg.batch_size),  # type: ignore[arg-type]
+            sampler=chunked(job.items, cfg.batch_size),
             num_workers=workers,
             prefetch_factor=PREFETCH_PER_WORKER if workers else None,
             pin_memory=predictor.device.type == "cuda",

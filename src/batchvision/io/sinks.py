@@ -49,8 +49,9 @@ CLASSIFY_SCHEMA = pa.schema(
 def _list_array(values: np.ndarray, valid: np.ndarray, type_: pa.DataType) -> pa.Array:
     n, k = values.shape[0], values.shape[1] if values.ndim == 2 else 0
     offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-    flat = pa.array(values.reshape(-1).tolist() if values.dtype == object else values.reshape(-1),
-                    type=type_)
+    flat = pa.array(
+        values.reshape(-1).tolist() if values.dtype == object else values.reshape(-1), type=type_
+    )
     return pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~valid))
 
 

@@ -20,9 +20,7 @@ from batchvision.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MANIFEST_EXTENSIONS = frozenset({".txt", ".csv", ".parquet"})
 
 
@@ -66,7 +64,9 @@ def input_kind(spec: str) -> str:
     if glob.has_magic(spec):
         return "glob"
     if not os.path.exists(spec):
-        raise ConfigError(f"input {spec!r} does not exist (expected a folder, glob, image or manifest)")
+        raise ConfigError(
+            f"input {spec!r} does not exist (expected a folder, glob, image or manifest)"
+        )
     if os.path.splitext(spec)[1].lower() in MANIFEST_EXTENSIONS:
         return "manifest"
     return "file"
@@ -75,7 +75,7 @@ def input_kind(spec: str) -> str:
 def check_inputs(inputs: Sequence[str]) -> list[str]:
     """Validate every input up front, before any work; returns their kinds."""
     kinds = [input_kind(spec) for spec in inputs]
-    for spec, kind in zip(inputs, kinds):
+    for spec, kind in zip(inputs, kinds, strict=True):
         if kind == "glob" and next(glob.iglob(spec, recursive=True), None) is None:
             raise ConfigError(f"glob {spec!r} matches no files")
         if kind == "manifest":

@@ -8,6 +8,7 @@ from typing import Literal
 from batchvision.config import PreprocessConfig
 
 Task = Literal["classify"]
+WeightsKind = Literal["pretrained", "random", "checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class ModelSpec:
     source: str
     arch: str
     weights: str
-    weights_kind: Literal["pretrained", "random", "checkpoint"]
+    weights_kind: WeightsKind
     num_classes: int
     labels: tuple[str, ...]
     preprocess: PreprocessConfig

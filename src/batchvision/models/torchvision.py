@@ -14,15 +14,19 @@ import torch
 import torchvision.models as tvm
 from torchvision.models import WeightsEnum
 
-from batchvision.config import PreprocessConfig, PreprocessOverrides
+from batchvision.config import Interpolation, PreprocessConfig, PreprocessOverrides
 from batchvision.errors import ConfigError, ModelLoadError
 from batchvision.models.registry import ModelInfo, register_source
-from batchvision.models.spec import ModelSpec
+from batchvision.models.spec import ModelSpec, WeightsKind
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")
-_INTERPOLATIONS = {"BILINEAR": "bilinear", "BICUBIC": "bicubic", "NEAREST": "nearest"}
+_INTERPOLATIONS: dict[str, Interpolation] = {
+    "BILINEAR": "bilinear",
+    "BICUBIC": "bicubic",
+    "NEAREST": "nearest",
+}
 # Keys under which training scripts commonly nest the state_dict.
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 _HEAD_PROBE_CLASSES = 1000
@@ -46,6 +50,7 @@ class TorchvisionSource:
         weights = weights.strip()
         default = _default_weights(arch)
         base = preprocess_from_weights(default) if default else PreprocessConfig()
+        kind: WeightsKind
         if _looks_like_path(weights):
             num_classes = checkpoint_num_classes(arch, weights)
             labels = read_labels(labels_path, num_classes)
@@ -65,7 +70,7 @@ class TorchvisionSource:
             source=self.name,
             arch=arch,
             weights=desc,
-            weights_kind=kind,  # type: ignore[arg-type]
+            weights_kind=kind,
             num_classes=num_classes,
             labels=labels,
             preprocess=overrides.apply(base),
@@ -175,9 +180,9 @@ def preprocess_from_weights(weights: WeightsEnum) -> PreprocessConfig:
     return PreprocessConfig(
         resize_size=int(resize[0]),
         crop_size=(int(crop[0]), int(crop[-1])),
-        interpolation=_INTERPOLATIONS[t.interpolation.name],  # type: ignore[arg-type]
-        mean=tuple(t.mean),  # type: ignore[arg-type]
-        std=tuple(t.std),  # type: ignore[arg-type]
+        interpolation=_INTERPOLATIONS[t.interpolation.name],
+        mean=tuple(t.mean),
+        std=tuple(t.std),
     )
 
 
@@ -292,8 +297,7 @@ def _load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where:
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise ModelLoadError(
-            f"checkpoint {where!r} does not fit {type(model).__name__}: "
-            f"{' '.join(first[:3])[:400]}"
+            f"checkpoint {where!r} does not fit {type(model).__name__}: {' '.join(first[:3])[:400]}"
         ) from e
 
 

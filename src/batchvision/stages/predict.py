@@ -31,9 +31,13 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ConfigError(f"--device {device!r} is not valid; choose auto, cpu, cuda or cuda:N")
+        raise ConfigError(
+            f"--device {device!r} is not valid; choose auto, cpu, cuda or cuda:N"
+        ) from None
     if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {device!r} is not valid; choose auto, cpu, cuda or cuda:N")
+        raise ConfigError(
+            f"--device {device!r} is not valid; choose auto, cpu, cuda or cuda:N"
+        ) from None
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -49,7 +53,9 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` runs bf16 matrix math in hardware (AVX512-BF16/AMX, or Ampere+)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> str:

@@ -37,8 +37,8 @@ def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     resample = _RESAMPLE[cfg.interpolation]
     if ch > rh or cw > rw:
         return _pad_crop(np.asarray(img.resize((rw, rh), resample)), ch, cw)
-    top = int(round((rh - ch) / 2.0))
-    left = int(round((rw - cw) / 2.0))
+    top = round((rh - ch) / 2.0)
+    left = round((rw - cw) / 2.0)
     sx, sy = w / rw, h / rh
     box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
     return np.asarray(img.resize((cw, ch), resample, box=box))
@@ -51,7 +51,7 @@ def _pad_crop(arr: np.ndarray, ch: int, cw: int) -> np.ndarray:
     out = np.zeros((max(ch, h), max(cw, w), 3), dtype=np.uint8)
     out[top : top + h, left : left + w] = arr
     ph, pw = out.shape[:2]
-    t, lft = int(round((ph - ch) / 2.0)), int(round((pw - cw) / 2.0))
+    t, lft = round((ph - ch) / 2.0), round((pw - cw) / 2.0)
     return np.ascontiguousarray(out[t : t + ch, lft : lft + cw])
 
 

@@ -1,0 +1,5 @@
+"""``python -m batchvision``."""
+
+from batchvision.cli import main
+
+main()

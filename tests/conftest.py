@@ -1,0 +1,60 @@
+"""Shared fixtures: generated images and small saved models, made once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from batchvision.demo import synth
+
+TINY_ARCH = "mobilenet_v3_small"
+TINY_CLASSES = 10
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 photo-like JPEGs of varied sizes and aspect ratios, in two sub-folders."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(1234)
+    for i in range(24):
+        w, h = int(rng.integers(120, 700)), int(rng.integers(120, 700))
+        sub = root / ("a" if i % 2 else "b")
+        sub.mkdir(exist_ok=True)
+        synth.photo_like(rng, (w, h)).save(sub / f"img_{i:02d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A seeded random-weight mobilenet_v3_small (10 classes) as .safetensors, and labels."""
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(TINY_ARCH, weights=None, num_classes=TINY_CLASSES)
+    path = root / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    labels = root / "labels.txt"
+    labels.write_text("\n".join(f"thing_{i}" for i in range(TINY_CLASSES)) + "\n")
+    return path, labels
+
+
+def run_cli(*args: str, timeout: float = 300, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m batchvision ARGS`` and capture its output (bounded in time)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "batchvision", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
