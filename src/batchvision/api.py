@@ -92,6 +92,10 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
             f"--top-k {config.top_k} is not valid for {spec.arch} with {spec.num_classes} "
             f"classes; choose 1..{spec.num_classes}"
         )
+    # A bad --device (e.g. cuda on a GPU-less machine) must fail before the output exists.
+    from batchvision.stages.predict import resolve_device
+
+    resolve_device(config.device)
     state_dict = load_state_dict(spec)
 
     sinks.prepare_output_dir(config.output, resume=config.resume, overwrite=config.overwrite)
@@ -140,7 +144,7 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         precision=result.precision,
         skipped_examples=listing.skipped_examples,
     )
-    _finish_manifest(manifest, summary, result, writer)
+    _finish_manifest(manifest, config, summary, result, writer)
     sinks.write_manifest(config.output, manifest)
     return summary
 
@@ -217,23 +221,32 @@ def _manifest(
 
 
 def _check_resumable(previous: dict[str, Any], current: dict[str, Any]) -> None:
+    import json
+
     for key in _RESUME_KEYS:
-        if key in previous and previous[key] != current[key]:
+        # Compare as stored: the manifest's JSON turns tuples (crop_size, mean, std) into lists.
+        now = json.loads(json.dumps(current[key], default=str))
+        if key in previous and previous[key] != now:
             raise OutputDirError(
                 f"cannot --resume: {key} differs from the earlier run "
-                f"({previous[key]!r} there, {current[key]!r} now); use the same settings, "
+                f"({previous[key]!r} there, {now!r} now); use the same settings, "
                 "or --overwrite"
             )
 
 
 def _finish_manifest(
-    manifest: dict[str, Any], summary: Summary, result: EngineResult, writer: sinks.PartWriter
+    manifest: dict[str, Any],
+    config: RunConfig,
+    summary: Summary,
+    result: EngineResult,
+    writer: sinks.PartWriter,
 ) -> None:
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     manifest["runs"].append(
         {
             "finished_at": now,
             "status": "interrupted" if summary.interrupted else "complete",
+            "config": asdict(config),
             "device": result.device,
             "precision": result.precision,
             "workers": result.workers,

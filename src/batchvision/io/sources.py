@@ -172,9 +172,18 @@ def _glob(pattern: str, stats: ListingStats) -> Iterator[InputItem]:
 
 
 def _check_manifest(path: str) -> None:
+    try:
+        _check_manifest_columns(path)
+    except ConfigError:
+        raise
+    except (ValueError, csv.Error, OSError) as e:  # not UTF-8, not CSV/Parquet, unreadable
+        raise ConfigError(f"manifest {path!r} cannot be read: {e}") from e
+
+
+def _check_manifest_columns(path: str) -> None:
     ext = os.path.splitext(path)[1].lower()
     if ext == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), [])
         if "path" not in header:
             raise ConfigError(f"manifest {path!r} has no 'path' column (columns: {header})")
@@ -189,13 +198,13 @@ def _check_manifest(path: str) -> None:
 def _manifest_paths(path: str) -> Iterator[str]:
     ext = os.path.splitext(path)[1].lower()
     if ext == ".txt":
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for line in f:
                 line = line.strip()
                 if line and not line.startswith("#"):
                     yield line
     elif ext == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             for row in csv.DictReader(f):
                 if row.get("path"):
                     yield row["path"]
@@ -212,8 +221,11 @@ def _manifest(path: str) -> Iterator[InputItem]:
     Listed paths are taken as they are, whatever their extension: the user named them.
     """
     base = os.path.dirname(path)
-    for p in _manifest_paths(path):
-        yield InputItem(id=p, path=p if os.path.isabs(p) else os.path.join(base, p))
+    try:
+        for p in _manifest_paths(path):
+            yield InputItem(id=p, path=p if os.path.isabs(p) else os.path.join(base, p))
+    except (UnicodeDecodeError, csv.Error) as e:  # found past the header: a bad line
+        raise ConfigError(f"manifest {path!r} cannot be read: {e}") from e
 
 
 def needs_duplicate_check(inputs: Sequence[str], kinds: Sequence[str]) -> bool:
@@ -274,6 +286,11 @@ class ReadError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[Exception], tuple[str, str]]:
+        # Pickle with both arguments (the default would pass only the joined text).
+        return (type(self), (self.code, self.message))
 
 
 def items_to_batch(items: Sequence[InputItem]) -> dict[str, np.ndarray]:

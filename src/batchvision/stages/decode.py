@@ -17,6 +17,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 _ORIENTATION = ExifTags.Base.Orientation
 # EXIF orientations 5-8 swap width and height.
 _TRANSPOSED = frozenset({5, 6, 7, 8})
+# JPEG, and MPO (multi-picture JPEG, common from phone cameras) decode through libjpeg.
+_DRAFTABLE = frozenset({"JPEG", "MPO"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _WHITE = (255, 255, 255, 255)
 # What Pillow raises on malformed input, across its plugins (struct.error: bad headers).
@@ -30,6 +32,10 @@ class DecodeError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+    def __reduce__(self) -> tuple[type[Exception], tuple[str, str]]:
+        # Pickle with both arguments (the default would pass only the joined text).
+        return (type(self), (self.code, self.message))
 
 
 @dataclass(frozen=True)
@@ -62,11 +68,16 @@ def decode_image(
         raise DecodeError("empty", "file is empty (0 bytes)")
     img = _open(data, max_pixels)
     try:
+        if img.format not in _DRAFTABLE:
+            # Only JPEG needs draft() before load(). Pillow's PNG reads EXIF by loading the
+            # pixels, and a load that fails there must raise, not leave a black image; TIFF's
+            # load applies the EXIF orientation itself, so the size must be read after it.
+            img.load()
         orientation = _orientation(img)
         full_w, full_h = img.size
         if orientation in _TRANSPOSED:
             full_w, full_h = full_h, full_w
-        if min_size is not None and img.format == "JPEG":
+        if min_size is not None and img.format in _DRAFTABLE:
             want = min_size[::-1] if orientation in _TRANSPOSED else min_size
             img.draft(None, (max(1, want[0]), max(1, want[1])))
         img.load()
@@ -86,7 +97,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise DecodeError("too_large", str(e).split(" could be")[0]) from e
+        raise DecodeError("too_large", str(e).split(" could be")[0].rstrip(" ,")) from e
     except UnidentifiedImageError as e:
         raise DecodeError("not_image", "content is not a recognised image format") from e
     except _DECODE_FAILURES as e:
@@ -114,7 +125,9 @@ def _orientation(img: Image.Image) -> int | None:
 def _classify(e: BaseException) -> DecodeError:
     text = str(e).strip() or type(e).__name__
     lower = text.lower()
-    if "truncat" in lower or "broken data stream" in lower or isinstance(e, EOFError):
+    # "broken data stream" is a decoder (libjpeg/zlib/LZW) error on damaged data; cut-off
+    # files are reported by Pillow as "truncated" instead.
+    if "truncat" in lower or isinstance(e, EOFError):
         return DecodeError("truncated", text)
     return DecodeError("corrupt", text)
 
