@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import difflib
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from enum import Enum
 from pathlib import Path
@@ -81,7 +83,9 @@ class TorchvisionSource:
         if spec.weights_kind == "random":
             return None
         if spec.weights_kind == "checkpoint":
-            return read_checkpoint(spec.weights)
+            state = read_checkpoint(spec.weights)
+            _check_fits(spec, state)
+            return state
         return _download_pretrained(spec.arch, tvm.get_weight(spec.weights)).state_dict()
 
     def build(
@@ -261,7 +265,12 @@ def checkpoint_num_classes(arch: str, path: str) -> int:
     and looking for the tensors whose first dimension is that 1000.
     """
     state = read_checkpoint(path)
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            probe = tvm.get_model(arch, weights=None, num_classes=_HEAD_PROBE_CLASSES)
+    except (NotImplementedError, RuntimeError):
+        # Some builders compute their layout with real tensor math (RegNet's block widths),
+        # which the meta device cannot run; build those for real, once.
         probe = tvm.get_model(arch, weights=None, num_classes=_HEAD_PROBE_CLASSES)
     heads = [
         k
@@ -291,10 +300,40 @@ def _builder_kwargs(spec: ModelSpec, state_keys: Iterable[str]) -> dict[str, Any
     }
 
 
-def _load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+def _check_fits(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse, on the driver and before any output is written, weights that do not fit.
+
+    Loads into a meta-device model (no memory, no compute); builders the meta device cannot
+    run are checked when the model is really built.
+    """
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+        with torch.device("meta"):
+            model = tvm.get_model(
+                spec.arch,
+                weights=None,
+                num_classes=spec.num_classes,
+                **_builder_kwargs(spec, state.keys()),
+            )
+    except (NotImplementedError, RuntimeError):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op"
+        _load_into(model, state, spec.weights, assign=True)
+
+
+def _load_into(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str, assign: bool = False
+) -> None:
+    if getattr(state, "_metadata", None) is None:
+        # Module versions travel in a state_dict's ``_metadata``, which safetensors files and
+        # unwrapped dicts lack; some modules refuse to load without it (MNASNet raises).
+        # A checkpoint without it was saved by the current layout: use the fresh model's.
+        with_meta = collections.OrderedDict(state)
+        with_meta._metadata = model.state_dict()._metadata  # type: ignore[attr-defined]
+        state = with_meta
+    try:
+        model.load_state_dict(state, strict=True, assign=assign)
+    except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()
         raise ModelLoadError(
             f"checkpoint {where!r} does not fit {type(model).__name__}: {' '.join(first[:3])[:400]}"
