@@ -8,8 +8,11 @@ come back through shared memory as uint8 tensors; inference and writing run here
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -68,6 +71,29 @@ def _identity(x: Any) -> Any:
     return x
 
 
+@contextlib.contextmanager
+def _defer_sigint() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, so the rows of a batch are written and counted together.
+
+    Without it, an interrupt between committing a part and resetting the buffer writes those
+    rows twice, and one between writing and counting under-reports the run in its summary.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is None  # a handler set outside Python: leave it
+    ):
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 class LocalEngine(Engine):
     """Everything on this machine: ``--workers`` decode processes and one model."""
 
@@ -116,12 +142,13 @@ class LocalEngine(Engine):
                     seconds[stage] += s
                 labelled = label_batch(predictor(batch), job.spec.labels)
                 t2 = time.perf_counter()
-                job.writer.add(batch_to_table(labelled))
-                t3 = time.perf_counter()
-                seconds["wait"] += t1 - t0
-                seconds["inference"] += t2 - t1
-                seconds["write"] += t3 - t2
-                stats.observe(labelled)
+                with _defer_sigint():  # a batch is written and counted, or neither
+                    job.writer.add(batch_to_table(labelled))
+                    t3 = time.perf_counter()
+                    seconds["wait"] += t1 - t0
+                    seconds["inference"] += t2 - t1
+                    seconds["write"] += t3 - t2
+                    stats.observe(labelled)
         except KeyboardInterrupt:
             result.interrupted = True
             logger.warning("interrupted: writing the rows completed so far")

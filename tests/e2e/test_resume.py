@@ -1,0 +1,223 @@
+"""Crash safety with real processes: kill -9 and Ctrl-C mid-run, then --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+import batchvision
+from batchvision import PreprocessOverrides, RunConfig
+from batchvision.demo import synth
+from tests.conftest import run_cli
+
+N_IMAGES = 120
+WAIT_S = 90.0
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Child processes inherit this: a few shared cores, oversubscribed threads are 10x slower.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def many_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 small photo-like JPEGs in two folders (ids carry the sub-folder)."""
+    root = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(77)
+    for i in range(N_IMAGES):
+        path = root / ("x" if i % 3 else "y") / f"im_{i:03d}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        size = (int(rng.integers(64, 128)), int(rng.integers(64, 128)))
+        synth.photo_like(rng, size).save(path, "JPEG", quality=85)
+    return root
+
+
+def _expected_ids(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*.jpg")}
+
+
+def _args(src: Path, out: Path, tiny: tuple[Path, Path]) -> list[str]:
+    ckpt, labels = tiny
+    return [
+        "run",
+        str(src),
+        "--model",
+        "mobilenet_v3_small",
+        "--weights",
+        str(ckpt),
+        "--labels",
+        str(labels),
+        "--resize-size",
+        "64",
+        "--crop-size",
+        "64",
+        "-o",
+        str(out),
+        "-b",
+        "2",
+        "--workers",
+        "1",
+        "--part-rows",
+        "4",
+        "--top-k",
+        "2",
+    ]
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    """``python -m batchvision ARGS`` in its own process group (like a terminal job)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchvision", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+
+
+def _wait_for_parts(proc: subprocess.Popen[str], out: Path, n: int) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while len(list(out.glob("part-*.parquet"))) < n:
+        if proc.poll() is not None:
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"run ended (rc {proc.returncode}) before {n} parts:\n{stdout}{stderr}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail(f"no {n} part files within {WAIT_S} s")
+        time.sleep(0.01)
+
+
+def _visible_ids(out: Path) -> list[str]:
+    """Ids in every visible part; each part must be a complete, readable file."""
+    ids: list[str] = []
+    for part in sorted(out.glob("part-*.parquet")):
+        table = pq.read_table(part)  # a half-written part would fail here
+        assert table.num_rows > 0
+        ids.extend(table.column("id").to_pylist())
+    return ids
+
+
+def _assert_complete(out: Path, expected: set[str]) -> None:
+    table = ds.dataset(out, format="parquet").to_table()
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "duplicate rows after resume"
+    assert set(ids) == expected
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    runs = manifest["runs"]
+    assert runs[-1]["already_done"] + runs[-1]["rows_written"] == len(expected)
+
+
+def test_kill_9_then_resume(
+    many_dir: Path, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = _args(many_dir, out, tiny_checkpoint)
+    proc = _start(args)
+    _wait_for_parts(proc, out, 2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: DataLoader workers die too
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    before = _visible_ids(out)
+    assert len(before) >= 8 and len(before) == len(set(before))
+    assert len(before) < N_IMAGES, "the run finished before it could be killed"
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["status"] == "running"  # the dead run never finished it
+
+    resumed = run_cli(*args, "--resume", "-q", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"already done {len(before)}" in resumed.stdout
+    assert f"ok {N_IMAGES - len(before)}, error 0" in resumed.stdout
+    assert not list(out.glob(".*.tmp"))
+    _assert_complete(out, _expected_ids(many_dir))
+    # The killed run never recorded itself: only the resumed run is in the manifest.
+    (run,) = json.loads((out / "_manifest.json").read_text())["runs"]
+    assert (run["already_done"], run["rows_written"]) == (len(before), N_IMAGES - len(before))
+
+
+def test_ctrl_c_writes_rows_and_prints_resume_command(
+    many_dir: Path, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    proc = _start(_args(many_dir, out, tiny_checkpoint))
+    _wait_for_parts(proc, out, 1)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: main process and workers
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stdout + stderr
+
+    written = _visible_ids(out)
+    processed = int(stdout.split(" images in ", 1)[0])
+    assert 1 <= processed < N_IMAGES
+    assert len(written) == len(set(written)) == processed  # every completed row is written
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert manifest["runs"][-1]["rows_written"] == processed
+
+    lines = stdout.splitlines()
+    i = lines.index("interrupted; to finish, run:")
+    command = shlex.split(lines[i + 1])
+    assert command[0] == "batchvision" and command[-1] == "--resume"
+    assert command[1:-1] == _args(many_dir, out, tiny_checkpoint)
+
+    resumed = run_cli(*command[1:], "-q", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"already done {processed}" in resumed.stdout
+    _assert_complete(out, _expected_ids(many_dir))
+    assert [r["status"] for r in json.loads((out / "_manifest.json").read_text())["runs"]] == [
+        "interrupted",
+        "complete",
+    ]
+
+
+def test_resume_with_nothing_left(
+    tiny_checkpoint: tuple[Path, Path], tmp_path: Path, many_dir: Path
+) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in sorted((many_dir / "y").glob("*.jpg"))[:6]:
+        (src / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    ckpt, labels = tiny_checkpoint
+    first = batchvision.run(
+        RunConfig(
+            inputs=(str(src),),
+            output=str(out),
+            model="mobilenet_v3_small",
+            weights=str(ckpt),
+            labels=str(labels),
+            preprocess=PreprocessOverrides(resize_size=64, crop_size=64),
+            batch_size=2,
+            workers=0,
+            part_rows=4,
+            top_k=2,
+        )
+    )
+    assert first.ok == 6
+    parts = {p.name: p.read_bytes() for p in out.glob("part-*")}
+
+    proc = run_cli(*_args(src, out, tiny_checkpoint), "--resume", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("0 images in ")
+    assert "ok 0, error 0, skipped 0 (hidden or not an image name), already done 6" in proc.stdout
+    assert {p.name: p.read_bytes() for p in out.glob("part-*")} == parts  # no new rows
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert [r["rows_written"] for r in manifest["runs"]] == [6, 0]
+    assert [r["already_done"] for r in manifest["runs"]] == [0, 6]
