@@ -33,12 +33,33 @@ def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A seeded random-weight mobilenet_v3_small (10 classes) as .safetensors, and labels."""
+    """A seeded random-weight mobilenet_v3_small (10 classes) as .safetensors, and labels.
+
+    Freshly initialised, its batch-norm statistics shrink every activation to ~1e-9 and it
+    gives 0.1 to every class for every image. Calibrating the statistics on a few
+    photo-like images and widening the head makes predictions differ between images, so
+    tests of labels and score order can fail.
+    """
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("tiny_model")
     torch.manual_seed(0)
     model = torchvision.models.get_model(TINY_ARCH, weights=None, num_classes=TINY_CLASSES)
+    rng = np.random.default_rng(99)
+    calib = torch.stack(
+        [
+            torchvision.transforms.functional.to_tensor(synth.photo_like(rng, (64, 64)))
+            for _ in range(32)
+        ]
+    )
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model((calib - 0.45) / 0.225)
+        torch.nn.init.normal_(model.classifier[-1].weight, std=0.3)
+    model.eval()
     path = root / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     labels = root / "labels.txt"

@@ -103,7 +103,8 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     manifest = _manifest(config, spec, previous)
     if previous is not None:
         _check_resumable(previous, manifest)
-    done = sinks.read_done_ids(config.output) if config.resume else set()
+    earlier = sinks.read_written(config.output) if config.resume else sinks.Written()
+    done = earlier.ids
     if done:
         logger.info("resuming: %d ids already written in %s", len(done), config.output)
     manifest["status"] = "running"
@@ -144,7 +145,7 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         precision=result.precision,
         skipped_examples=listing.skipped_examples,
     )
-    _finish_manifest(manifest, config, summary, result, writer)
+    _finish_manifest(manifest, config, summary, result, writer, earlier)
     sinks.write_manifest(config.output, manifest)
     return summary
 
@@ -240,6 +241,7 @@ def _finish_manifest(
     summary: Summary,
     result: EngineResult,
     writer: sinks.PartWriter,
+    earlier: sinks.Written,
 ) -> None:
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     manifest["runs"].append(
@@ -264,5 +266,10 @@ def _finish_manifest(
     )
     runs = manifest["runs"]
     manifest["status"] = runs[-1]["status"]
-    manifest["counts"] = {key: sum(r[key] for r in runs) for key in ("ok", "error", "rows_written")}
-    manifest["counts"]["skipped"] = summary.skipped
+    # From the part files, not from earlier runs' records: a killed run records nothing.
+    manifest["counts"] = {
+        "ok": earlier.statuses["ok"] + summary.ok,
+        "error": earlier.statuses["error"] + summary.error,
+        "rows_written": sum(earlier.statuses.values()) + writer.rows_written,
+        "skipped": summary.skipped,
+    }

@@ -11,7 +11,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -216,22 +217,38 @@ def _our_files(root: Path) -> set[Path]:
     return ours
 
 
-def read_done_ids(out_dir: str) -> set[str]:
-    """Every id already written to ``out_dir``'s part files."""
-    done: set[str] = set()
+@dataclass
+class Written:
+    """What earlier runs left in an output folder: their ids and row counts by status."""
+
+    ids: set[str] = field(default_factory=set)
+    statuses: Counter[str] = field(default_factory=Counter)
+
+
+def read_written(out_dir: str) -> Written:
+    """Every id and status already committed to ``out_dir``'s part files."""
+    written = Written()
     for path in data_files(out_dir):
-        done.update(_read_ids(path))
-    return done
+        ids, statuses = _read_ids_statuses(path)
+        written.ids.update(ids)
+        written.statuses.update(statuses)
+    return written
 
 
-def _read_ids(path: Path) -> Iterable[str]:
+def _read_ids_statuses(path: Path) -> tuple[list[str], list[str]]:
     if path.suffix == ".parquet":
-        return pq.read_table(path, columns=["id"]).column(0).to_pylist()
-    if path.suffix == ".csv":
-        opts = pacsv.ConvertOptions(include_columns=["id"], column_types={"id": pa.string()})
-        return pacsv.read_csv(path, convert_options=opts).column(0).to_pylist()
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line)["id"] for line in f if line.strip()]
+        table = pq.read_table(path, columns=["id", "status"])
+    elif path.suffix == ".csv":
+        opts = pacsv.ConvertOptions(
+            include_columns=["id", "status"],
+            column_types={"id": pa.string(), "status": pa.string()},
+        )
+        table = pacsv.read_csv(path, convert_options=opts)
+    else:
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        return [r["id"] for r in rows], [r["status"] for r in rows]
+    return table.column("id").to_pylist(), table.column("status").to_pylist()
 
 
 def read_manifest(out_dir: str) -> dict[str, Any] | None:
