@@ -23,6 +23,23 @@ class BatchvisionError(Exception):
     exit_code = EXIT_USAGE
 
 
+class RowError(Exception):
+    """A failure that costs one input its row (an error row), never the run.
+
+    ``str(error)`` is the row's ``error`` value: ``"code: message"``, where ``code`` is short
+    and stable so that summaries and reports can group by it.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[Exception], tuple[str, str]]:
+        # Pickle with both arguments (the default would pass only the joined text).
+        return (type(self), (self.code, self.message))
+
+
 class ConfigError(BatchvisionError, ValueError):
     """A bad option value, input or combination of options."""
 

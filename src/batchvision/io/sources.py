@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from batchvision.errors import ConfigError
+from batchvision.errors import ConfigError, RowError
 
 logger = logging.getLogger(__name__)
 
@@ -280,17 +280,8 @@ def read_bytes(path: str) -> bytes:
         raise ReadError("unreadable", f"{e.strerror or e}: {path}") from e
 
 
-class ReadError(Exception):
-    """A file that could not be read; ``code`` groups errors in summaries."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-    def __reduce__(self) -> tuple[type[Exception], tuple[str, str]]:
-        # Pickle with both arguments (the default would pass only the joined text).
-        return (type(self), (self.code, self.message))
+class ReadError(RowError):
+    """A file that could not be read (``not_found``, ``unreadable``)."""
 
 
 def items_to_batch(items: Sequence[InputItem]) -> dict[str, np.ndarray]:

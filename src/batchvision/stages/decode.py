@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from batchvision.errors import RowError
+
 _ORIENTATION = ExifTags.Base.Orientation
 # EXIF orientations 5-8 swap width and height.
 _TRANSPOSED = frozenset({5, 6, 7, 8})
@@ -25,17 +27,8 @@ _WHITE = (255, 255, 255, 255)
 _DECODE_FAILURES = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
 
 
-class DecodeError(Exception):
-    """An input that cannot become an image; ``code`` is short and stable for grouping."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-    def __reduce__(self) -> tuple[type[Exception], tuple[str, str]]:
-        # Pickle with both arguments (the default would pass only the joined text).
-        return (type(self), (self.code, self.message))
+class DecodeError(RowError):
+    """Bytes that cannot become an image (``empty``, ``not_image``, ``too_large``, ...)."""
 
 
 @dataclass(frozen=True)
