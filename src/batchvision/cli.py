@@ -125,7 +125,8 @@ def cli() -> None:
     type=click.IntRange(min=1),
     default=10_000,
     show_default=True,
-    help="Rows per part file (a part is also committed every 30 s).",
+    help="Commit a part once this many rows are buffered (parts end on batch boundaries; "
+    "a part is also committed every 30 s).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines.")
 @click.option("--verbose", "-v", is_flag=True, help="More log output.")
