@@ -569,7 +569,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="'random' (default, no download) or a checkpoint path for batchvision and the "
         "parity reference; the seed pipeline always uses random init",
     )
-    p.add_argument("--images", type=int, default=400, help="number of images (default 400)")
+    p.add_argument("--images", type=int, default=1000, help="number of images (default 1000)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--device", default="auto")
