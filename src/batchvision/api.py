@@ -25,6 +25,7 @@ from batchvision.errors import (
 from batchvision.io import sinks, sources
 from batchvision.models.registry import load_state_dict, resolve_model
 from batchvision.models.spec import ModelSpec
+from batchvision.stages.predict import check_top_k, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +88,8 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         overrides=config.preprocess,
         seed=config.seed,
     )
-    if config.top_k > spec.num_classes:
-        raise ConfigError(
-            f"--top-k {config.top_k} is not valid for {spec.arch} with {spec.num_classes} "
-            f"classes; choose 1..{spec.num_classes}"
-        )
+    check_top_k(config.top_k, spec)
     # A bad --device (e.g. cuda on a GPU-less machine) must fail before the output exists.
-    from batchvision.stages.predict import resolve_device
-
     resolve_device(config.device)
     state_dict = load_state_dict(spec)
 

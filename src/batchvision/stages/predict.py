@@ -67,6 +67,15 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
     return precision
 
 
+def check_top_k(top_k: int, spec: ModelSpec) -> None:
+    """``top_k`` must lie within the model's classes."""
+    if not 1 <= top_k <= spec.num_classes:
+        raise ConfigError(
+            f"--top-k {top_k} is not valid for {spec.arch} with {spec.num_classes} classes; "
+            f"choose 1..{spec.num_classes}"
+        )
+
+
 @dataclass(frozen=True)
 class PredictOptions:
     """How to run the model; resolved values are recorded in the manifest."""
@@ -97,11 +106,7 @@ class Predictor:
         state_dict: dict[str, torch.Tensor] | None = None,
     ) -> None:
         options = options or PredictOptions()
-        if not 1 <= options.top_k <= spec.num_classes:
-            raise ConfigError(
-                f"--top-k {options.top_k} is not valid for {spec.arch} with "
-                f"{spec.num_classes} classes; choose 1..{spec.num_classes}"
-            )
+        check_top_k(options.top_k, spec)
         self.spec = spec
         self.top_k = options.top_k
         self.device = resolve_device(options.device)
