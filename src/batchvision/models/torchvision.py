@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torchvision.models as tvm
@@ -32,6 +32,7 @@ _INTERPOLATIONS: dict[str, Interpolation] = {
 # Keys under which training scripts commonly nest the state_dict.
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 _HEAD_PROBE_CLASSES = 1000
+_V = TypeVar("_V")
 
 
 class TorchvisionSource:
@@ -251,11 +252,33 @@ def _unwrap_state_dict(raw: Any, path: str) -> dict[str, torch.Tensor]:
             break
     if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise ModelLoadError(f"checkpoint {path!r} does not hold a state_dict of tensors")
-    state = dict(raw)
+    return _strip_prefixes(dict(raw))
+
+
+def _strip_prefixes(state: dict[str, _V]) -> dict[str, _V]:
+    # DataParallel/DDP ("module.") and torch.compile ("_orig_mod.") wrap every key.
     for prefix in ("module.", "_orig_mod."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
+
+
+def _checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a checkpoint; a ``.safetensors`` file is read from its header only.
+
+    Resolving a model needs only the head's shape; the tensors themselves are read once,
+    later, by ``load_state_dict``.
+    """
+    if not (path.lower().endswith(".safetensors") and os.path.isfile(path)):
+        return {k: tuple(v.shape) for k, v in read_checkpoint(path).items()}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:
+        raise ModelLoadError(f"cannot read checkpoint {path!r}: {e}") from e
+    return _strip_prefixes(shapes)
 
 
 def checkpoint_num_classes(arch: str, path: str) -> int:
@@ -264,7 +287,7 @@ def checkpoint_num_classes(arch: str, path: str) -> int:
     The head is found by building the architecture on the meta device with 1000 classes
     and looking for the tensors whose first dimension is that 1000.
     """
-    state = read_checkpoint(path)
+    shapes = _checkpoint_shapes(path)
     try:
         with torch.device("meta"):
             probe = tvm.get_model(arch, weights=None, num_classes=_HEAD_PROBE_CLASSES)
@@ -275,14 +298,14 @@ def checkpoint_num_classes(arch: str, path: str) -> int:
     heads = [
         k
         for k, v in probe.state_dict().items()
-        if v.ndim >= 1 and v.shape[0] == _HEAD_PROBE_CLASSES and k in state
+        if v.ndim >= 1 and v.shape[0] == _HEAD_PROBE_CLASSES and k in shapes
     ]
     if not heads:
         raise ModelLoadError(
             f"checkpoint {path!r} has no classifier head for {arch!r}; "
             "is it a state_dict of this architecture?"
         )
-    return int(state[heads[-1]].shape[0])
+    return int(shapes[heads[-1]][0])
 
 
 def _builder_kwargs(spec: ModelSpec, state_keys: Iterable[str]) -> dict[str, Any]:
