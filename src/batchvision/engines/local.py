@@ -24,7 +24,7 @@ from batchvision.config import DEFAULT_MAX_PIXELS, PreprocessConfig
 from batchvision.engines.base import Engine, EngineResult, Job, RunStats
 from batchvision.io.sinks import batch_to_table
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
-from batchvision.stages.postprocess import label_batch
+from batchvision.stages.postprocess import postprocess_batch
 from batchvision.stages.predict import PredictOptions, Predictor
 from batchvision.stages.preprocess import decode_batch
 
@@ -103,16 +103,7 @@ class LocalEngine(Engine):
         cfg = job.config
         stats = RunStats(job)
         seconds = dict.fromkeys(("read", "decode", "wait", "inference", "write"), 0.0)
-        predictor = Predictor(
-            job.spec,
-            PredictOptions(
-                device=cfg.device,
-                precision=cfg.precision,
-                top_k=cfg.top_k,
-                channels_last=cfg.channels_last,
-            ),
-            job.state_dict,
-        )
+        predictor = Predictor(job.spec, PredictOptions.from_config(cfg), job.state_dict)
         workers = cfg.num_workers
         loader = DataLoader(
             DecodeDataset(job.spec.preprocess, cfg.max_pixels, cfg.draft),
@@ -140,7 +131,7 @@ class LocalEngine(Engine):
                     break
                 for stage, s in batch.pop("_seconds").items():
                     seconds[stage] += s
-                labelled = label_batch(predictor(batch), job.spec.labels)
+                labelled = postprocess_batch(predictor(batch), job.spec)
                 t2 = time.perf_counter()
                 with _defer_sigint():  # a batch is written and counted, or neither
                     job.writer.add(batch_to_table(labelled))

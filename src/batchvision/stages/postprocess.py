@@ -1,10 +1,12 @@
-"""Top-k ids to labels: the last pure stage before the sink."""
+"""Model outputs to output columns: the last pure stage before the sink."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+
+from batchvision.models.spec import ModelSpec
 
 
 def label_batch(batch: dict[str, np.ndarray], labels: Sequence[str]) -> dict[str, np.ndarray]:
@@ -19,3 +21,8 @@ def label_batch(batch: dict[str, np.ndarray], labels: Sequence[str]) -> dict[str
     out["score"] = np.where(ok, batch["topk_scores"][:, 0], np.nan).astype(np.float32)
     out["topk_labels"] = topk_labels
     return out
+
+
+def postprocess_batch(batch: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, np.ndarray]:
+    """A predicted batch to the columns the sink writes; every engine calls this one."""
+    return label_batch(batch, spec.labels)

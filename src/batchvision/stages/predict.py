@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from batchvision.config import PRECISIONS, Precision
+from batchvision.config import PRECISIONS, Precision, RunConfig
 from batchvision.errors import ConfigError
 from batchvision.models.registry import build_model
 from batchvision.models.spec import ModelSpec
@@ -84,6 +84,16 @@ class PredictOptions:
     precision: Precision = "auto"
     top_k: int = 5
     channels_last: bool = True
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> PredictOptions:
+        """The options a run's config asks for; every engine builds its predictor from these."""
+        return cls(
+            device=config.device,
+            precision=config.precision,
+            top_k=config.top_k,
+            channels_last=config.channels_last,
+        )
 
 
 class Predictor:
