@@ -224,6 +224,45 @@ def demo_cmd(output: str, per_class: int, quiet: bool) -> None:
     sys.exit(0 if report.accuracy >= 0.95 else 1)
 
 
+@cli.command("report")
+@click.argument("output_dir", metavar="OUTPUT_DIR")
+@click.option(
+    "--html",
+    default=None,
+    help="The report file [default: OUTPUT_DIR/report.html; required for an s3:// OUTPUT_DIR].",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Gallery images, drawn uniformly at random (seeded) from the rows shown.",
+)
+@click.option(
+    "--label",
+    default=None,
+    help="Gallery of images with this predicted label only (segmentation: class present).",
+)
+@click.option(
+    "--errors",
+    is_flag=True,
+    help="Gallery of error rows instead of ok rows (errors are always listed by code).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
+@click.option("--verbose", "-v", is_flag=True, help="More log output.")
+def report_cmd(output_dir: str, verbose: bool, **opts: Any) -> None:
+    """Write a self-contained HTML report of OUTPUT_DIR (a folder `batchvision run` wrote)."""
+    from batchvision.report import ReportConfig, build_report
+
+    _setup_logging(verbose)
+    result = build_report(ReportConfig(output_dir=output_dir, **opts))
+    click.echo(
+        f"{result.rows} rows (ok {result.ok}, error {result.error}), {result.sampled} sampled, "
+        f"in {result.seconds:.1f} s"
+    )
+    click.echo(result.html)
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,

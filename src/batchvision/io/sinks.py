@@ -26,6 +26,8 @@ from batchvision.errors import OutputDirError
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "_manifest.json"
+#: Where ``batchvision report`` writes by default; ``--overwrite`` may delete it.
+REPORT_NAME = "report.html"
 PART_PREFIX = "part-"
 EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
 LIST_COLUMNS = ("topk_ids", "topk_labels", "topk_scores")
@@ -214,6 +216,8 @@ def _our_files(root: Path) -> set[Path]:
     ours |= set(root.glob(f".{PART_PREFIX}*.tmp")) | set(root.glob(f".{MANIFEST_NAME}.tmp"))
     if (root / MANIFEST_NAME).exists():
         ours.add(root / MANIFEST_NAME)
+        if (root / REPORT_NAME).is_file():
+            ours.add(root / REPORT_NAME)
     return ours
 
 

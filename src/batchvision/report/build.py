@@ -1,0 +1,217 @@
+"""``build_report``: read an output folder, sample it, draw thumbnails, write one HTML file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from batchvision.errors import ConfigError, OutputDirError, RowError
+from batchvision.io import sinks
+from batchvision.report import data, images, reading, render
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What ``batchvision report`` is asked for; validated on construction.
+
+    Attributes:
+        output_dir: the folder ``batchvision run`` wrote (local path or ``s3://`` URI).
+        html: the file to write; ``None`` means ``output_dir/report.html`` (local only).
+        sample: how many gallery images, chosen uniformly at random (seeded).
+        label: show only images with this predicted label (segmentation: class present).
+        errors: the gallery shows error rows instead of ok rows.
+        seed: seed of the sample, so the same command gives the same report.
+        thumb_size: longest side of the thumbnails, in pixels.
+        workers: threads that read and decode thumbnails.
+        error_paths: how many paths each error group lists (the count is always exact).
+        top_labels: bars in the label chart before the rest is folded into "other".
+    """
+
+    output_dir: str
+    html: str | None = None
+    sample: int = 200
+    label: str | None = None
+    errors: bool = False
+    seed: int = 0
+    thumb_size: int = 192
+    workers: int = 8
+    error_paths: int = 20
+    top_labels: int = 15
+
+    def __post_init__(self) -> None:
+        for name in ("thumb_size", "workers", "error_paths", "top_labels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.sample < 0:
+            raise ConfigError(f"--sample must be 0 or more, got {self.sample}")
+        if self.label is not None and self.errors:
+            raise ConfigError("--label and --errors exclude each other: error rows have no label")
+
+    def html_path(self) -> str:
+        """Where the report goes: ``html``, or ``report.html`` inside a local output folder."""
+        if self.html:
+            return self.html
+        if "://" in self.output_dir:
+            raise ConfigError(
+                f"{self.output_dir!r} is not a local folder: pass --html FILE to say where "
+                "the report goes"
+            )
+        return os.path.join(self.output_dir, sinks.REPORT_NAME)
+
+
+@dataclass
+class ReportResult:
+    """What was written: the file, the task, the counts and the sample drawn."""
+
+    html: str
+    task: str
+    rows: int
+    ok: int
+    error: int
+    sampled: int
+    placeholders: int
+    seconds: float
+    error_codes: dict[str, int] = field(default_factory=dict)
+
+
+def build_report(config: ReportConfig) -> ReportResult:
+    """Write the HTML report of ``config.output_dir`` and say what it holds.
+
+    Raises:
+        OutputDirError: the folder is missing or not a batchvision output, or the report
+            file cannot be written (exit code 2).
+        ConfigError: a bad option, e.g. a ``--label`` no row has.
+    """
+    t0 = time.perf_counter()
+    html_path = config.html_path()
+    out = reading.open_output(config.output_dir)
+    task = data.infer_task(out.manifest, out.columns)
+    light = reading.read_columns(out, data.light_columns(task))
+    counts = data.status_counts(light)
+    pool = data.candidates(light, task, label=config.label, errors=config.errors)
+    picked = data.sample_indices(pool, config.sample, config.seed)
+    groups = data.error_groups(light, cap=config.error_paths)
+    dist = data.label_distribution(light, task, top=config.top_labels)
+    del light
+    logger.info("read %d rows in %.1f s", out.num_rows, time.perf_counter() - t0)
+
+    rows = reading.take_rows(out, picked, data.row_columns(task))
+    error_idx = np.array([i for g in groups for i in g.indices], dtype=np.int64)
+    error_rows = iter(reading.take_rows(out, error_idx, ["id", "path", "error"]))
+    groups = [
+        data.ErrorGroup(g.code, g.count, g.indices, [next(error_rows) for _ in g.indices])
+        for g in groups
+    ]
+    with ThreadPoolExecutor(max_workers=config.workers) as pool_:
+        cards = list(pool_.map(lambda r: _card(out, task, r, config.thumb_size), rows))
+    page = render.render_html(
+        task=task,
+        manifest=out.manifest,
+        output_dir=config.output_dir,
+        counts=counts,
+        total_rows=out.num_rows,
+        distribution=dist,
+        groups=groups,
+        cards=cards,
+        config=config,
+        pool_size=len(pool),
+    )
+    _write(html_path, page)
+    result = ReportResult(
+        html=html_path,
+        task=task,
+        rows=out.num_rows,
+        ok=counts["ok"],
+        error=counts["error"],
+        sampled=len(cards),
+        placeholders=sum(1 for c in cards if c["thumb"] is None),
+        seconds=time.perf_counter() - t0,
+        error_codes={g.code: g.count for g in groups},
+    )
+    logger.info("report of %d rows written to %s in %.1f s", result.rows, html_path, result.seconds)
+    return result
+
+
+def _write(path: str, page: str) -> None:
+    if "://" in path:
+        raise ConfigError(f"--html {path!r}: the report is written to a local file")
+    tmp = f"{path}.tmp"
+    try:
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputDirError(
+            f"cannot write the report to {path!r} ({e.strerror or e}); pass --html FILE "
+            "somewhere writable"
+        ) from e
+
+
+def _card(out: reading.OutputFolder, task: str, row: dict[str, Any], size: int) -> dict[str, Any]:
+    """One gallery card: the row's fields, its thumbnail (or why there is none), its overlay."""
+    card: dict[str, Any] = {
+        "id": row.get("id") or "",
+        "path": row.get("path") or "",
+        "status": row.get("status") or "",
+        "error": row.get("error"),
+        "label": row.get("label"),
+        "score": row.get("score"),
+        "topk": list(zip(row.get("topk_labels") or [], row.get("topk_scores") or [], strict=False)),
+        "thumb": None,
+        "missing": None,
+        "overlay": None,
+        "legend": [],
+    }
+    base = None
+    try:
+        base = images.thumbnail(reading.read_image_bytes(card["path"]), size)
+        card["thumb"] = images.data_uri(base)
+    except RowError as e:
+        card["missing"] = str(e)
+    except Exception as e:  # a report must never die on one image
+        logger.warning("thumbnail of %s failed: %s", card["path"], e)
+        card["missing"] = f"unreadable: {e}"
+    if task == "segment" and card["status"] == "ok":
+        _add_mask(out, row, card, base, size)
+    return card
+
+
+def _add_mask(
+    out: reading.OutputFolder,
+    row: dict[str, Any],
+    card: dict[str, Any],
+    base: Any,
+    size: int,
+) -> None:
+    classes = sorted(row.get("classes") or [], key=lambda c: -(c.get("fraction") or 0.0))
+    card["legend"] = [
+        {
+            "id": int(c["id"]),
+            "label": str(c.get("label") or c["id"]),
+            "fraction": float(c.get("fraction") or 0.0),
+            "colour": images.hex_colour(int(c["id"])),
+        }
+        for c in classes
+        if c.get("id") is not None
+    ]
+    try:
+        if row.get("mask") is not None:
+            mask = images.decode_mask(row["mask"])
+        elif row.get("mask_path"):
+            mask = images.decode_mask(reading.read_mask_bytes(out, row["mask_path"]))
+        else:
+            card["mask_missing"] = "row has no mask"
+            return
+        card["overlay"] = images.data_uri(images.overlay(base, mask, size), "PNG")
+    except (RowError, ValueError) as e:
+        card["mask_missing"] = str(e)

@@ -1,0 +1,98 @@
+"""Rendering: the report's data into one self-contained HTML page (Jinja2 template)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+
+from batchvision.report.data import Distribution, ErrorGroup, run_records
+
+if TYPE_CHECKING:
+    from batchvision.report.build import ReportConfig
+
+CHART_WIDTH = 640
+BAR_HEIGHT = 18
+LABEL_WIDTH = 180
+
+
+def chart_bars(dist: Distribution) -> list[dict[str, Any]]:
+    """Bar geometry of the label chart (SVG units): the top labels, then "other"."""
+    items = list(dist.bars) + ([("other", dist.other)] if dist.other else [])
+    peak = max((c for _, c in items), default=0) or 1
+    span = CHART_WIDTH - LABEL_WIDTH - 90
+    return [
+        {
+            "label": label,
+            "count": count,
+            "share": count / dist.total if dist.total else 0.0,
+            "y": i * (BAR_HEIGHT + 4),
+            "width": max(1.0, span * count / peak),
+            "other": label == "other" and i == len(dist.bars),
+        }
+        for i, (label, count) in enumerate(items)
+    ]
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("batchvision.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["tojson_attr"] = lambda v: json.dumps(v, ensure_ascii=False)
+    return env
+
+
+def render_html(
+    *,
+    task: str,
+    manifest: dict[str, Any],
+    output_dir: str,
+    counts: dict[str, int],
+    total_rows: int,
+    distribution: Distribution,
+    groups: list[ErrorGroup],
+    cards: list[dict[str, Any]],
+    config: ReportConfig,
+    pool_size: int,
+) -> str:
+    """The whole page as a string: inline CSS, SVG, images and script; nothing external."""
+    runs = run_records(manifest)
+    bars = chart_bars(distribution)
+    labels = sorted({c["label"] for c in cards if c.get("label")})
+    if task == "segment":
+        labels = sorted({e["label"] for c in cards for e in c["legend"]})
+    template = _environment().get_template("report.html.j2")
+    return template.render(
+        task=task,
+        model=manifest.get("model", "?"),
+        weights=manifest.get("weights", "?"),
+        manifest_status=manifest.get("status", "unknown"),
+        output_dir=output_dir,
+        counts=counts,
+        skipped=(manifest.get("counts") or {}).get("skipped", 0),
+        total_rows=total_rows,
+        runs=runs,
+        wall_seconds=sum(r["wall_seconds"] for r in runs),
+        distribution=distribution,
+        bars=bars,
+        chart_height=max(1, len(bars)) * (BAR_HEIGHT + 4),
+        chart_width=CHART_WIDTH,
+        label_width=LABEL_WIDTH,
+        bar_height=BAR_HEIGHT,
+        groups=groups,
+        error_paths=config.error_paths,
+        cards=cards,
+        labels=labels,
+        sample=config.sample,
+        seed=config.seed,
+        label_filter=config.label,
+        errors_only=config.errors,
+        pool_size=pool_size,
+        generated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
