@@ -24,8 +24,8 @@ class Distribution:
 
     bars: list[tuple[str, int]]
     other: int
-    total: int
-    unit: str  # what a count counts: "images" (top-1 label) or "images containing"
+    total: int  # the sum of all counts
+    images: int  # the ok images counted over (a bar's share is count / images)
 
 
 @dataclass(frozen=True)
@@ -155,15 +155,13 @@ def label_distribution(table: pa.Table, task: str, *, top: int = 15) -> Distribu
     ok = _is(table, "status", "ok")
     if task == "classify" and "label" in table.column_names:
         values = table.column("label").filter(pa.array(ok))
-        unit = "images"
     elif task == "segment" and "classes" in table.column_names:
         classes = table.column("classes").filter(pa.array(ok)).combine_chunks()
         if not pa.types.is_list(classes.type):
-            return Distribution([], 0, 0, "images containing")
+            return Distribution([], 0, 0, 0)
         values = pc.struct_field(pc.list_flatten(classes), "label")
-        unit = "images containing"
     else:
-        return Distribution([], 0, 0, "images")
+        return Distribution([], 0, 0, 0)
     counts = [
         (str(v["values"]), int(v["counts"]))
         for v in pc.value_counts(values).to_pylist()
@@ -172,7 +170,7 @@ def label_distribution(table: pa.Table, task: str, *, top: int = 15) -> Distribu
     counts.sort(key=lambda item: (-item[1], item[0]))
     total = sum(c for _, c in counts)
     bars = counts[:top]
-    return Distribution(bars, total - sum(c for _, c in bars), total, unit)
+    return Distribution(bars, total - sum(c for _, c in bars), total, int(ok.sum()))
 
 
 def error_code(error: str | None) -> str:

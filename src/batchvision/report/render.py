@@ -27,7 +27,7 @@ def chart_bars(dist: Distribution) -> list[dict[str, Any]]:
         {
             "label": label,
             "count": count,
-            "share": count / dist.total if dist.total else 0.0,
+            "share": count / dist.images if dist.images else 0.0,
             "y": i * (BAR_HEIGHT + 4),
             "width": max(1.0, span * count / peak),
             "other": label == "other" and i == len(dist.bars),
