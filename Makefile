@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean install
+.PHONY: demo test lint typecheck bench clean install docs
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q -ra
+
+# docs/cli.md and docs/output-schema.md are generated from the code (a test fails when stale).
+docs: $(STAMP)
+	$(BIN)/python -m batchvision.docs
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_local.py

@@ -1,0 +1,308 @@
+"""Generate docs/cli.md and docs/output-schema.md from the code, so they never drift.
+
+``python -m batchvision.docs`` rewrites them (``make docs``); ``--check`` exits 1 when a
+file on disk differs from what the code generates (a test runs it). The CLI reference
+walks the click commands; the schema tables come from the pyarrow schemas in io/sinks.py,
+and every column, manifest field and error code must have a description below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import click
+import pyarrow as pa
+
+#: Meaning of every output column, across tasks (a schema column missing here fails a test).
+COLUMNS: dict[str, str] = {
+    "id": "Stable id: the path relative to the INPUT folder it came from (a file or "
+    "manifest entry: the path as given). Unique within an output.",
+    "path": "Where the image was read from (local path or `s3://` URI).",
+    "status": "`ok` or `error`.",
+    "error": "`code: message` on error rows (codes below), else null.",
+    "width": "Image width as displayed (after EXIF rotation); null on error rows.",
+    "height": "Image height as displayed (after EXIF rotation); null on error rows.",
+    "label": "Top-1 class name.",
+    "score": "Top-1 softmax probability.",
+    "topk_ids": "Class indices of the top `--top-k` classes, best first.",
+    "topk_labels": "Class names of the top `--top-k` classes, best first.",
+    "topk_scores": "Softmax probabilities of the top `--top-k` classes, best first.",
+    "mask": "The class map as a PNG (mode L, or 16-bit when there are more than 256 "
+    "classes), pixel value = class id; null when written to `mask_path`.",
+    "mask_path": "Path of the class-map PNG (relative paths are relative to the output "
+    "folder); null when the PNG is inline in `mask`.",
+    "mask_width": "Width of the class map (the model's output size).",
+    "mask_height": "Height of the class map.",
+    "classes": "The classes present in the mask: `id`, `label` and the `fraction` of mask pixels.",
+    "embedding": "The image's embedding vector.",
+}
+
+#: Top-level fields of `_manifest.json` (a field the code writes but missing here fails a test).
+MANIFEST: dict[str, str] = {
+    "model": "Resolved model name (`source:arch`).",
+    "task": "`classify`, `segment` or `embed`: which columns the parts have.",
+    "weights": "Weights as resolved (enum name or absolute checkpoint path).",
+    "weights_kind": "`pretrained`, `checkpoint` or `random`.",
+    "num_classes": "Number of classes the model outputs.",
+    "labels_sha": "First 16 hex digits of the SHA-256 of the class names (resume check).",
+    "preprocess": "Resize, crop, interpolation, mean and std actually used.",
+    "top_k": "`--top-k`.",
+    "format": "Part file format: `parquet`, `csv` or `jsonl`.",
+    "inputs": "The INPUT arguments.",
+    "versions": "batchvision, Python, torch, torchvision, Pillow, NumPy, pyarrow versions.",
+    "runs": "One record per run into the folder (see below).",
+    "status": "Status of the last run: `running`, `complete` or `interrupted`.",
+    "counts": "`ok`, `error`, `rows_written` from the part files; `skipped` by the last run.",
+}
+
+#: Fields of each `runs[]` record.
+RUN_FIELDS: dict[str, str] = {
+    "finished_at": "UTC time the run ended.",
+    "status": "`complete` or `interrupted`.",
+    "config": "The full RunConfig of that run.",
+    "device": "Device used, e.g. `cpu`, `cuda:0`.",
+    "precision": "`fp32`, `bf16` or `fp16`.",
+    "workers": "Decode workers.",
+    "ok": "Rows with status ok written by this run.",
+    "error": "Error rows written by this run.",
+    "skipped": "Files skipped while listing (hidden, or not an image name).",
+    "already_done": "Ids skipped because an earlier run wrote them (`--resume`).",
+    "rows_written": "Rows this run committed.",
+    "parts_written": "Part files this run committed.",
+    "wall_seconds": "Wall time of the run.",
+    "images_per_second": "(ok + error) / wall_seconds.",
+    "stage_seconds": "Time per stage (read/decode summed over workers).",
+    "error_codes": "Error rows by code.",
+}
+
+#: Error codes of error rows (the text before the colon of `error`).
+ERROR_CODES: dict[str, str] = {
+    "not_found": "The file does not exist (or vanished after listing).",
+    "unreadable": "The file exists but cannot be read (permissions, a folder, I/O error).",
+    "empty": "The file is 0 bytes.",
+    "not_image": "The content is not a recognised image format.",
+    "truncated": "The image data ends early.",
+    "corrupt": "The image data is damaged.",
+    "too_large": "More pixels than `--max-pixels` (decided from the header, before decoding).",
+    "decode_failed": "Any other decoder failure.",
+}
+
+TASK_NAMES = {"CLASSIFY": "classify", "SEGMENT": "segment", "EMBED": "embed"}
+
+
+# --- CLI reference ------------------------------------------------------------------------
+
+
+def _type_name(param: click.Parameter) -> str:
+    if isinstance(param, click.Option) and param.is_flag:
+        return "flag"
+    t = param.type
+    if isinstance(t, click.Choice):
+        return " \\| ".join(f"`{c}`" for c in t.choices)
+    if isinstance(t, click.IntRange | click.FloatRange):
+        kind = "integer" if isinstance(t, click.IntRange) else "number"
+        if t.min is not None and t.max is not None:
+            return f"{kind} in [{t.min}, {t.max}]"
+        return f"{kind} >= {t.min}" if t.min is not None else f"{kind} <= {t.max}"
+    return {"text": "text", "integer": "integer", "float": "number", "boolean": "bool"}.get(
+        t.name, t.name
+    )
+
+
+def _default(param: click.Parameter) -> str:
+    if param.required:
+        return "required"
+    value = param.default
+    unset = value is None or type(value).__name__ == "Sentinel" or callable(value)
+    if isinstance(param, click.Option) and param.is_flag:
+        if param.secondary_opts:
+            return f"`{param.opts[0] if value is True else param.secondary_opts[0]}`"
+        return "on" if value is True else "off"
+    return "" if unset else f"`{value}`"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _command_md(cmd: click.Command, ctx: click.Context) -> list[str]:
+    usage = " ".join(cmd.collect_usage_pieces(ctx))
+    lines = [f"## `{ctx.command_path}`", "", "```", f"{ctx.command_path} {usage}", "```", ""]
+    if cmd.help:
+        lines += [cmd.help.strip(), ""]
+    args = [p for p in cmd.params if isinstance(p, click.Argument)]
+    opts = [p for p in cmd.params if isinstance(p, click.Option)]
+    if args:
+        lines += ["| argument | type | required |", "|---|---|---|"]
+        for a in args:
+            name = a.make_metavar(ctx) if _takes_ctx(a) else a.human_readable_name
+            lines.append(f"| `{name}` | {_type_name(a)} | {'yes' if a.required else 'no'} |")
+        lines.append("")
+    lines += ["| option | type | default | description |", "|---|---|---|---|"]
+    for o in [*opts, cmd.get_help_option(ctx)]:
+        if o is None or o.hidden:
+            continue
+        names = ", ".join(f"`{n}`" for n in [*o.opts, *o.secondary_opts])
+        help_ = _cell(o.help or "")
+        lines.append(f"| {names} | {_type_name(o)} | {_default(o)} | {help_} |")
+    return [*lines, ""]
+
+
+def _takes_ctx(param: click.Parameter) -> bool:
+    import inspect
+
+    return "ctx" in inspect.signature(param.make_metavar).parameters
+
+
+def cli_reference() -> str:
+    """docs/cli.md: every command with its usage, arguments and options."""
+    from batchvision.cli import cli
+
+    root = click.Context(cli, info_name="batchvision", **cli.context_settings)
+    lines = [
+        "# CLI reference",
+        "",
+        "<!-- Generated by `python -m batchvision.docs` (`make docs`) from the click commands;"
+        " do not edit. -->",
+        "",
+        "```",
+        f"batchvision {' '.join(cli.collect_usage_pieces(root))}",
+        "```",
+        "",
+        (cli.help or "").strip(),
+        "",
+        "| command | summary |",
+        "|---|---|",
+    ]
+    names = cli.list_commands(root)
+    for name in names:
+        cmd = cli.commands[name]
+        lines.append(f"| [`{name}`](#batchvision-{name}) | {_cell(cmd.get_short_help_str(200))} |")
+    lines += ["", "Global options: `--version`, `-h`/`--help`.", ""]
+    for name in names:
+        cmd = cli.commands[name]
+        lines += _command_md(cmd, click.Context(cmd, info_name=name, parent=root))
+    lines += [
+        "Exit codes (every command): 0 ok; 1 internal error; 2 bad usage (one line on stderr: "
+        "`batchvision: error: ...`); 3 `run` finished but more than `--max-error-rate` of the "
+        "images failed; 130 interrupted.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- output schema ------------------------------------------------------------------------
+
+
+def type_name(t: pa.DataType) -> str:
+    """A pyarrow type as the docs write it: ``list<float32>``, ``struct<id int32, ...>``."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"list<{type_name(t.value_type)}>"
+    if pa.types.is_struct(t):
+        return "struct<" + ", ".join(f"{f.name} {type_name(f.type)}" for f in t) + ">"
+    return {"float": "float32", "double": "float64", "halffloat": "float16"}.get(str(t), str(t))
+
+
+def task_schemas() -> dict[str, pa.Schema]:
+    """Every ``<TASK>_SCHEMA`` in io/sinks.py, by task name."""
+    from batchvision.io import sinks
+
+    found = {}
+    for name in dir(sinks):
+        value = getattr(sinks, name)
+        if name.endswith("_SCHEMA") and isinstance(value, pa.Schema):
+            prefix = name[: -len("_SCHEMA")]
+            found[TASK_NAMES.get(prefix, prefix.lower())] = value
+    order = list(TASK_NAMES.values())
+    return dict(
+        sorted(found.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else 99, kv[0]))
+    )
+
+
+def undocumented_columns() -> list[str]:
+    """Columns of a schema in io/sinks.py that have no description in ``COLUMNS``."""
+    return sorted({f.name for s in task_schemas().values() for f in s} - COLUMNS.keys())
+
+
+def _table(rows: dict[str, str], head: str) -> list[str]:
+    return [f"| {head} | meaning |", "|---|---|"] + [
+        f"| `{k}` | {_cell(v)} |" for k, v in rows.items()
+    ]
+
+
+def output_schema() -> str:
+    """docs/output-schema.md: columns per task, manifest fields, error codes."""
+    missing = undocumented_columns()
+    if missing:
+        raise ValueError(f"columns without a description in batchvision/docs.py: {missing}")
+    lines = [
+        "# Output schema",
+        "",
+        "<!-- Generated by `python -m batchvision.docs` (`make docs`) from the pyarrow schemas "
+        "in io/sinks.py; do not edit. -->",
+        "",
+        "`batchvision run --output DIR` writes part files `part-<run id>-<seq>.<ext>` "
+        "(`--format parquet|csv|jsonl`), one row per input image, in plain Arrow types: "
+        "pyarrow, pandas or DuckDB read them without batchvision. A part is written under a "
+        "hidden temporary name and renamed when complete, so readers never see half a part. "
+        "Files whose names start with `_` or `.` are not data; `report.html` is the default "
+        "output of `batchvision report`.",
+        "",
+        "In CSV, list and struct columns are JSON text. CSV and JSON carry no types: read "
+        "them with DuckDB, or with pyarrow given the schema (an all-empty `error` column "
+        "would otherwise be typed null).",
+        "",
+    ]
+    for task, schema in task_schemas().items():
+        lines += [
+            f"## `{task}` rows",
+            "",
+            "| column | type | nullable | meaning |",
+            "|---|---|---|---|",
+        ]
+        for f in schema:
+            null = "yes" if f.nullable else "no"
+            lines.append(
+                f"| `{f.name}` | `{type_name(f.type)}` | {null} | {_cell(COLUMNS[f.name])} |"
+            )
+        lines.append("")
+    lines += ["## Error codes", "", "An error row's `error` is `code: message`.", ""]
+    lines += [*_table(ERROR_CODES, "code"), ""]
+    lines += ["## `_manifest.json`", "", "Written atomically at the start and end of each run.", ""]
+    lines += [*_table(MANIFEST, "field"), "", "### `runs[]` records", ""]
+    lines += [*_table(RUN_FIELDS, "field"), ""]
+    return "\n".join(lines)
+
+
+GENERATED = {"cli.md": cli_reference, "output-schema.md": output_schema}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write (or with ``--check``, compare) the generated docs; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m batchvision.docs", description=__doc__)
+    parser.add_argument("--out", default="docs", help="docs folder [default: docs]")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, make in GENERATED.items():
+        path = Path(args.out) / name
+        text = make()
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        if args.check:
+            stale.append(str(path))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")  # a developer tool, not library code
+    if stale:
+        print(f"stale: {', '.join(stale)}; run `make docs`", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
