@@ -175,7 +175,7 @@ def segment_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def embed_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An embedding output (no labels): 5 ok rows, 1 error row."""
+    """An embedding output (no labels): 6 ok rows (one on unreachable S3), 1 error row."""
     root = tmp_path_factory.mktemp("report_embed")
     paths = make_images(root / "images", n=5, seed=9)
     out = root / "embed_out"
@@ -184,6 +184,8 @@ def embed_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {"id": p.name, "path": str(p), "status": "ok", "error": None, "embedding": [0.1] * 8}
         for p in paths
     ]
+    # An object-store image that cannot be fetched here: a placeholder, never a crash.
+    rows.append({"id": "s3", "path": "s3://no-bucket/a.jpg", "status": "ok", "error": None})
     rows.append({"id": "x", "path": "nowhere.jpg", "status": "error", "error": "not_found: x"})
     schema = pa.schema(
         [

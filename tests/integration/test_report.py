@@ -137,9 +137,10 @@ def test_segment_report(segment_output: Path, tmp_path: Path) -> None:
 def test_embed_report(embed_output: Path, tmp_path: Path) -> None:
     result = build_report(ReportConfig(str(embed_output), html=str(tmp_path / "e.html")))
     html = (tmp_path / "e.html").read_text()
-    assert (result.task, result.ok, result.error, result.sampled) == ("embed", 5, 1, 5)
+    assert (result.task, result.ok, result.error, result.sampled) == ("embed", 6, 1, 6)
     assert 'id="label-chart"' not in html and 'id="label-filter"' not in html
     assert html.count('<img class="thumb"') == 5 and 'data-code="not_found"' in html
+    assert result.placeholders == 1 and "s3://no-bucket/a.jpg" in html
 
 
 def test_cli_report(classify_outputs: dict[str, Path], tmp_path: Path) -> None:
