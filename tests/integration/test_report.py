@@ -116,6 +116,8 @@ def test_default_html_path_and_refusals(classify_outputs: dict[str, Path], tmp_p
         build_report(ReportConfig(str(tmp_path / "empty")))
     with pytest.raises(ConfigError, match="pass --html FILE"):
         ReportConfig("s3://bucket/out").html_path()
+    with pytest.raises(ConfigError, match="written to a local file"):
+        ReportConfig(str(out), html="s3://bucket/r.html").html_path()
 
 
 def test_segment_report(segment_output: Path, tmp_path: Path) -> None:

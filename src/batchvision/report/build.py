@@ -58,6 +58,8 @@ class ReportConfig:
     def html_path(self) -> str:
         """Where the report goes: ``html``, or ``report.html`` inside a local output folder."""
         if self.html:
+            if "://" in self.html:
+                raise ConfigError(f"--html {self.html!r}: the report is written to a local file")
             return self.html
         if "://" in self.output_dir:
             raise ConfigError(
@@ -141,11 +143,10 @@ def build_report(config: ReportConfig) -> ReportResult:
 
 
 def _write(path: str, page: str) -> None:
-    if "://" in path:
-        raise ConfigError(f"--html {path!r}: the report is written to a local file")
-    tmp = f"{path}.tmp"
+    parent = os.path.dirname(os.path.abspath(path))
+    # Hidden while being written, so a crash leaves nothing that looks like data.
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp")
     try:
-        parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(page)
