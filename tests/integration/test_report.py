@@ -69,6 +69,7 @@ def test_classify_report_contents(
     ]
     assert sum(counts) == n_ok
     assert "inference" in html and "mobilenet_v3_small" in html
+    assert re.search(r'<td id="throughput">\d+\.\d img/s', html)
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in html
 

@@ -79,6 +79,7 @@ def render_html(
         total_rows=total_rows,
         runs=runs,
         wall_seconds=sum(r["wall_seconds"] for r in runs),
+        processed=sum(r["ok"] + r["error"] for r in runs),
         distribution=distribution,
         bars=bars,
         chart_height=max(1, len(bars)) * (BAR_HEIGHT + 4),
