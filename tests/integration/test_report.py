@@ -200,3 +200,48 @@ def test_million_rows(tmp_path: Path) -> None:
     bars = _bars(html)
     assert sum(int(v) for v in bars.values()) == 900_000 and "other" in bars
     assert html.count("(20 shown, 49980 more)") == 2
+
+
+def test_inline_masks_are_sampled_from_few_row_groups(tmp_path: Path) -> None:
+    """Heavy rows (masks stored inline) are sampled from ~sample/10 row groups, not all."""
+    import io
+
+    from PIL import Image
+
+    images = make_images(tmp_path / "images", n=3, seed=2)
+    rng = np.random.default_rng(0)
+    blobs = []
+    for _ in range(8):  # incompressible masks: ~2 KB stored per row
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 10, (48, 48), dtype=np.uint8)).save(buf, "PNG")
+        blobs.append(buf.getvalue())
+    n = 3000
+    cls = [{"id": 0, "label": "background", "fraction": 1.0}]
+    table = pa.table(
+        {
+            "id": [f"{i:05d}" for i in range(n)],
+            "path": [str(images[i % 3]) for i in range(n)],
+            "status": ["ok"] * n,
+            "error": pa.nulls(n, pa.string()),
+            "mask": pa.array([blobs[i % 8] for i in range(n)], pa.binary()),
+            "mask_path": pa.nulls(n, pa.string()),
+            "mask_width": pa.array([48] * n, pa.int32()),
+            "mask_height": pa.array([48] * n, pa.int32()),
+            "classes": pa.array([cls] * n, report_fixtures.CLASSES_TYPE),
+        }
+    )
+    out = tmp_path / "seg"
+    out.mkdir()
+    pq.write_table(
+        table,
+        out / "part-s-00000.parquet",
+        row_group_size=100,
+        use_dictionary=False,
+        compression="none",
+    )
+    (out / "_manifest.json").write_text('{"task": "segment"}')
+    result = build_report(ReportConfig(str(out), html=str(tmp_path / "s.html"), sample=30))
+    html = (tmp_path / "s.html").read_text()
+    ids = [int(i) for i in re.findall(r'alt="mask of (\d+)"', html)]
+    assert result.sampled == len(ids) == 30 and result.placeholders == 0
+    assert len({i // 100 for i in ids}) <= 3  # 30 rows from at most 3 of the 30 row groups

@@ -144,3 +144,27 @@ def test_thumbnail_is_exif_upright_and_small() -> None:
     thumb = images.thumbnail(buf.getvalue(), 192)
     assert thumb.size == (48, 192)
     assert images.data_uri(thumb).startswith("data:image/jpeg;base64,/9j/")
+
+
+def test_clustered_sample_reads_few_groups_and_stays_uniform() -> None:
+    starts = np.arange(0, 10_000, 100)  # 100 row groups of 100 rows
+    pool = np.flatnonzero(np.arange(10_000) % 7 != 3)  # uneven pool rows per group
+    picked = data.clustered_sample(pool, starts, 50, seed=1, groups=5)
+    assert np.array_equal(picked, data.clustered_sample(pool, starts, 50, seed=1, groups=5))
+    assert len(picked) == 50 and len(np.unique(picked)) == 50 and np.isin(picked, pool).all()
+    assert len(np.unique(picked // 100)) <= 5
+    # Every pool row is equally likely to be shown (expected 1000 * 50 / len(pool) per row).
+    hits = np.zeros(10_000)
+    for seed in range(1000):
+        hits[data.clustered_sample(pool, starts, 50, seed, groups=5)] += 1
+    per_group = hits.reshape(100, 100).sum(axis=1) / (
+        pool.reshape(-1, 1) // 100 == np.arange(100)
+    ).sum(0)
+    expected = 1000 * 50 / len(pool)
+    assert abs(hits[pool].mean() - expected) < 0.01 * expected
+    assert np.abs(per_group / expected - 1).max() < 0.35  # each group near its share
+    # Few groups in the pool: a plain uniform sample.
+    assert np.array_equal(
+        data.clustered_sample(pool[:500], starts, 50, 3, groups=10),
+        data.sample_indices(pool[:500], 50, 3),
+    )

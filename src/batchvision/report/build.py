@@ -99,7 +99,7 @@ def build_report(config: ReportConfig) -> ReportResult:
     light = reading.read_columns(out, data.light_columns(task))
     counts = data.status_counts(light)
     pool = data.candidates(light, task, label=config.label, errors=config.errors)
-    picked = data.sample_indices(pool, config.sample, config.seed)
+    picked = _sample(out, task, pool, config)
     groups = data.error_groups(light, cap=config.error_paths)
     dist = data.label_distribution(light, task, top=config.top_labels)
     del light
@@ -140,6 +140,23 @@ def build_report(config: ReportConfig) -> ReportResult:
     )
     logger.info("report of %d rows written to %s in %.1f s", result.rows, html_path, result.seconds)
     return result
+
+
+#: Above this many stored bytes per row of the gallery's columns (inline masks), the sample
+#: is drawn from a few row groups (``data.clustered_sample``) rather than from all of them.
+HEAVY_ROW_BYTES = 512
+ROWS_PER_GROUP = 10
+
+
+def _sample(
+    out: reading.OutputFolder, task: str, pool: np.ndarray, config: ReportConfig
+) -> np.ndarray:
+    if out.bytes_per_row(data.row_columns(task)) <= HEAVY_ROW_BYTES:
+        return data.sample_indices(pool, config.sample, config.seed)
+    groups = max(1, -(-config.sample // ROWS_PER_GROUP))
+    return data.clustered_sample(
+        pool, out.row_group_starts(), config.sample, config.seed, groups=groups
+    )
 
 
 def _write(path: str, page: str) -> None:

@@ -146,6 +146,48 @@ def sample_indices(pool: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(pool[rng.choice(len(pool), size=n, replace=False)])
 
 
+def clustered_sample(
+    pool: np.ndarray, group_starts: np.ndarray, n: int, seed: int, *, groups: int
+) -> np.ndarray:
+    """About ``n`` of ``pool``'s indices from at most ``groups`` row groups, seeded, sorted.
+
+    A row group is read whole, so when rows are heavy (segmentation masks stored inline) a
+    simple random sample of 200 rows reads nearly every row group of a large output. This
+    draws row groups by systematic sampling with probability proportional to their pool
+    rows, then rows uniformly within each drawn group in proportion to its hits, so every
+    pool row keeps the same chance ``n / len(pool)`` of being shown (up to rounding, and
+    short only where a small group cannot give its quota) while at most ``groups`` row
+    groups are read.
+    """
+    pool = np.asarray(pool, dtype=np.int64)
+    if len(pool) <= n:
+        return pool
+    gid = np.searchsorted(np.asarray(group_starts), pool, side="right") - 1
+    _, first, counts = np.unique(gid, return_index=True, return_counts=True)
+    if len(counts) <= groups:
+        return sample_indices(pool, n, seed)
+    rng = np.random.default_rng(seed)
+    step = len(pool) / groups
+    points = (rng.random() + np.arange(groups)) * step
+    hits = np.bincount(
+        np.searchsorted(np.cumsum(counts), points, side="right"), minlength=len(counts)
+    )
+    quota = hits * (n / groups)
+    take = np.floor(quota).astype(np.int64)
+    short = n - int(take.sum())
+    if short > 0:  # hand out the rounding remainder by the fractional parts, randomly
+        frac = quota - take
+        extra = rng.choice(len(quota), size=short, replace=False, p=frac / frac.sum())
+        take[extra] += 1
+    chosen = [
+        pool[
+            first[g] + rng.choice(counts[g], size=min(int(take[g]), int(counts[g])), replace=False)
+        ]
+        for g in np.flatnonzero(take)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
 def label_distribution(table: pa.Table, task: str, *, top: int = 15) -> Distribution:
     """Counts of the predicted labels among ok rows: the ``top`` most frequent and other.
 

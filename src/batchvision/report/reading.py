@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,11 +35,16 @@ JSON_TEXT_COLUMNS = ("topk_ids", "topk_labels", "topk_scores", "classes", "embed
 
 @dataclass(frozen=True)
 class Part:
-    """One committed part file and its row count."""
+    """One committed part file: its rows, row-group sizes and stored bytes per column.
+
+    A text part is one row group (it is read whole); its ``column_bytes`` is empty.
+    """
 
     path: str
     fmt: str
     num_rows: int
+    row_groups: tuple[int, ...] = ()
+    column_bytes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,6 +61,16 @@ class OutputFolder:
     @property
     def num_rows(self) -> int:
         return sum(p.num_rows for p in self.parts)
+
+    def row_group_starts(self) -> np.ndarray:
+        """Global index of the first row of every row group, in order."""
+        sizes = [size for p in self.parts for size in (p.row_groups or (p.num_rows,))]
+        return np.cumsum([0, *sizes])[:-1]
+
+    def bytes_per_row(self, columns: list[str]) -> float:
+        """Stored (compressed) bytes per row of ``columns`` (parquet metadata; 0 if unknown)."""
+        total = sum(p.column_bytes.get(c, 0) for p in self.parts for c in columns)
+        return total / self.num_rows if self.num_rows else 0.0
 
     def resolve(self, path: str) -> str:
         """A path stored in the output (e.g. ``mask_path``), made absolute against the folder."""
@@ -100,9 +115,8 @@ def open_output(uri: str) -> OutputFolder:
         )
     parts, columns = [], []
     for path in files:
-        fmt = exts[os.path.splitext(path)[1]]
-        num_rows, names = _part_shape(fs, path, fmt)
-        parts.append(Part(path, fmt, num_rows))
+        part, names = _part(fs, path, exts[os.path.splitext(path)[1]])
+        parts.append(part)
         columns += [c for c in names if c not in columns]
     return OutputFolder(uri, fs, root, manifest or {}, parts, columns)
 
@@ -118,13 +132,22 @@ def _read_manifest(fs: pafs.FileSystem, path: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _part_shape(fs: pafs.FileSystem, path: str, fmt: str) -> tuple[int, list[str]]:
+def _part(fs: pafs.FileSystem, path: str, fmt: str) -> tuple[Part, list[str]]:
     if fmt == "parquet":
         with fs.open_input_file(path) as f:
             pf = pq.ParquetFile(f)
-            return pf.metadata.num_rows, list(pf.schema_arrow.names)
+            meta, names = pf.metadata, list(pf.schema_arrow.names)
+        sizes, column_bytes = [], {}
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            sizes.append(group.num_rows)
+            for j in range(group.num_columns):
+                chunk = group.column(j)
+                top = chunk.path_in_schema.split(".")[0]  # nested leaves count for their column
+                column_bytes[top] = column_bytes.get(top, 0) + chunk.total_compressed_size
+        return Part(path, fmt, meta.num_rows, tuple(sizes), column_bytes), names
     table = _read_text_part(fs, path, fmt, None)
-    return table.num_rows, table.column_names
+    return Part(path, fmt, table.num_rows), table.column_names
 
 
 def _read_text_part(
