@@ -137,7 +137,8 @@ def _part(fs: pafs.FileSystem, path: str, fmt: str) -> tuple[Part, list[str]]:
         with fs.open_input_file(path) as f:
             pf = pq.ParquetFile(f)
             meta, names = pf.metadata, list(pf.schema_arrow.names)
-        sizes, column_bytes = [], {}
+        sizes: list[int] = []
+        column_bytes: dict[str, int] = {}
         for i in range(meta.num_row_groups):
             group = meta.row_group(i)
             sizes.append(group.num_rows)
