@@ -18,7 +18,10 @@ from urllib.parse import urlsplit
 Fault = Callable[[str, str], "int | None"]
 
 _ERROR_CODES = {
-    403: ("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records."),
+    403: (
+        "InvalidAccessKeyId",
+        "The AWS Access Key Id you provided does not exist in our records.",
+    ),
     500: ("InternalError", "We encountered an internal error. Please try again."),
     503: ("SlowDown", "Please reduce your request rate."),
 }

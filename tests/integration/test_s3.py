@@ -1,0 +1,396 @@
+"""S3 inputs and outputs against a real S3-compatible server (moto) on loopback.
+
+Faults are injected by ``tests.s3_proxy.FaultProxy``, an HTTP proxy in front of moto, or by
+moto's own authentication (``INITIAL_NO_AUTH_ACTION_COUNT``).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+import batchvision
+from batchvision import PreprocessOverrides, RunConfig
+from batchvision.errors import ConfigError, OutputDirError, StorageAuthError
+from batchvision.io import sinks, sources, storage
+from batchvision.io.sources import InputItem, items_to_batch, read_batch
+from batchvision.io.storage import StorageOptions
+from tests.conftest import S3Server, run_cli
+from tests.s3_proxy import FaultProxy
+
+SMALL = ("--resize-size", "64", "--crop-size", "64")
+CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg" + bytes(200)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def images(photo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """conftest's photos plus a corrupt JPEG, a hidden file and a non-image."""
+    root = tmp_path_factory.mktemp("s3src") / "imgs"
+    shutil.copytree(photo_dir, root)
+    (root / "a" / "corrupt.jpg").write_bytes(CORRUPT)
+    (root / ".hidden.jpg").write_bytes(b"hidden")
+    (root / "b" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: S3Server, images: Path) -> str:
+    """A bucket holding ``images`` under ``in/``."""
+    name = s3_server.new_bucket()
+    s3_server.upload_dir(images, f"s3://{name}/in")
+    return name
+
+
+@pytest.fixture(scope="module")
+def model_args(tiny_checkpoint: tuple[Path, Path]) -> list[str]:
+    ckpt, labels = tiny_checkpoint
+    return ["--model", "mobilenet_v3_small", "--weights", str(ckpt), "--labels", str(labels)]
+
+
+def _config(tiny_checkpoint: tuple[Path, Path], inputs: list[str], output: str, **kw: object):
+    ckpt, labels = tiny_checkpoint
+    return RunConfig(
+        inputs=tuple(inputs),
+        output=output,
+        model="mobilenet_v3_small",
+        weights=str(ckpt),
+        labels=str(labels),
+        workers=0,
+        batch_size=8,
+        preprocess=PreprocessOverrides(resize_size=64, crop_size=64),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _s3fs(endpoint: str) -> pafs.S3FileSystem:
+    return pafs.S3FileSystem(endpoint_override=endpoint.removeprefix("http://"), scheme="http")
+
+
+def _rows(table: pa.Table) -> dict[str, tuple[str, str | None, str | None]]:
+    return {
+        r["id"]: (r["status"], (r["error"] or "").split(":")[0] or None, r["label"])
+        for r in table.to_pylist()
+    }
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+
+
+# --- storage units -----------------------------------------------------------------------
+
+
+def test_parse_uri_and_options() -> None:
+    loc = storage.parse_uri("s3://anonymous@bkt/some/prefix/")
+    assert (loc.anonymous, loc.bucket, loc.key, loc.path) == (
+        True,
+        "bkt",
+        "some/prefix",
+        "bkt/some/prefix",
+    )
+    assert loc.child("a/b.jpg") == "s3://anonymous@bkt/some/prefix/a/b.jpg"
+    assert loc.child("../x.jpg") == "s3://anonymous@bkt/some/x.jpg"
+    assert storage.parse_uri("s3://bkt").uri == "s3://bkt"
+    with pytest.raises(ConfigError, match="credentials"):
+        storage.parse_uri("s3://AKIA:secret@bkt/x")
+    with pytest.raises(ConfigError, match="'gs' scheme is not supported"):
+        storage.parse_uri("gs://bkt/x")
+    with pytest.raises(ConfigError, match="--s3-endpoint 'localhost:9000' is not valid"):
+        StorageOptions(endpoint="localhost:9000")
+    with pytest.raises(ConfigError, match="max attempts"):
+        StorageOptions(max_attempts=0)
+    opts = StorageOptions(endpoint="http://127.0.0.1:9", max_attempts=2)
+    assert pickle.loads(pickle.dumps(opts)) == opts
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ("AWS Error ACCESS_DENIED during HeadObject operation: No response body.", "auth"),
+        ("AWS Error UNKNOWN (HTTP status 403) during GetObject operation", "auth"),
+        ("AWS Error INVALID_ACCESS_KEY_ID during ListObjectsV2 operation: ...", "auth"),
+        ("AWS Error UNKNOWN (HTTP status 400) during GetObject: ExpiredToken", "auth"),
+        ("AWS Error NO_SUCH_BUCKET during ListObjectsV2 operation", "not_found"),
+        ("AWS Error SLOW_DOWN during GetObject operation: Please reduce", "transient"),
+        ("AWS Error UNKNOWN (HTTP status 503) during HeadObject operation", "transient"),
+        ("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 7", "transient"),
+        ("AWS Error INVALID_RANGE during GetObject operation", "other"),
+    ],
+)
+def test_classify_errors(message: str, kind: str) -> None:
+    assert storage.classify(OSError(message)) == kind
+
+
+def test_env_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "7")
+    cfg = RunConfig(inputs=("x",), output=str(tmp_path), model="m")
+    assert cfg.storage == StorageOptions(endpoint="http://127.0.0.1:1", max_attempts=7)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:2")
+    assert RunConfig(inputs=("x",), output="o", model="m").s3_endpoint == "http://127.0.0.1:2"
+    assert RunConfig(inputs=("x",), output="o", model="m", s3_endpoint="").storage.endpoint is None
+
+
+# --- listing and reading -----------------------------------------------------------------
+
+
+def test_listing_matches_local_folder(s3_server: S3Server, bucket: str, images: Path) -> None:
+    opts = StorageOptions(endpoint=s3_server.endpoint)
+    local_stats, s3_stats = sources.ListingStats(), sources.ListingStats()
+    local = sorted(i.id for i in sources.iter_inputs([str(images)], local_stats))
+    items = list(sources.iter_inputs([f"s3://{bucket}/in/"], s3_stats, opts))
+    assert sorted(i.id for i in items) == local and len(local) == 25
+    assert items[0].path == f"s3://{bucket}/in/{items[0].id}"
+    assert (s3_stats.skipped_hidden, s3_stats.skipped_extension) == (1, 1)
+    assert sources.check_inputs([f"s3://{bucket}/in", f"s3://{bucket}/in/a/img_01.jpg"], opts) == [
+        "folder",
+        "file",
+    ]
+    glob_ids = [i.id for i in sources.iter_inputs([f"s3://{bucket}/in/*/img_0*.jpg"], None, opts)]
+    assert glob_ids == sorted(i for i in local if i.split("/")[1].startswith("img_0"))
+    assert [i.id for i in sources.iter_inputs([f"s3://{bucket}/in/**/img_1?.jpg"], None, opts)] == [
+        f"{'a' if n % 2 else 'b'}/img_{n}.jpg" for n in range(10, 20) if n % 2
+    ] + [f"b/img_{n}.jpg" for n in range(10, 20) if not n % 2]
+    with pytest.raises(ConfigError, match="does not exist"):
+        sources.check_inputs([f"s3://{bucket}/nope"], opts)
+    with pytest.raises(ConfigError, match="matches no files"):
+        sources.check_inputs([f"s3://{bucket}/in/*.png"], opts)
+
+
+def test_read_batch_codes(s3_server: S3Server, bucket: str, images: Path) -> None:
+    opts = StorageOptions(endpoint=s3_server.endpoint)
+    paths = [
+        f"s3://{bucket}/in/a/img_01.jpg",
+        f"s3://{bucket}/in/a/gone.jpg",
+        "s3://nobucket-x/k.jpg",
+    ]
+    out = read_batch(items_to_batch([InputItem(str(i), p) for i, p in enumerate(paths)]), opts)
+    assert out["bytes"][0] == (images / "a" / "img_01.jpg").read_bytes()
+    assert out["error"][0] is None
+    assert out["error"][1] == f"not_found: object not found: {paths[1]}"
+    assert out["error"][2].startswith("not_found:")
+
+
+# --- whole runs --------------------------------------------------------------------------
+
+
+def test_cli_s3_in_and_out_matches_local(
+    s3_server: S3Server, bucket: str, images: Path, model_args: list[str], tmp_path: Path
+) -> None:
+    """The same files, local and on S3, give the same rows; the output is read back from S3."""
+    local_out = tmp_path / "local"
+    _ok(run_cli("run", str(images), "-o", str(local_out), *model_args, *SMALL, "-j", "1", "-q"))
+    out_uri = f"s3://{bucket}/out/run1"
+    proc = run_cli(
+        "run", f"s3://{bucket}/in", "-o", out_uri, *model_args, *SMALL, "-j", "1", "-q",
+        "--s3-endpoint", s3_server.endpoint,
+    )  # fmt: skip
+    _ok(proc)
+    assert "ok 24, error 1, skipped 2" in proc.stdout
+
+    fs = _s3fs(s3_server.endpoint)
+    remote = pq.read_table(f"{bucket}/out/run1", filesystem=fs)  # _manifest.json is skipped
+    local = pq.read_table(local_out)
+    assert _rows(remote) == _rows(local)
+    assert _rows(remote)["a/corrupt.jpg"][:2] == ("error", "truncated")
+    assert set(remote.column("path").to_pylist()) == {
+        f"s3://{bucket}/in/{i}" for i in remote.column("id").to_pylist()
+    }
+    r = remote.sort_by("id").column("topk_scores").to_pylist()
+    lo = local.sort_by("id").column("topk_scores").to_pylist()
+    assert len(r) == len(lo) == 25
+    assert all((a is None and b is None) or np.allclose(a, b, atol=1e-5) for a, b in zip(r, lo))
+
+    keys = s3_server.keys(out_uri)
+    assert "_manifest.json" in keys and all(k.startswith(("part-", "_manifest")) for k in keys)
+    assert not any(k.startswith(".") for k in keys)  # no temporaries on S3
+    manifest_text = fs.open_input_stream(f"{bucket}/out/run1/_manifest.json").read().decode()
+    manifest = json.loads(manifest_text)
+    assert manifest["status"] == "complete" and manifest["counts"]["ok"] == 24
+    assert manifest["s3_endpoint"] == s3_server.endpoint
+    assert "testing-secret" not in manifest_text
+
+
+def test_s3_manifest_with_s3_paths_via_env_endpoint(
+    s3_server: S3Server,
+    bucket: str,
+    model_args: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A manifest stored on S3, listing s3:// URIs and relative keys; endpoint from the env."""
+    manifest = "\n".join(
+        [
+            f"s3://{bucket}/in/a/img_01.jpg",
+            "in/b/img_02.jpg",  # relative to the manifest's prefix
+            f"s3://{bucket}/in/a/missing.jpg",
+            "in/a/corrupt.jpg",
+        ]
+    )
+    s3_server.put(f"s3://{bucket}/list.txt", manifest.encode())
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    out = tmp_path / "out"
+    proc = run_cli(
+        "run", f"s3://{bucket}/list.txt", "-o", str(out), *model_args, *SMALL, "-j", "0", "-q"
+    )
+    assert proc.returncode == 3, proc.stderr  # 2 of 4 failed: above --max-error-rate
+    rows = _rows(pq.read_table(out))
+    assert {k: v[:2] for k, v in rows.items()} == {
+        f"s3://{bucket}/in/a/img_01.jpg": ("ok", None),
+        "in/b/img_02.jpg": ("ok", None),
+        f"s3://{bucket}/in/a/missing.jpg": ("error", "not_found"),
+        "in/a/corrupt.jpg": ("error", "truncated"),
+    }
+    written = json.loads((out / "_manifest.json").read_text())
+    assert written["s3_endpoint"] == s3_server.endpoint
+
+
+def test_s3_output_refuse_overwrite_resume(
+    s3_server: S3Server, bucket: str, tiny_checkpoint: tuple[Path, Path]
+) -> None:
+    opts = StorageOptions(endpoint=s3_server.endpoint)
+    inputs, out = [f"s3://{bucket}/in/a"], f"s3://{bucket}/out/ow"
+    cfg = _config(tiny_checkpoint, inputs, out, s3_endpoint=s3_server.endpoint, part_rows=4)
+    first = batchvision.run(cfg)
+    assert (first.ok, first.error) == (12, 1)
+    parts = [k for k in s3_server.keys(out) if k.startswith("part-")]
+    assert len(parts) == 2  # batches of 8 commit at 4+ rows: 8 + 5
+
+    with pytest.raises(OutputDirError, match="is not empty"):
+        batchvision.run(cfg)
+
+    # --resume after losing one part redoes exactly its rows.
+    storage.delete_object(f"{out}/{parts[0]}", opts)
+    resumed = batchvision.run(
+        _config(tiny_checkpoint, inputs, out, s3_endpoint=s3_server.endpoint, resume=True)
+    )
+    assert resumed.already_done == 5 and resumed.processed == 8
+    written = sinks.read_written(out, opts)
+    ids = [i for p in sinks.data_files(out, opts) for i in sinks._read_ids_statuses(p, opts)[0]]
+    assert len(ids) == len(set(ids)) == 13 == len(written.ids)
+    assert sinks.read_manifest(out, opts)["counts"] == {
+        "ok": 12,
+        "error": 1,
+        "rows_written": 13,
+        "skipped": 0,
+    }
+
+    # --overwrite deletes batchvision's own objects only, and refuses a prefix with others.
+    again = batchvision.run(
+        _config(tiny_checkpoint, inputs, out, s3_endpoint=s3_server.endpoint, overwrite=True)
+    )
+    assert again.processed == 13
+    assert len(sinks.read_written(out, opts).ids) == 13
+    assert len([k for k in s3_server.keys(out) if k.startswith("part-")]) == 1
+    s3_server.put(f"{out}/notes/mine.txt", b"user data")
+    with pytest.raises(OutputDirError, match=r"did not write \(notes/mine.txt\)"):
+        batchvision.run(
+            _config(tiny_checkpoint, inputs, out, s3_endpoint=s3_server.endpoint, overwrite=True)
+        )
+    assert "notes/mine.txt" in s3_server.keys(out)
+    with pytest.raises(OutputDirError, match="bucket 'no-such-bucket' does not exist"):
+        batchvision.run(
+            _config(
+                tiny_checkpoint, inputs, "s3://no-such-bucket/o", s3_endpoint=s3_server.endpoint
+            )
+        )
+
+
+# --- faults ------------------------------------------------------------------------------
+
+
+def test_transient_errors_retried_then_error_row(
+    s3_server: S3Server, bucket: str, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
+) -> None:
+    flaky, dead = f"/{bucket}/in/a/img_03.jpg", f"/{bucket}/in/a/img_05.jpg"
+    left = {"flaky": 2}
+
+    def fault(method: str, path: str) -> int | None:
+        if path == dead:
+            return 503
+        if path == flaky and method == "GET" and left["flaky"] > 0:
+            left["flaky"] -= 1
+            return 503 if left["flaky"] else 500
+        return None
+
+    with FaultProxy(s3_server.endpoint, fault) as proxy:
+        cfg = _config(
+            tiny_checkpoint, [f"s3://{bucket}/in/a"], str(tmp_path / "out"),
+            s3_endpoint=proxy.url, s3_max_attempts=3,
+        )  # fmt: skip
+        summary = batchvision.run(cfg)
+        assert proxy.count("GET", flaky) == 3  # two failures, then the read that worked
+        assert proxy.count("HEAD", dead) == 3  # max_attempts, then given up
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out").to_pylist()}
+    assert rows["img_03.jpg"]["status"] == "ok"
+    assert rows["img_05.jpg"]["status"] == "error"
+    assert rows["img_05.jpg"]["error"].startswith("unreadable: failed after 3 attempts: ")
+    assert "503" in rows["img_05.jpg"]["error"]
+    assert (summary.ok, summary.error_codes) == (11, {"truncated": 1, "unreadable": 1})
+
+
+def test_auth_failure_stops_before_output(
+    s3_server: S3Server,
+    bucket: str,
+    model_args: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """moto enforcing auth: the fake keys are unknown, so S3 answers InvalidAccessKeyId."""
+    from moto import settings
+
+    out = f"s3://{bucket}/auth-out"
+    with monkeypatch.context() as mp:
+        mp.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+        proc = run_cli(
+            "run", f"s3://{bucket}/in", "-o", out, *model_args, "-q",
+            "--s3-endpoint", s3_server.endpoint,
+        )  # fmt: skip
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "batchvision: error: S3 refused access to s3://"
+    ), lines
+    # A HEAD has no body to say which: moto's InvalidAccessKeyId shows as ACCESS_DENIED.
+    assert "AWS Error ACCESS_DENIED during HeadObject" in lines[0]
+    assert "check the AWS credentials" in lines[0]
+    assert s3_server.keys(out) == []  # checked before the output was touched
+
+
+def test_auth_failure_mid_run_in_worker(
+    s3_server: S3Server, bucket: str, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A 403 on one object, read in a DataLoader worker, stops the run with the clean error."""
+    denied = f"/{bucket}/in/b/img_10.jpg"
+
+    def fault(method: str, path: str) -> int | None:
+        return 403 if path == denied else None
+
+    with FaultProxy(s3_server.endpoint, fault) as proxy:
+        cfg = _config(
+            tiny_checkpoint, [f"s3://{bucket}/in"], str(tmp_path / "o"), s3_endpoint=proxy.url
+        )
+        cfg = RunConfig(**{**cfg.__dict__, "workers": 1})
+        with pytest.raises(StorageAuthError) as info:
+            batchvision.run(cfg)
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert message.startswith(f"S3 refused access to s3:/{denied} at {proxy.url}: ")
