@@ -188,6 +188,58 @@ def test_read_batch_codes(s3_server: S3Server, bucket: str, images: Path) -> Non
     assert out["error"][2].startswith("not_found:")
 
 
+def test_anonymous_uri_reads(s3_server: S3Server) -> None:
+    """``s3://anonymous@bucket`` sends unsigned requests: public objects only."""
+    opts = StorageOptions(endpoint=s3_server.endpoint)
+    name = s3_server.new_bucket()
+    client = s3_server.client()
+    client.put_object(Bucket=name, Key="pub/x.jpg", Body=b"public", ACL="public-read")  # type: ignore[attr-defined]
+    client.put_object(Bucket=name, Key="pub/y.jpg", Body=b"private")  # type: ignore[attr-defined]
+    items = list(sources.iter_inputs([f"s3://anonymous@{name}/pub"], None, opts))
+    assert [i.path for i in items] == [
+        f"s3://anonymous@{name}/pub/x.jpg",
+        f"s3://anonymous@{name}/pub/y.jpg",
+    ]
+    assert read_batch(items_to_batch(items[:1]), opts)["bytes"][0] == b"public"
+    with pytest.raises(StorageAuthError, match="anonymous@ sends no credentials"):
+        read_batch(items_to_batch(items[1:]), opts)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_part_writer_on_s3(s3_server: S3Server, fmt: str) -> None:
+    """Parts land on their final keys in one upload each; ids and statuses read back."""
+    opts = StorageOptions(endpoint=s3_server.endpoint)
+    out = f"s3://{s3_server.new_bucket()}/res"
+    sinks.prepare_output_dir(out, resume=False, overwrite=False, storage_options=opts)
+    sinks.write_manifest(out, {"runs": []}, opts)
+    writer = sinks.PartWriter(out, fmt, part_rows=2, run_id="r1", storage_options=opts)
+    table = pa.table(
+        {
+            "id": ["x", "y", "z"],
+            "path": ["p1", "p2", "p3"],
+            "status": ["ok", "error", "ok"],
+            "error": [None, "corrupt: bad", None],
+            "width": pa.array([1, None, 3], pa.int32()),
+            "height": pa.array([1, None, 3], pa.int32()),
+            "label": ["a", None, "b"],
+            "score": pa.array([0.5, None, 0.25], pa.float32()),
+            "topk_ids": pa.array([[1], None, [2]], pa.list_(pa.int32())),
+            "topk_labels": pa.array([["a"], None, ["b"]], pa.list_(pa.string())),
+            "topk_scores": pa.array([[0.5], None, [0.25]], pa.list_(pa.float32())),
+        },
+        schema=sinks.CLASSIFY_SCHEMA,
+    )
+    writer.add(table.slice(0, 2))
+    writer.add(table.slice(2))
+    writer.close()
+    ext = sinks.EXTENSIONS[fmt]
+    assert s3_server.keys(out) == ["_manifest.json", f"part-r1-00000{ext}", f"part-r1-00001{ext}"]
+    written = sinks.read_written(out, opts)
+    assert written.ids == {"x", "y", "z"} and dict(written.statuses) == {"ok": 2, "error": 1}
+    assert sinks.read_manifest(out, opts) == {"runs": []}
+    assert sinks.read_manifest(f"s3://{s3_server.new_bucket()}/none", opts) is None
+
+
 # --- whole runs --------------------------------------------------------------------------
 
 
@@ -216,7 +268,10 @@ def test_cli_s3_in_and_out_matches_local(
     r = remote.sort_by("id").column("topk_scores").to_pylist()
     lo = local.sort_by("id").column("topk_scores").to_pylist()
     assert len(r) == len(lo) == 25
-    assert all((a is None and b is None) or np.allclose(a, b, atol=1e-5) for a, b in zip(r, lo))
+    assert all(
+        (a is None and b is None) or np.allclose(a, b, atol=1e-5)
+        for a, b in zip(r, lo, strict=True)
+    )
 
     keys = s3_server.keys(out_uri)
     assert "_manifest.json" in keys and all(k.startswith(("part-", "_manifest")) for k in keys)

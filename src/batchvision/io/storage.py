@@ -237,11 +237,14 @@ def describe(error: OSError) -> str:
 def auth_error(error: OSError, uri: str, options: StorageOptions) -> StorageAuthError:
     """The run-stopping error for an authentication or authorization failure on ``uri``."""
     where = f" at {options.endpoint}" if options.endpoint else ""
-    return StorageAuthError(
-        f"S3 refused access to {uri}{where}: {describe(error)} - check the AWS credentials "
-        "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws), their permissions "
-        "on this bucket, and --s3-endpoint"
+    hint = (
+        "the object is not public (anonymous@ sends no credentials); drop anonymous@ to use "
+        "the AWS credentials"
+        if is_uri(uri) and parse_uri(uri).anonymous
+        else "check the AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+        "~/.aws), their permissions on this bucket, and --s3-endpoint"
     )
+    return StorageAuthError(f"S3 refused access to {uri}{where}: {describe(error)} - {hint}")
 
 
 def check_auth(error: OSError, uri: str, options: StorageOptions) -> None:
