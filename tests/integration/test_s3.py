@@ -175,17 +175,25 @@ def test_listing_matches_local_folder(s3_server: S3Server, bucket: str, images: 
 
 
 def test_read_batch_codes(s3_server: S3Server, bucket: str, images: Path) -> None:
-    opts = StorageOptions(endpoint=s3_server.endpoint)
-    paths = [
-        f"s3://{bucket}/in/a/img_01.jpg",
+    """S3 and local paths mixed in one batch: each row gets its own bytes or error code."""
+    opts = StorageOptions(endpoint=s3_server.endpoint, read_concurrency=4)
+    names = [f"img_{i:02d}.jpg" for i in range(1, 24, 2)]
+    paths = [f"s3://{bucket}/in/a/{n}" for n in names]
+    paths += [
+        str(images / "b" / "img_00.jpg"),
         f"s3://{bucket}/in/a/gone.jpg",
         "s3://nobucket-x/k.jpg",
+        str(images / "nope.jpg"),
     ]
     out = read_batch(items_to_batch([InputItem(str(i), p) for i, p in enumerate(paths)]), opts)
-    assert out["bytes"][0] == (images / "a" / "img_01.jpg").read_bytes()
-    assert out["error"][0] is None
-    assert out["error"][1] == f"not_found: object not found: {paths[1]}"
-    assert out["error"][2].startswith("not_found:")
+    assert list(out["id"]) == [str(i) for i in range(len(paths))]
+    for i, name in enumerate(names):
+        assert out["bytes"][i] == (images / "a" / name).read_bytes()
+        assert out["error"][i] is None
+    assert out["bytes"][12] == (images / "b" / "img_00.jpg").read_bytes()
+    assert out["error"][13] == f"not_found: object not found: {paths[13]}"
+    assert out["error"][14].startswith("not_found:")
+    assert out["error"][15].startswith("not_found:")
 
 
 def test_anonymous_uri_reads(s3_server: S3Server) -> None:

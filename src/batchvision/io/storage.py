@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 SCHEMES = ("s3",)
 DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_READ_CONCURRENCY = 16
 ANONYMOUS_USER = "anonymous"
 
 
@@ -58,12 +59,14 @@ class StorageOptions:
         max_attempts: tries per request, the first included, before a read fails.
         connect_timeout: seconds to connect; ``None`` keeps the SDK's default.
         request_timeout: seconds to wait on a request; ``None`` keeps the SDK's default.
+        read_concurrency: objects of one batch read at once (threads), per worker.
     """
 
     endpoint: str | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     connect_timeout: float | None = None
     request_timeout: float | None = None
+    read_concurrency: int = DEFAULT_READ_CONCURRENCY
 
     def __post_init__(self) -> None:
         if self.endpoint is not None:
@@ -75,6 +78,8 @@ class StorageOptions:
                 )
         if self.max_attempts < 1:
             raise ConfigError(f"S3 max attempts must be >= 1, got {self.max_attempts}")
+        if self.read_concurrency < 1:
+            raise ConfigError(f"S3 read concurrency must be >= 1, got {self.read_concurrency}")
         for name in ("connect_timeout", "request_timeout"):
             value = getattr(self, name)
             if value is not None and value <= 0:
