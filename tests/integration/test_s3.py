@@ -220,7 +220,9 @@ def test_part_writer_on_s3(s3_server: S3Server, fmt: str) -> None:
     out = f"s3://{s3_server.new_bucket()}/res"
     sinks.prepare_output_dir(out, resume=False, overwrite=False, storage_options=opts)
     sinks.write_manifest(out, {"runs": []}, opts)
-    writer = sinks.PartWriter(out, fmt, part_rows=2, run_id="r1", storage_options=opts)
+    proxy = FaultProxy(s3_server.endpoint)
+    via_proxy = StorageOptions(endpoint=proxy.url)
+    writer = sinks.PartWriter(out, fmt, part_rows=2, run_id="r1", storage_options=via_proxy)
     table = pa.table(
         {
             "id": ["x", "y", "z"],
@@ -237,10 +239,16 @@ def test_part_writer_on_s3(s3_server: S3Server, fmt: str) -> None:
         },
         schema=sinks.CLASSIFY_SCHEMA,
     )
-    writer.add(table.slice(0, 2))
-    writer.add(table.slice(2))
-    writer.close()
+    with proxy:
+        writer.add(table.slice(0, 2))
+        writer.add(table.slice(2))
+        writer.close()
     ext = sinks.EXTENSIONS[fmt]
+    bucket_path = out.removeprefix("s3:/")
+    assert dict(proxy.requests) == {  # one PUT per part, straight to its final key
+        ("PUT", f"{bucket_path}/part-r1-00000{ext}"): 1,
+        ("PUT", f"{bucket_path}/part-r1-00001{ext}"): 1,
+    }
     assert s3_server.keys(out) == ["_manifest.json", f"part-r1-00000{ext}", f"part-r1-00001{ext}"]
     written = sinks.read_written(out, opts)
     assert written.ids == {"x", "y", "z"} and dict(written.statuses) == {"ok": 2, "error": 1}

@@ -174,6 +174,9 @@ def _filesystem(
             kwargs["region"] = pafs.resolve_s3_region(bucket)
     return pafs.S3FileSystem(
         anonymous=anonymous,
+        # Small outputs (parts, the manifest) then go up in one PutObject instead of a
+        # three-request multipart upload; a missing bucket is reported at close().
+        allow_delayed_open=True,
         connect_timeout=options.connect_timeout,
         request_timeout=options.request_timeout,
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts),
