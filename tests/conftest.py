@@ -145,8 +145,11 @@ class S3Server:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """moto's standalone S3 server on a free loopback port, with fake credentials set."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request
     with pytest.MonkeyPatch.context() as mp:
         for name, value in S3_TEST_ENV.items():
             mp.setenv(name, value)
