@@ -2,13 +2,15 @@
 
 Each request is forwarded unchanged unless ``fault(method, path)`` returns an HTTP status;
 then the proxy answers that status itself with an S3-style error body (``SlowDown`` for
-503, ``InternalError`` for 500, ``InvalidAccessKeyId`` for 403). Every request is counted
+503, ``InternalError`` for 500, ``InvalidAccessKeyId`` for 403), or, for ``RESET``, closes
+the connection without a reply. Every request is counted
 by ``(method, path)``, so tests can assert how many attempts a read took.
 """
 
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -16,6 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 Fault = Callable[[str, str], "int | None"]
+
+#: A fault "status" that drops the connection without answering (a connection reset).
+RESET = 0
 
 _ERROR_CODES = {
     403: (
@@ -53,7 +58,10 @@ class FaultProxy:
                     if status is not None:
                         proxy.injected[key] += 1
                 body = self._read_body()
-                if status is not None:
+                if status == RESET:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)  # no reply at all
+                elif status is not None:
                     self._reply_error(status)
                 else:
                     self._forward(body)

@@ -26,7 +26,7 @@ from batchvision.io import sinks, sources, storage
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
 from batchvision.io.storage import StorageOptions
 from tests.conftest import S3Server, run_cli
-from tests.s3_proxy import FaultProxy
+from tests.s3_proxy import RESET, FaultProxy
 
 SMALL = ("--resize-size", "64", "--crop-size", "64")
 CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg" + bytes(200)
@@ -391,14 +391,13 @@ def test_transient_errors_retried_then_error_row(
     s3_server: S3Server, bucket: str, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
 ) -> None:
     flaky, dead = f"/{bucket}/in/a/img_03.jpg", f"/{bucket}/in/a/img_05.jpg"
-    left = {"flaky": 2}
+    faults = [RESET, 503]  # a reset connection, then SlowDown, then the real answer
 
     def fault(method: str, path: str) -> int | None:
         if path == dead:
             return 503
-        if path == flaky and method == "GET" and left["flaky"] > 0:
-            left["flaky"] -= 1
-            return 503 if left["flaky"] else 500
+        if path == flaky and method == "GET" and faults:
+            return faults.pop(0)
         return None
 
     with FaultProxy(s3_server.endpoint, fault) as proxy:
@@ -447,7 +446,7 @@ def test_auth_failure_stops_before_output(
 
 
 def test_auth_failure_mid_run_in_worker(
-    s3_server: S3Server, bucket: str, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
+    s3_server: S3Server, bucket: str, model_args: list[str], tmp_path: Path
 ) -> None:
     """A 403 on one object, read in a DataLoader worker, stops the run with the clean error."""
     denied = f"/{bucket}/in/b/img_10.jpg"
@@ -455,13 +454,19 @@ def test_auth_failure_mid_run_in_worker(
     def fault(method: str, path: str) -> int | None:
         return 403 if path == denied else None
 
+    out = tmp_path / "o"
     with FaultProxy(s3_server.endpoint, fault) as proxy:
-        cfg = _config(
-            tiny_checkpoint, [f"s3://{bucket}/in"], str(tmp_path / "o"), s3_endpoint=proxy.url
-        )
-        cfg = RunConfig(**{**cfg.__dict__, "workers": 1})
-        with pytest.raises(StorageAuthError) as info:
-            batchvision.run(cfg)
-    message = str(info.value)
-    assert "\n" not in message and "Traceback" not in message
-    assert message.startswith(f"S3 refused access to s3:/{denied} at {proxy.url}: ")
+        proc = run_cli(
+            "run", f"s3://{bucket}/in", "-o", str(out), *model_args, *SMALL, "-q",
+            "-j", "1", "-b", "4", "--part-rows", "4", "--s3-endpoint", proxy.url,
+        )  # fmt: skip
+        assert proxy.count("HEAD", denied) == 1  # not retried: it would fail again
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "DataLoader" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"batchvision: error: S3 refused access to s3:/{denied} at {proxy.url}: "
+    )
+    # The rows done before it are committed, so --resume continues once access is fixed.
+    assert len(pq.read_table(out)) >= 4
