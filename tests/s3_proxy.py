@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,8 +36,9 @@ _ERROR_CODES = {
 class FaultProxy:
     """Forwards to ``upstream`` (``http://host:port``); ``url`` is this proxy's endpoint."""
 
-    def __init__(self, upstream: str, fault: Fault | None = None) -> None:
+    def __init__(self, upstream: str, fault: Fault | None = None, delay: float = 0.0) -> None:
         self.upstream = urlsplit(upstream).netloc
+        self.delay = delay  # seconds added to every request: a far-away store's latency
         self.fault: Fault = fault or (lambda method, path: None)
         self.requests: Counter[tuple[str, str]] = Counter()
         self.injected: Counter[tuple[str, str]] = Counter()
@@ -58,6 +60,8 @@ class FaultProxy:
                     if status is not None:
                         proxy.injected[key] += 1
                 body = self._read_body()
+                if proxy.delay:
+                    time.sleep(proxy.delay)
                 if status == RESET:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)  # no reply at all
