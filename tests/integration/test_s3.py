@@ -256,6 +256,23 @@ def test_part_writer_on_s3(s3_server: S3Server, fmt: str) -> None:
     assert sinks.read_manifest(f"s3://{s3_server.new_bucket()}/none", opts) is None
 
 
+def test_part_write_failure_is_one_clear_error(s3_server: S3Server) -> None:
+    """A part that still cannot be uploaded after the retries stops the run in one line."""
+    out = f"s3://{s3_server.new_bucket()}/res"
+    with FaultProxy(s3_server.endpoint, lambda method, path: 503 if method == "PUT" else None) as p:
+        opts = StorageOptions(p.url, max_attempts=2)
+        writer = sinks.PartWriter(out, "parquet", part_rows=1, run_id="r2", storage_options=opts)
+        with pytest.raises(OutputDirError, match=r"cannot write .*SLOW_DOWN during PutObject"):
+            writer.add(_one_row())
+        assert p.count("PUT", f"{out.removeprefix('s3:/')}/part-r2-00000.parquet") == 2
+    assert s3_server.keys(out) == []
+
+
+def _one_row() -> pa.Table:
+    row = {"id": "x", "path": "p", "status": "error", "error": "corrupt: x"}
+    return pa.Table.from_pylist([row], schema=sinks.CLASSIFY_SCHEMA)
+
+
 # --- whole runs --------------------------------------------------------------------------
 
 

@@ -106,7 +106,11 @@ def encode_table(table: pa.Table, fmt: str) -> bytes:
 def _write_atomic(out_dir: str, name: str, data: bytes, options: StorageOptions) -> None:
     """Make ``out_dir/name`` hold ``data``, all or nothing."""
     if storage.is_uri(out_dir):
-        storage.write_object(storage.parse_uri(out_dir).child(name), data, options)
+        uri = storage.parse_uri(out_dir).child(name)
+        try:
+            storage.write_object(uri, data, options)
+        except OSError as e:  # still failing after the SDK's retries: the run cannot go on
+            raise OutputDirError(f"cannot write {uri}: {storage.describe(e)}") from e
         return
     final = os.path.join(out_dir, name)
     tmp = os.path.join(out_dir, f".{name}.tmp")
@@ -247,11 +251,12 @@ def _prepare_s3_output(
     bucket = storage.S3Location(loc.scheme, loc.anonymous, loc.bucket, "").uri
     try:
         bucket_kind = storage.file_type(bucket, options)
+        out_kind = storage.file_type(out_dir, options) if loc.key else "folder"
     except OSError as e:
         raise OutputDirError(f"--output {out_dir!r}: {storage.describe(e)}") from e
     if bucket_kind == "missing":
         raise OutputDirError(f"--output {out_dir!r}: bucket {loc.bucket!r} does not exist")
-    if loc.key and storage.file_type(out_dir, options) == "file":
+    if out_kind == "file":
         raise OutputDirError(f"--output {out_dir!r} is an object, not a prefix")
     entries = _list_s3_output(out_dir, options)
     _check_reusable(out_dir, entries, resume, overwrite, MANIFEST_NAME in entries)
