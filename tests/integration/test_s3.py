@@ -196,6 +196,14 @@ def test_read_batch_codes(s3_server: S3Server, bucket: str, images: Path) -> Non
     assert out["error"][15].startswith("not_found:")
 
 
+def test_object_bytes_as_stored(s3_server: S3Server) -> None:
+    """A key ending in .gz is not decompressed on the way: the decoder gets the stored bytes."""
+    uri = f"s3://{s3_server.new_bucket()}/raw/x.gz"
+    s3_server.put(uri, b"\x1f\x8b not really gzip")
+    out = read_batch(items_to_batch([InputItem("x", uri)]), StorageOptions(s3_server.endpoint))
+    assert (out["bytes"][0], out["error"][0]) == (b"\x1f\x8b not really gzip", None)
+
+
 def test_anonymous_uri_reads(s3_server: S3Server) -> None:
     """``s3://anonymous@bucket`` sends unsigned requests: public objects only."""
     opts = StorageOptions(endpoint=s3_server.endpoint)

@@ -267,7 +267,8 @@ def check_auth(error: OSError, uri: str, options: StorageOptions) -> None:
 def read_object(uri: str, options: StorageOptions) -> bytes:
     """All bytes of one object; pyarrow errors pass through (see ``classify``)."""
     fs, loc = filesystem(uri, options)
-    with fs.open_input_stream(loc.path) as f:
+    # compression=None: the bytes as stored, even for a key ending in .gz or .bz2.
+    with fs.open_input_stream(loc.path, compression=None) as f:
         return bytes(f.read())
 
 
