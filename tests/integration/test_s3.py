@@ -174,6 +174,33 @@ def test_listing_matches_local_folder(s3_server: S3Server, bucket: str, images: 
         sources.check_inputs([f"s3://{bucket}/in/*.png"], opts)
 
 
+@pytest.mark.parametrize("ext", [".txt", ".csv", ".parquet"])
+def test_manifests_on_s3(s3_server: S3Server, bucket: str, ext: str) -> None:
+    """Manifests stored on S3: relative entries resolve under the manifest's prefix."""
+    opts = StorageOptions(endpoint=s3_server.endpoint)
+    entries = ["sub/img_01.jpg", f"s3://{bucket}/in/b/img_02.jpg", "../in/b/img_04.jpg"]
+    uri = f"s3://{bucket}/lists/m{ext}"  # outside in/, which other tests list
+    if ext == ".txt":
+        data = ("# a comment\n" + "\n".join(entries) + "\n").encode()
+    elif ext == ".csv":
+        data = ("path,label\n" + "".join(f"{e},x\n" for e in entries)).encode()
+    else:
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.table({"path": entries}), sink)
+        data = bytes(sink.getvalue())
+    s3_server.put(uri, data)
+    assert sources.check_inputs([uri], opts) == ["manifest"]
+    assert [(i.id, i.path) for i in sources.iter_inputs([uri], None, opts)] == [
+        ("sub/img_01.jpg", f"s3://{bucket}/lists/sub/img_01.jpg"),
+        (entries[1], entries[1]),
+        ("../in/b/img_04.jpg", f"s3://{bucket}/in/b/img_04.jpg"),
+    ]
+    if ext == ".csv":
+        s3_server.put(uri, b"file,label\nx.jpg,1\n")
+        with pytest.raises(ConfigError, match="has no 'path' column"):
+            sources.check_inputs([uri], opts)
+
+
 def test_read_batch_codes(s3_server: S3Server, bucket: str, images: Path) -> None:
     """S3 and local paths mixed in one batch: each row gets its own bytes or error code."""
     opts = StorageOptions(endpoint=s3_server.endpoint, read_concurrency=4)
