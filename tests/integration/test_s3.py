@@ -46,6 +46,9 @@ def images(photo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(photo_dir, root)
     (root / "a" / "corrupt.jpg").write_bytes(CORRUPT)
     (root / ".hidden.jpg").write_bytes(b"hidden")
+    (root / "b" / ".cache").mkdir()
+    for i in range(3):
+        (root / "b" / ".cache" / f"{i}.jpg").write_bytes(b"cached")
     (root / "b" / "notes.txt").write_text("not an image")
     return root
 
@@ -158,7 +161,13 @@ def test_listing_matches_local_folder(s3_server: S3Server, bucket: str, images: 
     items = list(sources.iter_inputs([f"s3://{bucket}/in/"], s3_stats, opts))
     assert sorted(i.id for i in items) == local and len(local) == 25
     assert items[0].path == f"s3://{bucket}/in/{items[0].id}"
-    assert (s3_stats.skipped_hidden, s3_stats.skipped_extension) == (1, 1)
+    assert (s3_stats.skipped_hidden, s3_stats.skipped_extension) == (2, 1)  # .cache/ once
+    assert s3_stats.skipped_examples == [
+        f"s3://{bucket}/in/.hidden.jpg",
+        f"s3://{bucket}/in/b/.cache",
+        f"s3://{bucket}/in/b/notes.txt",
+    ]
+    assert (local_stats.skipped_hidden, local_stats.skipped_extension) == (2, 1)
     assert sources.check_inputs([f"s3://{bucket}/in", f"s3://{bucket}/in/a/img_01.jpg"], opts) == [
         "folder",
         "file",
@@ -323,7 +332,7 @@ def test_cli_s3_in_and_out_matches_local(
         "--s3-endpoint", s3_server.endpoint,
     )  # fmt: skip
     _ok(proc)
-    assert "ok 24, error 1, skipped 2" in proc.stdout
+    assert "ok 24, error 1, skipped 3" in proc.stdout
 
     fs = _s3fs(s3_server.endpoint)
     remote = pq.read_table(f"{bucket}/out/run1", filesystem=fs)  # _manifest.json is skipped

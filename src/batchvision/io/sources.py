@@ -209,10 +209,17 @@ def _list_s3(uri: str, options: StorageOptions) -> list[str]:
 def _filter_keys(
     loc: storage.S3Location, rels: Iterable[str], stats: ListingStats
 ) -> Iterator[InputItem]:
+    hidden_dirs: set[str] = set()
     for rel in rels:
         uri = loc.child(rel)
-        if any(is_hidden(part) for part in rel.split("/")):
-            _skip(stats, uri, hidden=True)
+        parts = rel.split("/")
+        hidden_at = next((k for k, part in enumerate(parts) if is_hidden(part)), None)
+        if hidden_at is not None:
+            # Counted as a local walk counts: a hidden folder once, not each key under it.
+            hidden = "/".join(parts[: hidden_at + 1])
+            if hidden not in hidden_dirs:
+                hidden_dirs.add(hidden)
+                _skip(stats, loc.child(hidden), hidden=True)
         elif is_image_name(rel):
             yield InputItem(id=rel, path=uri)
         else:
