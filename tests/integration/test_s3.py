@@ -157,9 +157,9 @@ def test_env_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_listing_matches_local_folder(s3_server: S3Server, bucket: str, images: Path) -> None:
     opts = StorageOptions(endpoint=s3_server.endpoint)
     local_stats, s3_stats = sources.ListingStats(), sources.ListingStats()
-    local = sorted(i.id for i in sources.iter_inputs([str(images)], local_stats))
+    local = [i.id for i in sources.iter_inputs([str(images)], local_stats)]
     items = list(sources.iter_inputs([f"s3://{bucket}/in/"], s3_stats, opts))
-    assert sorted(i.id for i in items) == local and len(local) == 25
+    assert [i.id for i in items] == local and len(local) == 25  # same ids, same order
     assert items[0].path == f"s3://{bucket}/in/{items[0].id}"
     assert (s3_stats.skipped_hidden, s3_stats.skipped_extension) == (2, 1)  # .cache/ once
     assert s3_stats.skipped_examples == [
@@ -174,6 +174,9 @@ def test_listing_matches_local_folder(s3_server: S3Server, bucket: str, images: 
     ]
     glob_ids = [i.id for i in sources.iter_inputs([f"s3://{bucket}/in/*/img_0*.jpg"], None, opts)]
     assert glob_ids == sorted(i for i in local if i.split("/")[1].startswith("img_0"))
+    assert [i.id for i in sources.iter_inputs([f"s3://{bucket}"], None, opts)] == [
+        f"in/{i}" for i in local
+    ]  # a whole bucket
     assert [i.id for i in sources.iter_inputs([f"s3://{bucket}/in/**/img_1?.jpg"], None, opts)] == [
         f"{'a' if n % 2 else 'b'}/img_{n}.jpg" for n in range(10, 20) if n % 2
     ] + [f"b/img_{n}.jpg" for n in range(10, 20) if not n % 2]

@@ -1,9 +1,9 @@
 """Where images come from: folders, globs, files and manifests; and reading their bytes.
 
 Every input may be a local path or an ``s3://bucket/prefix`` URI (see ``io.storage``).
-Listing a local folder is a generator, so prediction starts while a huge folder is still
-being walked and memory does not grow with the number of files. An S3 prefix is listed
-whole first (one sorted list of keys), then streamed the same way.
+Listing is a generator, so prediction starts while a huge folder is still being walked
+and memory does not grow with the number of files (an S3 prefix is walked the same way,
+one delimited listing per "folder").
 """
 
 from __future__ import annotations
@@ -194,9 +194,32 @@ def _walk(root: str, stats: ListingStats) -> Iterator[InputItem]:
 
 
 def _walk_s3(uri: str, stats: ListingStats, options: StorageOptions) -> Iterator[InputItem]:
-    """Every object under an S3 prefix, as ``_walk`` treats a folder: ids relative to it."""
+    """An S3 prefix walked as ``_walk`` walks a folder: level by level, sorted, same ids.
+
+    One delimited listing per "folder", so images stream out while the rest is listed and
+    hidden folders are never listed at all; memory holds one folder's names at a time.
+    """
     loc = storage.parse_uri(uri)
-    yield from _filter_keys(loc, _list_s3(uri, options), stats)
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        dir_uri = loc.child(rel_dir) if rel_dir else loc.uri
+        try:
+            entries = storage.list_dir(dir_uri, options)
+        except OSError as e:
+            raise ConfigError(f"cannot list {dir_uri!r}: {storage.describe(e)}") from e
+        subdirs = []
+        for name, is_dir in entries:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if is_hidden(name):
+                _skip(stats, loc.child(rel), hidden=True)
+            elif is_dir:
+                subdirs.append(rel)
+            elif is_image_name(name):
+                yield InputItem(id=rel, path=loc.child(rel))
+            else:
+                _skip(stats, loc.child(rel), hidden=False)
+        stack.extend(reversed(subdirs))
 
 
 def _list_s3(uri: str, options: StorageOptions) -> list[str]:

@@ -313,6 +313,26 @@ def list_files(uri: str, options: StorageOptions) -> list[tuple[str, int]]:
     )
 
 
+def list_dir(uri: str, options: StorageOptions) -> list[tuple[str, bool]]:
+    """``(name, is_folder)`` of the entries one level under ``uri``, sorted by name.
+
+    One delimited listing: keys deeper down show as their first-level "folder" only.
+    """
+    import pyarrow.fs as pafs
+
+    fs, loc = filesystem(uri, options)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
+    except OSError as e:
+        check_auth(e, uri, options)
+        raise
+    return sorted(
+        (info.base_name, info.type == pafs.FileType.Directory)
+        for info in infos
+        if info.type in (pafs.FileType.File, pafs.FileType.Directory)
+    )
+
+
 def file_type(uri: str, options: StorageOptions) -> Literal["file", "folder", "missing"]:
     """Whether ``uri`` is an object, a prefix with objects under it, or neither."""
     import pyarrow.fs as pafs
