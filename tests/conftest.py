@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,85 @@ def run_cli(*args: str, timeout: float = 300, **kwargs: object) -> subprocess.Co
         check=False,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+# --- object storage: a real S3-compatible server (moto) on loopback ----------------------
+
+# Fake credentials, and no real AWS config, for every S3 test and the CLIs they start.
+S3_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+S3_UNSET_ENV = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+class S3Server:
+    """A moto S3 server on 127.0.0.1; ``endpoint`` is its URL (for ``--s3-endpoint``)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._count = 0
+
+    def client(self) -> object:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint)
+
+    def new_bucket(self, prefix: str = "bv") -> str:
+        """A fresh, empty bucket's name (each test gets its own)."""
+        self._count += 1
+        name = f"{prefix}-{os.getpid()}-{self._count}"
+        self.client().create_bucket(Bucket=name)  # type: ignore[attr-defined]
+        return name
+
+    def put(self, uri: str, data: bytes) -> None:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        self.client().put_object(Bucket=bucket, Key=key, Body=data)  # type: ignore[attr-defined]
+
+    def upload_dir(self, local: Path, uri: str) -> str:
+        """Upload every file under ``local`` to the prefix ``uri``; returns ``uri``."""
+        for path in sorted(Path(local).rglob("*")):
+            if path.is_file():
+                rel = path.relative_to(local).as_posix()
+                self.put(f"{uri.rstrip('/')}/{rel}", path.read_bytes())
+        return uri
+
+    def keys(self, uri: str) -> list[str]:
+        """Every key under the prefix ``uri``, relative to it, sorted."""
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        pages = (
+            self.client()
+            .get_paginator("list_objects_v2")
+            .paginate(  # type: ignore[attr-defined]
+                Bucket=bucket, Prefix=prefix
+            )
+        )
+        return sorted(o["Key"][len(prefix) :] for page in pages for o in page.get("Contents", []))
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's standalone S3 server on a free loopback port, with fake credentials set."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in S3_TEST_ENV.items():
+            mp.setenv(name, value)
+        for name in S3_UNSET_ENV:
+            mp.delenv(name, raising=False)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield S3Server(f"http://{host}:{port}")
+        finally:
+            server.stop()

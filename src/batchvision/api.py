@@ -79,7 +79,8 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         BatchvisionError: (exit code 2) for anything the user must fix.
     """
     start = time.perf_counter()
-    kinds = sources.check_inputs(config.inputs)
+    storage = config.storage
+    kinds = sources.check_inputs(config.inputs, storage)
     known_total = _check_duplicates(config, kinds)
     spec = resolve_model(
         config.model,
@@ -93,17 +94,19 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     resolve_device(config.device)
     state_dict = load_state_dict(spec)
 
-    sinks.prepare_output_dir(config.output, resume=config.resume, overwrite=config.overwrite)
-    previous = sinks.read_manifest(config.output) if config.resume else None
+    sinks.prepare_output_dir(
+        config.output, resume=config.resume, overwrite=config.overwrite, storage_options=storage
+    )
+    previous = sinks.read_manifest(config.output, storage) if config.resume else None
     manifest = _manifest(config, spec, previous)
     if previous is not None:
         _check_resumable(previous, manifest)
-    earlier = sinks.read_written(config.output) if config.resume else sinks.Written()
+    earlier = sinks.read_written(config.output, storage) if config.resume else sinks.Written()
     done = earlier.ids
     if done:
         logger.info("resuming: %d ids already written in %s", len(done), config.output)
     manifest["status"] = "running"
-    sinks.write_manifest(config.output, manifest)
+    sinks.write_manifest(config.output, manifest, storage)
 
     listing = sources.ListingStats()
     skipped_done = [0]
@@ -112,12 +115,13 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         config.format,
         part_rows=config.part_rows,
         flush_seconds=config.flush_seconds,
+        storage_options=storage,
     )
     job = Job(
         config=config,
         spec=spec,
         state_dict=state_dict,
-        items=_not_done(sources.iter_inputs(config.inputs, listing), done, skipped_done),
+        items=_not_done(sources.iter_inputs(config.inputs, listing, storage), done, skipped_done),
         writer=writer,
         listing=listing,
         already_done=len(done),
@@ -141,7 +145,7 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         skipped_examples=listing.skipped_examples,
     )
     _finish_manifest(manifest, config, summary, result, writer, earlier)
-    sinks.write_manifest(config.output, manifest)
+    sinks.write_manifest(config.output, manifest, storage)
     return summary
 
 
@@ -149,7 +153,7 @@ def _check_duplicates(config: RunConfig, kinds: list[str]) -> int | None:
     """Fail before any work when two inputs share an id; returns the count when listed."""
     if not sources.needs_duplicate_check(config.inputs, kinds):
         return None
-    count, dups = sources.duplicate_ids(config.inputs)
+    count, dups = sources.duplicate_ids(config.inputs, storage_options=config.storage)
     if dups:
         raise ConfigError(
             f"duplicate ids in this run: {', '.join(repr(d) for d in dups)}; every input must "
@@ -209,6 +213,8 @@ def _manifest(
             "top_k": config.top_k,
             "format": config.format,
             "inputs": list(config.inputs),
+            # Where s3:// paths were read and written; credentials are never recorded.
+            "s3_endpoint": config.s3_endpoint,
             "versions": _versions(),
         }
     )

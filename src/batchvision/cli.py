@@ -44,7 +44,10 @@ def cli() -> None:
     "--model", "-m", required=True, help="Model name, e.g. resnet50 (see `batchvision models`)."
 )
 @click.option(
-    "--output", "-o", required=True, help="Output folder for part files and _manifest.json."
+    "--output",
+    "-o",
+    required=True,
+    help="Output folder or s3://bucket/prefix for part files and _manifest.json.",
 )
 @click.option(
     "--weights",
@@ -128,10 +131,28 @@ def cli() -> None:
     help="Commit a part once this many rows are buffered (parts end on batch boundaries; "
     "a part is also committed every 30 s).",
 )
+@click.option(
+    "--s3-endpoint",
+    default=None,
+    metavar="URL",
+    help="S3-compatible store for s3:// paths, e.g. http://127.0.0.1:9000 "
+    "[default: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS].",
+)
+@click.option(
+    "--s3-max-attempts",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tries per S3 request before a read becomes an error row "
+    "[default: AWS_MAX_ATTEMPTS, else 5].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines.")
 @click.option("--verbose", "-v", is_flag=True, help="More log output.")
 def run_cmd(inputs: tuple[str, ...], quiet: bool, verbose: bool, **opts: Any) -> None:
-    """Classify every image of INPUT (folders, globs, image files, .txt/.csv/.parquet manifests)."""
+    """Classify every image of INPUT (folders, globs, image files, .txt/.csv/.parquet manifests).
+
+    Each INPUT, and the output, may be local or s3://bucket/prefix (s3://anonymous@bucket/...
+    for public buckets); credentials come from the AWS environment and config files.
+    """
     from batchvision import api
     from batchvision.config import PreprocessOverrides, RunConfig
     from batchvision.progress import ProgressDisplay
@@ -144,6 +165,9 @@ def run_cmd(inputs: tuple[str, ...], quiet: bool, verbose: bool, **opts: Any) ->
         mean=opts.pop("mean"),
         std=opts.pop("std"),
     )
+    for name in ("s3_endpoint", "s3_max_attempts"):  # unset: RunConfig reads the environment
+        if opts[name] is None:
+            del opts[name]
     config = RunConfig(inputs=inputs, format=opts.pop("fmt"), preprocess=overrides, **opts)
     display = ProgressDisplay.for_terminal(quiet)
     try:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 from batchvision.errors import ConfigError
+from batchvision.io.storage import StorageOptions, env_endpoint, env_max_attempts
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 OutputFormat = Literal["parquet", "csv", "jsonl"]
@@ -111,6 +112,11 @@ class RunConfig:
     seed: int = 0
     part_rows: int = 10_000
     flush_seconds: float = 30.0
+    #: S3-compatible endpoint URL for s3:// inputs and output; defaults to AWS_ENDPOINT_URL_S3
+    #: or AWS_ENDPOINT_URL from the environment this config is made in.
+    s3_endpoint: str | None = field(default_factory=env_endpoint)
+    #: Tries per S3 request (the first included); defaults to AWS_MAX_ATTEMPTS, else 5.
+    s3_max_attempts: int = field(default_factory=env_max_attempts)
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, str):
@@ -136,6 +142,14 @@ class RunConfig:
             raise ConfigError(f"--max-error-rate must be in [0, 1], got {self.max_error_rate}")
         if self.flush_seconds <= 0:
             raise ConfigError(f"flush interval must be > 0 s, got {self.flush_seconds}")
+        if self.s3_endpoint == "":
+            object.__setattr__(self, "s3_endpoint", None)
+        self.storage  # noqa: B018 - validates the endpoint and attempts now, not mid-run
+
+    @property
+    def storage(self) -> StorageOptions:
+        """How to reach ``s3://`` inputs and output: what engines pass to their workers."""
+        return StorageOptions(endpoint=self.s3_endpoint, max_attempts=self.s3_max_attempts)
 
     @property
     def num_workers(self) -> int:

@@ -51,6 +51,8 @@ MANIFEST: dict[str, str] = {
     "top_k": "`--top-k`.",
     "format": "Part file format: `parquet`, `csv` or `jsonl`.",
     "inputs": "The INPUT arguments.",
+    "s3_endpoint": "`--s3-endpoint` (or `AWS_ENDPOINT_URL`) used; `null` for AWS itself. "
+    "Credentials are never recorded.",
     "versions": "batchvision, Python, torch, torchvision, Pillow, NumPy, pyarrow versions.",
     "runs": "One record per run into the folder (see below).",
     "status": "Status of the last run: `running`, `complete` or `interrupted`.",

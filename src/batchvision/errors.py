@@ -3,7 +3,9 @@
 Exit codes (documented in the README):
     0  every image processed, error fraction within --max-error-rate
     1  unexpected internal error (a bug: please report it with the traceback)
-    2  bad usage: a bad argument, missing input, unknown model or weights, refused output folder
+    2  bad usage: a bad argument, missing input, unknown model or weights, refused output
+       folder, or object storage refusing the credentials (checked up front, and also
+       raised if it happens mid-run)
     3  the run finished and wrote everything, but too many images failed (--max-error-rate)
     130 interrupted (Ctrl-C); completed rows are written and the run can be resumed
 """
@@ -50,3 +52,10 @@ class ModelLoadError(BatchvisionError):
 
 class OutputDirError(BatchvisionError):
     """The output folder cannot be used as asked (not empty, not ours, ...)."""
+
+
+class StorageAuthError(BatchvisionError):
+    """Object storage refused the credentials (bad or expired keys, access denied).
+
+    Never an error row: every later read would fail the same way, so the run stops.
+    """

@@ -22,8 +22,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from batchvision.config import DEFAULT_MAX_PIXELS, PreprocessConfig
 from batchvision.engines.base import Engine, EngineResult, Job, RunStats
+from batchvision.errors import StorageAuthError
 from batchvision.io.sinks import batch_to_table
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
+from batchvision.io.storage import StorageOptions
 from batchvision.stages.postprocess import postprocess_batch
 from batchvision.stages.predict import PredictOptions, Predictor
 from batchvision.stages.preprocess import decode_batch
@@ -38,15 +40,25 @@ class DecodeDataset(Dataset[dict[str, Any]]):
     """Maps a chunk of inputs to its decoded batch: read, then decode and preprocess."""
 
     def __init__(
-        self, preprocess: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True
+        self,
+        preprocess: PreprocessConfig,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        draft: bool = True,
+        storage_options: StorageOptions | None = None,
     ) -> None:
         self.preprocess = preprocess
         self.max_pixels = max_pixels
         self.draft = draft
+        self.storage_options = storage_options or StorageOptions()
 
     def __getitem__(self, chunk: list[InputItem]) -> dict[str, Any]:
         t0 = time.perf_counter()
-        batch = read_batch(items_to_batch(chunk))
+        try:
+            batch = read_batch(items_to_batch(chunk), self.storage_options)
+        except StorageAuthError as e:
+            # Raised in a worker, the DataLoader would re-raise it with the worker's
+            # traceback as its message; handed back, the main process raises it as it is.
+            return {"_fatal": e}
         t1 = time.perf_counter()
         out: dict[str, Any] = decode_batch(
             batch, self.preprocess, max_pixels=self.max_pixels, draft=self.draft
@@ -106,7 +118,7 @@ class LocalEngine(Engine):
         predictor = Predictor(job.spec, PredictOptions.from_config(cfg), job.state_dict)
         workers = cfg.num_workers
         loader = DataLoader(
-            DecodeDataset(job.spec.preprocess, cfg.max_pixels, cfg.draft),
+            DecodeDataset(job.spec.preprocess, cfg.max_pixels, cfg.draft, cfg.storage),
             batch_size=None,
             sampler=chunked(job.items, cfg.batch_size),
             num_workers=workers,
@@ -129,6 +141,8 @@ class LocalEngine(Engine):
                 t1 = time.perf_counter()
                 if batch is None:
                     break
+                if "_fatal" in batch:
+                    raise batch["_fatal"]
                 for stage, s in batch.pop("_seconds").items():
                     seconds[stage] += s
                 labelled = postprocess_batch(predictor(batch), job.spec)

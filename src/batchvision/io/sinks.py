@@ -1,7 +1,10 @@
 """Where results go: plain-Arrow part files written atomically, and the run manifest.
 
-A part file is written under a hidden temporary name and renamed when complete, so a
-reader (or ``--resume``) never sees half a part, whatever moment the process dies at.
+The output is a local folder or an ``s3://bucket/prefix``. Locally, a part file is written
+under a hidden temporary name, fsynced and renamed when complete; on S3 it is encoded in
+memory and uploaded to its final key in one PUT (or multipart upload), and S3 shows a key
+only once its upload completes. Either way a reader (or ``--resume``) never sees half a
+part, whatever moment the process dies at.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from batchvision.errors import OutputDirError
+from batchvision.io import storage
+from batchvision.io.storage import StorageOptions
 
 logger = logging.getLogger(__name__)
 
@@ -78,24 +83,45 @@ def batch_to_table(batch: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(columns, schema=CLASSIFY_SCHEMA)
 
 
-def _write_file(table: pa.Table, path: str, fmt: str) -> None:
+def encode_table(table: pa.Table, fmt: str) -> bytes:
+    """A whole part file's bytes in ``fmt``."""
     if fmt == "parquet":
-        pq.write_table(table, path, compression="zstd")
-    elif fmt == "csv":
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        return bytes(sink.getvalue())
+    if fmt == "csv":
         # CSV has no list type: list columns are written as JSON arrays.
         for name in LIST_COLUMNS:
             i = table.schema.get_field_index(name)
             as_json = [None if v is None else json.dumps(v) for v in table.column(i).to_pylist()]
             table = table.set_column(i, name, pa.array(as_json, pa.string()))
-        pacsv.write_csv(table, path)
-    else:
-        with open(path, "w", encoding="utf-8") as f:
-            for row in table.to_pylist():
-                f.write(json.dumps(row, ensure_ascii=False, allow_nan=False, default=str))
-                f.write("\n")
-    # The rename below must not expose a file whose bytes are still in the page cache only.
-    with open(path, "rb") as f:
+        sink = pa.BufferOutputStream()
+        pacsv.write_csv(table, sink)
+        return bytes(sink.getvalue())
+    lines = (
+        json.dumps(row, ensure_ascii=False, allow_nan=False, default=str) + "\n"
+        for row in table.to_pylist()
+    )
+    return "".join(lines).encode("utf-8")
+
+
+def _write_atomic(out_dir: str, name: str, data: bytes, options: StorageOptions) -> None:
+    """Make ``out_dir/name`` hold ``data``, all or nothing."""
+    if storage.is_uri(out_dir):
+        uri = storage.parse_uri(out_dir).child(name)
+        try:
+            storage.write_object(uri, data, options)
+        except OSError as e:  # still failing after the SDK's retries: the run cannot go on
+            raise OutputDirError(f"cannot write {uri}: {storage.describe(e)}") from e
+        return
+    final = os.path.join(out_dir, name)
+    tmp = os.path.join(out_dir, f".{name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        # The rename below must not expose a file whose bytes are still in the page cache only.
         os.fsync(f.fileno())
+    os.replace(tmp, final)
 
 
 class PartWriter:
@@ -114,8 +140,10 @@ class PartWriter:
         part_rows: int = 10_000,
         flush_seconds: float = 30.0,
         run_id: str | None = None,
+        storage_options: StorageOptions | None = None,
     ) -> None:
         self.out_dir = out_dir
+        self.storage_options = storage_options or StorageOptions()
         self.fmt = fmt
         self.part_rows = part_rows
         self.flush_seconds = flush_seconds
@@ -144,10 +172,7 @@ class PartWriter:
         t0 = time.perf_counter()
         table = pa.concat_tables(self._buffer)
         name = f"{PART_PREFIX}{self.run_id}-{self.parts_written:05d}{EXTENSIONS[self.fmt]}"
-        final = os.path.join(self.out_dir, name)
-        tmp = os.path.join(self.out_dir, f".{name}.tmp")
-        _write_file(table, tmp, self.fmt)
-        os.replace(tmp, final)
+        _write_atomic(self.out_dir, name, encode_table(table, self.fmt), self.storage_options)
         self.parts_written += 1
         self.rows_written += table.num_rows
         self._buffer, self._buffered = [], 0
@@ -161,63 +186,123 @@ class PartWriter:
 # --- the output folder -------------------------------------------------------------------
 
 
-def data_files(out_dir: str) -> list[Path]:
-    """Part files in ``out_dir`` (names starting with ``_`` or ``.`` are not data)."""
-    root = Path(out_dir)
-    if not root.is_dir():
-        return []
-    exts = set(EXTENSIONS.values())
-    return sorted(
-        p
-        for p in root.iterdir()
-        if p.is_file() and p.suffix in exts and not p.name.startswith(("_", "."))
+def _is_data_name(name: str) -> bool:
+    return (
+        "/" not in name
+        and os.path.splitext(name)[1] in EXTENSIONS.values()
+        and not name.startswith(("_", "."))
     )
 
 
-def prepare_output_dir(out_dir: str, *, resume: bool, overwrite: bool) -> None:
+def data_files(out_dir: str, storage_options: StorageOptions | None = None) -> list[str]:
+    """Part files in ``out_dir``, as paths or URIs (names starting ``_`` or ``.`` are not data)."""
+    if storage.is_uri(out_dir):
+        loc = storage.parse_uri(out_dir)
+        names = _list_s3_output(out_dir, storage_options or StorageOptions())
+        return [loc.child(n) for n in names if _is_data_name(n)]
+    root = Path(out_dir)
+    if not root.is_dir():
+        return []
+    return sorted(str(p) for p in root.iterdir() if p.is_file() and _is_data_name(p.name))
+
+
+def _list_s3_output(out_dir: str, options: StorageOptions) -> list[str]:
+    """Every key under the output prefix, relative to it (sub-prefixes included)."""
+    try:
+        return [rel for rel, _ in storage.list_files(out_dir, options)]
+    except OSError as e:
+        raise OutputDirError(f"--output {out_dir!r} cannot be listed: {storage.describe(e)}") from e
+
+
+def prepare_output_dir(
+    out_dir: str,
+    *,
+    resume: bool,
+    overwrite: bool,
+    storage_options: StorageOptions | None = None,
+) -> None:
     """Create ``out_dir``; refuse a non-empty one unless resuming or overwriting.
 
     ``--overwrite`` deletes only what batchvision wrote (parts, temporaries, manifest) and
-    refuses a folder holding anything else, so a mistyped path cannot wipe user files.
+    refuses a folder holding anything else, so a mistyped path cannot wipe user files. An
+    S3 prefix is "non-empty" when any key lies under it.
     """
+    if storage.is_uri(out_dir):
+        _prepare_s3_output(out_dir, resume, overwrite, storage_options or StorageOptions())
+        return
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise OutputDirError(f"--output {out_dir!r} exists and is not a folder")
-    entries = sorted(root.iterdir()) if root.exists() else []
-    if entries and not (resume or overwrite):
-        raise OutputDirError(
-            f"--output {out_dir!r} is not empty ({len(entries)} entries); pass --resume to "
-            "finish that run, --overwrite to replace it, or choose an empty folder"
-        )
-    if entries and resume and not (root / MANIFEST_NAME).exists():
-        raise OutputDirError(
-            f"cannot --resume in {out_dir!r}: it has no {MANIFEST_NAME}, so it is not a "
-            "batchvision output folder"
-        )
+    entries = sorted(p.name for p in root.iterdir()) if root.exists() else []
+    _check_reusable(out_dir, entries, resume, overwrite, MANIFEST_NAME in entries)
     if entries and overwrite:
-        ours = _our_files(root)
-        foreign = [p.name for p in entries if p not in ours]
-        if foreign:
-            raise OutputDirError(
-                f"--overwrite refused: {out_dir!r} holds files batchvision did not write "
-                f"({', '.join(foreign[:5])}); choose an empty folder"
-            )
-        for p in ours:
-            p.unlink()
+        ours = _ours(entries)
+        _refuse_foreign(out_dir, [e for e in entries if e not in ours])
+        for name in ours:
+            (root / name).unlink()
     if resume:
         for p in root.glob(f".{PART_PREFIX}*.tmp"):
             p.unlink()  # a part that was being written when the last run died
     root.mkdir(parents=True, exist_ok=True)
 
 
-def _our_files(root: Path) -> set[Path]:
-    ours = set(data_files(str(root))) if (root / MANIFEST_NAME).exists() else set()
-    ours = {p for p in ours if p.name.startswith(PART_PREFIX)}
-    ours |= set(root.glob(f".{PART_PREFIX}*.tmp")) | set(root.glob(f".{MANIFEST_NAME}.tmp"))
-    if (root / MANIFEST_NAME).exists():
-        ours.add(root / MANIFEST_NAME)
-        if (root / REPORT_NAME).is_file():
-            ours.add(root / REPORT_NAME)
+def _prepare_s3_output(
+    out_dir: str, resume: bool, overwrite: bool, options: StorageOptions
+) -> None:
+    loc = storage.parse_uri(out_dir)
+    bucket = storage.S3Location(loc.scheme, loc.anonymous, loc.bucket, "").uri
+    try:
+        bucket_kind = storage.file_type(bucket, options)
+        out_kind = storage.file_type(out_dir, options) if loc.key else "folder"
+    except OSError as e:
+        raise OutputDirError(f"--output {out_dir!r}: {storage.describe(e)}") from e
+    if bucket_kind == "missing":
+        raise OutputDirError(f"--output {out_dir!r}: bucket {loc.bucket!r} does not exist")
+    if out_kind == "file":
+        raise OutputDirError(f"--output {out_dir!r} is an object, not a prefix")
+    entries = _list_s3_output(out_dir, options)
+    _check_reusable(out_dir, entries, resume, overwrite, MANIFEST_NAME in entries)
+    if entries and overwrite:
+        ours = _ours(entries)
+        _refuse_foreign(out_dir, [e for e in entries if e not in ours])
+        for name in ours:
+            storage.delete_object(loc.child(name), options)
+    # Nothing to create: a prefix exists once a key is written under it.
+
+
+def _check_reusable(
+    out_dir: str, entries: list[str], resume: bool, overwrite: bool, has_manifest: bool
+) -> None:
+    if entries and not (resume or overwrite):
+        raise OutputDirError(
+            f"--output {out_dir!r} is not empty ({len(entries)} entries); pass --resume to "
+            "finish that run, --overwrite to replace it, or choose an empty folder"
+        )
+    if entries and resume and not has_manifest:
+        raise OutputDirError(
+            f"cannot --resume in {out_dir!r}: it has no {MANIFEST_NAME}, so it is not a "
+            "batchvision output folder"
+        )
+
+
+def _refuse_foreign(out_dir: str, foreign: list[str]) -> None:
+    if foreign:
+        raise OutputDirError(
+            f"--overwrite refused: {out_dir!r} holds files batchvision did not write "
+            f"({', '.join(foreign[:5])}); choose an empty folder"
+        )
+
+
+def _ours(entries: list[str]) -> list[str]:
+    """The names among ``entries`` (top-level names in the output) that batchvision wrote."""
+    has_manifest = MANIFEST_NAME in entries
+    ours = []
+    for name in entries:
+        part = name.startswith(PART_PREFIX) and _is_data_name(name)
+        tmp = name.startswith(f".{PART_PREFIX}") and name.endswith(".tmp") and "/" not in name
+        own = (part or name == REPORT_NAME) and has_manifest
+        if own or tmp or name in (MANIFEST_NAME, f".{MANIFEST_NAME}.tmp"):
+            ours.append(name)
     return ours
 
 
@@ -229,49 +314,67 @@ class Written:
     statuses: Counter[str] = field(default_factory=Counter)
 
 
-def read_written(out_dir: str) -> Written:
+def read_written(out_dir: str, storage_options: StorageOptions | None = None) -> Written:
     """Every id and status already committed to ``out_dir``'s part files."""
+    options = storage_options or StorageOptions()
     written = Written()
-    for path in data_files(out_dir):
-        ids, statuses = _read_ids_statuses(path)
+    for path in data_files(out_dir, options):
+        ids, statuses = _read_ids_statuses(path, options)
         written.ids.update(ids)
         written.statuses.update(statuses)
     return written
 
 
-def _read_ids_statuses(path: Path) -> tuple[list[str], list[str]]:
-    if path.suffix == ".parquet":
-        table = pq.read_table(path, columns=["id", "status"])
-    elif path.suffix == ".csv":
+def _read_ids_statuses(path: str, options: StorageOptions) -> tuple[list[str], list[str]]:
+    source: Any = path
+    if storage.is_uri(path):
+        source = pa.BufferReader(storage.read_object(path, options))
+    if path.endswith(".parquet"):
+        table = pq.read_table(source, columns=["id", "status"])
+    elif path.endswith(".csv"):
         opts = pacsv.ConvertOptions(
             include_columns=["id", "status"],
             column_types={"id": pa.string(), "status": pa.string()},
         )
-        table = pacsv.read_csv(path, convert_options=opts)
+        table = pacsv.read_csv(source, convert_options=opts)
     else:
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        text = (
+            source.read().decode("utf-8")
+            if storage.is_uri(path)
+            else Path(path).read_text(encoding="utf-8")
+        )
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         return [r["id"] for r in rows], [r["status"] for r in rows]
     return table.column("id").to_pylist(), table.column("status").to_pylist()
 
 
-def read_manifest(out_dir: str) -> dict[str, Any] | None:
+def read_manifest(
+    out_dir: str, storage_options: StorageOptions | None = None
+) -> dict[str, Any] | None:
     """The run manifest, or ``None`` when there is none."""
+    if storage.is_uri(out_dir):
+        uri = storage.parse_uri(out_dir).child(MANIFEST_NAME)
+        options = storage_options or StorageOptions()
+        try:
+            text = storage.read_object(uri, options).decode("utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            storage.check_auth(e, uri, options)
+            raise OutputDirError(f"{uri} cannot be read: {storage.describe(e)}") from e
+        data: dict[str, Any] = json.loads(text)
+        return data
     path = Path(out_dir) / MANIFEST_NAME
     if not path.exists():
         return None
     with open(path, encoding="utf-8") as f:
-        data: dict[str, Any] = json.load(f)
+        data = json.load(f)
     return data
 
 
-def write_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
+def write_manifest(
+    out_dir: str, manifest: dict[str, Any], storage_options: StorageOptions | None = None
+) -> None:
     """Write ``_manifest.json`` atomically."""
-    path = os.path.join(out_dir, MANIFEST_NAME)
-    tmp = os.path.join(out_dir, f".{MANIFEST_NAME}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n"
+    _write_atomic(out_dir, MANIFEST_NAME, text.encode("utf-8"), storage_options or StorageOptions())

@@ -1,22 +1,34 @@
 """Where images come from: folders, globs, files and manifests; and reading their bytes.
 
+Every input may be a local path or an ``s3://bucket/prefix`` URI (see ``io.storage``).
 Listing is a generator, so prediction starts while a huge folder is still being walked
-and memory does not grow with the number of files.
+and memory does not grow with the number of files (an S3 prefix is walked the same way,
+one delimited listing per "folder").
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fnmatch
 import glob
 import hashlib
+import io
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from batchvision.errors import ConfigError, RowError
+from batchvision.io import storage
+from batchvision.io.storage import StorageOptions
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +69,10 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def input_kind(spec: str) -> str:
+def input_kind(spec: str, options: StorageOptions | None = None) -> str:
     """``folder``, ``glob``, ``manifest`` or ``file``; raises when the input is missing."""
+    if storage.is_uri(spec):
+        return _s3_input_kind(spec, options or StorageOptions())
     if os.path.isdir(spec):
         return "folder"
     if glob.has_magic(spec):
@@ -67,33 +81,65 @@ def input_kind(spec: str) -> str:
         raise ConfigError(
             f"input {spec!r} does not exist (expected a folder, glob, image or manifest)"
         )
+    return _file_kind(spec)
+
+
+def _file_kind(spec: str) -> str:
     if os.path.splitext(spec)[1].lower() in MANIFEST_EXTENSIONS:
         return "manifest"
     return "file"
 
 
-def check_inputs(inputs: Sequence[str]) -> list[str]:
-    """Validate every input up front, before any work; returns their kinds."""
-    kinds = [input_kind(spec) for spec in inputs]
+def _s3_input_kind(spec: str, options: StorageOptions) -> str:
+    loc = storage.parse_uri(spec)
+    if glob.has_magic(loc.key):
+        return "glob"
+    try:
+        kind = storage.file_type(spec, options)
+    except OSError as e:
+        raise ConfigError(f"input {spec!r} cannot be read: {storage.describe(e)}") from e
+    if kind == "missing":
+        raise ConfigError(
+            f"input {spec!r} does not exist (expected a prefix with images under it, an "
+            "object, a glob or a manifest)"
+        )
+    return "folder" if kind == "folder" else _file_kind(spec)
+
+
+def check_inputs(inputs: Sequence[str], storage_options: StorageOptions | None = None) -> list[str]:
+    """Validate every input up front, before any work; returns their kinds.
+
+    On S3 this also proves the credentials work: an authentication failure raises
+    ``StorageAuthError`` here, before the output is touched.
+    """
+    options = storage_options or StorageOptions()
+    kinds = [input_kind(spec, options) for spec in inputs]
     for spec, kind in zip(inputs, kinds, strict=True):
-        if kind == "glob" and next(glob.iglob(spec, recursive=True), None) is None:
+        if kind == "glob" and not _glob_matches(spec, options):
             raise ConfigError(f"glob {spec!r} matches no files")
         if kind == "manifest":
-            _check_manifest(spec)
+            _check_manifest(spec, options)
     return kinds
 
 
-def iter_inputs(inputs: Sequence[str], stats: ListingStats | None = None) -> Iterator[InputItem]:
+def iter_inputs(
+    inputs: Sequence[str],
+    stats: ListingStats | None = None,
+    storage_options: StorageOptions | None = None,
+) -> Iterator[InputItem]:
     """Every image of every input, lazily, in a deterministic order."""
     stats = stats if stats is not None else ListingStats()
+    options = storage_options or StorageOptions()
     for spec in inputs:
-        kind = input_kind(spec)
+        kind = input_kind(spec, options)
         if kind == "folder":
-            items: Iterable[InputItem] = _walk(spec, stats)
+            items: Iterable[InputItem] = (
+                _walk_s3(spec, stats, options) if storage.is_uri(spec) else _walk(spec, stats)
+            )
         elif kind == "glob":
-            items = _glob(spec, stats)
+            items = _glob_any(spec, stats, options)
         elif kind == "manifest":
-            items = _manifest(spec)
+            items = _manifest(spec, options)
         else:
             items = [InputItem(id=spec, path=spec)]
         for item in items:
@@ -147,6 +193,96 @@ def _walk(root: str, stats: ListingStats) -> Iterator[InputItem]:
         stack.extend(reversed(subdirs))
 
 
+def _walk_s3(uri: str, stats: ListingStats, options: StorageOptions) -> Iterator[InputItem]:
+    """An S3 prefix walked as ``_walk`` walks a folder: level by level, sorted, same ids.
+
+    One delimited listing per "folder", so images stream out while the rest is listed and
+    hidden folders are never listed at all; memory holds one folder's names at a time.
+    """
+    loc = storage.parse_uri(uri)
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        dir_uri = loc.child(rel_dir) if rel_dir else loc.uri
+        try:
+            entries = storage.list_dir(dir_uri, options)
+        except OSError as e:
+            raise ConfigError(f"cannot list {dir_uri!r}: {storage.describe(e)}") from e
+        subdirs = []
+        for name, is_dir in entries:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if is_hidden(name):
+                _skip(stats, loc.child(rel), hidden=True)
+            elif is_dir:
+                subdirs.append(rel)
+            elif is_image_name(name):
+                yield InputItem(id=rel, path=loc.child(rel))
+            else:
+                _skip(stats, loc.child(rel), hidden=False)
+        stack.extend(reversed(subdirs))
+
+
+def _list_s3(uri: str, options: StorageOptions) -> list[str]:
+    try:
+        return [rel for rel, _ in storage.list_files(uri, options)]
+    except OSError as e:
+        raise ConfigError(f"cannot list {uri!r}: {storage.describe(e)}") from e
+
+
+def _filter_keys(
+    loc: storage.S3Location, rels: Iterable[str], stats: ListingStats
+) -> Iterator[InputItem]:
+    hidden_dirs: set[str] = set()
+    for rel in rels:
+        uri = loc.child(rel)
+        parts = rel.split("/")
+        hidden_at = next((k for k, part in enumerate(parts) if is_hidden(part)), None)
+        if hidden_at is not None:
+            # Counted as a local walk counts: a hidden folder once, not each key under it.
+            hidden = "/".join(parts[: hidden_at + 1])
+            if hidden not in hidden_dirs:
+                hidden_dirs.add(hidden)
+                _skip(stats, loc.child(hidden), hidden=True)
+        elif is_image_name(rel):
+            yield InputItem(id=rel, path=uri)
+        else:
+            _skip(stats, uri, hidden=False)
+
+
+def _glob_matches(spec: str, options: StorageOptions) -> bool:
+    if storage.is_uri(spec):
+        return next(_glob_s3(spec, ListingStats(), options), None) is not None
+    return next(glob.iglob(spec, recursive=True), None) is not None
+
+
+def _glob_any(spec: str, stats: ListingStats, options: StorageOptions) -> Iterator[InputItem]:
+    return _glob_s3(spec, stats, options) if storage.is_uri(spec) else _glob(spec, stats)
+
+
+def _glob_s3(pattern: str, stats: ListingStats, options: StorageOptions) -> Iterator[InputItem]:
+    """An S3 glob: list the fixed prefix once, match keys by ``/``-separated segments."""
+    loc = storage.parse_uri(pattern)
+    segments = loc.key.split("/")
+    fixed = next(i for i, seg in enumerate(segments) if glob.has_magic(seg))
+    base = storage.S3Location(loc.scheme, loc.anonymous, loc.bucket, "/".join(segments[:fixed]))
+    wanted = segments[fixed:]
+    rels = (r for r in _list_s3(base.uri, options) if _segments_match(r.split("/"), wanted))
+    yield from _filter_keys(base, rels, stats)
+
+
+def _segments_match(parts: list[str], patterns: list[str]) -> bool:
+    """``glob`` semantics on key segments: ``*`` stays in a segment, ``**`` spans many."""
+    if not patterns:
+        return not parts
+    if patterns[0] == "**":
+        return any(_segments_match(parts[i:], patterns[1:]) for i in range(len(parts) + 1))
+    return (
+        bool(parts)
+        and fnmatch.fnmatchcase(parts[0], patterns[0])
+        and _segments_match(parts[1:], patterns[1:])
+    )
+
+
 def _glob_base(pattern: str) -> str:
     parts = pattern.split(os.sep)
     fixed = []
@@ -171,59 +307,91 @@ def _glob(pattern: str, stats: ListingStats) -> Iterator[InputItem]:
             _skip(stats, path, hidden=False)
 
 
-def _check_manifest(path: str) -> None:
+def _check_manifest(path: str, options: StorageOptions) -> None:
     try:
-        _check_manifest_columns(path)
+        _check_manifest_columns(path, options)
     except ConfigError:
         raise
     except (ValueError, csv.Error, OSError) as e:  # not UTF-8, not CSV/Parquet, unreadable
+        if isinstance(e, OSError) and storage.is_uri(path):
+            storage.check_auth(e, path, options)
+            e = OSError(storage.describe(e))
         raise ConfigError(f"manifest {path!r} cannot be read: {e}") from e
 
 
-def _check_manifest_columns(path: str) -> None:
+@contextlib.contextmanager
+def _open_text(path: str, options: StorageOptions) -> Iterator[IO[str]]:
+    if not storage.is_uri(path):
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            yield f
+        return
+    # A manifest is small next to the images it lists: read it whole, then parse.
+    data = storage.read_object(path, options)
+    yield io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
+
+
+def _parquet_file(path: str, options: StorageOptions) -> pq.ParquetFile:
+    import pyarrow.parquet as pq
+
+    if not storage.is_uri(path):
+        return pq.ParquetFile(path)
+    fs, loc = storage.filesystem(path, options)
+    return pq.ParquetFile(fs.open_input_file(loc.path))
+
+
+def _check_manifest_columns(path: str, options: StorageOptions) -> None:
     ext = os.path.splitext(path)[1].lower()
     if ext == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with _open_text(path, options) as f:
             header = next(csv.reader(f), [])
         if "path" not in header:
             raise ConfigError(f"manifest {path!r} has no 'path' column (columns: {header})")
     elif ext == ".parquet":
-        import pyarrow.parquet as pq
-
-        names = pq.ParquetFile(path).schema_arrow.names
+        names = _parquet_file(path, options).schema_arrow.names
         if "path" not in names:
             raise ConfigError(f"manifest {path!r} has no 'path' column (columns: {names})")
 
 
-def _manifest_paths(path: str) -> Iterator[str]:
+def _manifest_paths(path: str, options: StorageOptions) -> Iterator[str]:
     ext = os.path.splitext(path)[1].lower()
     if ext == ".txt":
-        with open(path, encoding="utf-8-sig") as f:
+        with _open_text(path, options) as f:
             for line in f:
                 line = line.strip()
                 if line and not line.startswith("#"):
                     yield line
     elif ext == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with _open_text(path, options) as f:
             for row in csv.DictReader(f):
                 if row.get("path"):
                     yield row["path"]
     else:
-        import pyarrow.parquet as pq
-
-        for rb in pq.ParquetFile(path).iter_batches(columns=["path"], batch_size=65_536):
+        pf = _parquet_file(path, options)
+        for rb in pf.iter_batches(columns=["path"], batch_size=65_536):
             yield from (p for p in rb.column(0).to_pylist() if p)
 
 
-def _manifest(path: str) -> Iterator[InputItem]:
+def _manifest(path: str, options: StorageOptions) -> Iterator[InputItem]:
     """Rows of a manifest; relative paths are relative to the manifest's folder.
 
     Listed paths are taken as they are, whatever their extension: the user named them.
+    A listed ``s3://`` URI is absolute; in a manifest stored on S3, a relative path is a
+    key relative to the manifest's own prefix.
     """
-    base = os.path.dirname(path)
+    if storage.is_uri(path):
+        base_loc = storage.parse_uri(path).parent()
+
+        def resolve(p: str) -> str:
+            return p if storage.is_uri(p) else base_loc.child(p)
+    else:
+        base = os.path.dirname(path)
+
+        def resolve(p: str) -> str:
+            return p if os.path.isabs(p) or storage.is_uri(p) else os.path.join(base, p)
+
     try:
-        for p in _manifest_paths(path):
-            yield InputItem(id=p, path=p if os.path.isabs(p) else os.path.join(base, p))
+        for p in _manifest_paths(path, options):
+            yield InputItem(id=p, path=resolve(p))
     except (UnicodeDecodeError, csv.Error) as e:  # found past the header: a bad line
         raise ConfigError(f"manifest {path!r} cannot be read: {e}") from e
 
@@ -237,12 +405,14 @@ def _id_hash(item_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little")
 
 
-def duplicate_ids(inputs: Sequence[str], limit: int = 5) -> tuple[int, list[str]]:
+def duplicate_ids(
+    inputs: Sequence[str], limit: int = 5, storage_options: StorageOptions | None = None
+) -> tuple[int, list[str]]:
     """Count all items of ``inputs`` and name up to ``limit`` duplicate ids (two passes)."""
     chunks: list[np.ndarray] = []
     buf: list[int] = []
     count = 0
-    for item in iter_inputs(inputs):
+    for item in iter_inputs(inputs, storage_options=storage_options):
         buf.append(_id_hash(item.id))
         count += 1
         if len(buf) >= 65_536:
@@ -254,7 +424,7 @@ def duplicate_ids(inputs: Sequence[str], limit: int = 5) -> tuple[int, list[str]
     if not dup:
         return count, []
     names: list[str] = []
-    for item in iter_inputs(inputs):
+    for item in iter_inputs(inputs, storage_options=storage_options):
         if _id_hash(item.id) in dup and item.id not in names:
             names.append(item.id)
             if len(names) >= limit:
@@ -265,8 +435,16 @@ def duplicate_ids(inputs: Sequence[str], limit: int = 5) -> tuple[int, list[str]
 # --- reading bytes -----------------------------------------------------------------------
 
 
-def read_bytes(path: str) -> bytes:
-    """Read a whole file; raises ``ReadError`` with a stable code."""
+def read_bytes(path: str, storage_options: StorageOptions | None = None) -> bytes:
+    """Read a whole file or object; raises ``ReadError`` with a stable code.
+
+    Raises:
+        ReadError: ``not_found`` or ``unreadable`` (an S3 read that still failed after
+            ``max_attempts`` tries is ``unreadable``, with the last error).
+        StorageAuthError: S3 refused the credentials; this stops the run.
+    """
+    if storage.is_uri(path):
+        return _read_object(path, storage_options or StorageOptions())
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -278,6 +456,25 @@ def read_bytes(path: str) -> bytes:
         raise ReadError("unreadable", f"permission denied: {path}") from e
     except OSError as e:
         raise ReadError("unreadable", f"{e.strerror or e}: {path}") from e
+
+
+def _read_object(uri: str, options: StorageOptions) -> bytes:
+    try:
+        return storage.read_object(uri, options)
+    except ConfigError as e:  # a malformed URI in a manifest costs its row only
+        raise ReadError("unreadable", str(e)) from e
+    except OSError as e:
+        kind = storage.classify(e)
+        if kind == "auth":
+            raise storage.auth_error(e, uri, options) from e
+        if kind == "not_found":
+            raise ReadError("not_found", f"object not found: {uri}") from e
+        if kind == "transient":
+            raise ReadError(
+                "unreadable",
+                f"failed after {options.max_attempts} attempts: {storage.describe(e)}: {uri}",
+            ) from e
+        raise ReadError("unreadable", f"{storage.describe(e)}: {uri}") from e
 
 
 class ReadError(RowError):
@@ -293,14 +490,39 @@ def items_to_batch(items: Sequence[InputItem]) -> dict[str, np.ndarray]:
     return {"id": ids, "path": paths}
 
 
-def read_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Add ``bytes`` and ``error`` columns; a failed read is an error, not an exception."""
-    n = len(batch["path"])
+def read_batch(
+    batch: dict[str, np.ndarray], storage_options: StorageOptions | None = None
+) -> dict[str, np.ndarray]:
+    """Add ``bytes`` and ``error`` columns; a failed read is an error, not an exception.
+
+    ``storage_options`` says how to reach ``s3://`` paths (an engine passes the run's).
+    Object reads wait on the network, not the CPU, so a batch's S3 objects are read by up
+    to ``read_concurrency`` threads at once; local files are read one after the other.
+    ``StorageAuthError`` is raised, not turned into rows: it would fail every row.
+    """
+    options = storage_options or StorageOptions()
+    paths = batch["path"]
+    n = len(paths)
     data = np.empty(n, dtype=object)
     errors = np.full(n, None, dtype=object)
-    for i, path in enumerate(batch["path"]):
+
+    def read_one(i: int) -> None:
         try:
-            data[i] = read_bytes(path)
+            data[i] = read_bytes(paths[i], options)
         except ReadError as e:
             errors[i] = str(e)
+
+    remote = [i for i in range(n) if storage.is_uri(paths[i])]
+    threads = min(options.read_concurrency, len(remote))
+    if threads > 1:
+        # Made per call: a pool kept across calls would not survive a fork into workers.
+        with ThreadPoolExecutor(threads, thread_name_prefix="batchvision-read") as pool:
+            # list(): re-raises the first StorageAuthError, after every read has finished.
+            list(pool.map(read_one, remote))
+        remote_set = set(remote)
+        local = [i for i in range(n) if i not in remote_set]
+    else:
+        local = list(range(n))
+    for i in local:
+        read_one(i)
     return {**batch, "bytes": data, "error": errors}
