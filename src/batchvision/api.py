@@ -8,6 +8,7 @@ import platform
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -87,14 +88,29 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         labels_path=config.labels,
         overrides=config.preprocess,
         seed=config.seed,
+        task=config.task,
     )
-    check_top_k(config.top_k, spec)
+    _check_task_options(config, spec)
     # A bad --device (e.g. cuda on a GPU-less machine) must fail before the output exists.
     resolve_device(config.device)
     state_dict = load_state_dict(spec)
 
-    sinks.prepare_output_dir(config.output, resume=config.resume, overwrite=config.overwrite)
-    previous = sinks.read_manifest(config.output) if config.resume else None
+    before = sinks.read_manifest(config.output) if (config.resume or config.overwrite) else None
+    if config.mask_dir is not None:
+        sinks.prepare_mask_dir(
+            config.mask_dir,
+            config.output,
+            resume=config.resume,
+            overwrite=config.overwrite,
+            previous=(before or {}).get("mask_dir"),
+        )
+    sinks.prepare_output_dir(
+        config.output,
+        resume=config.resume,
+        overwrite=config.overwrite,
+        mask_dir=config.mask_dir,
+    )
+    previous = before if config.resume else None
     manifest = _manifest(config, spec, previous)
     if previous is not None:
         _check_resumable(previous, manifest)
@@ -112,6 +128,7 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         config.format,
         part_rows=config.part_rows,
         flush_seconds=config.flush_seconds,
+        mask_dir=config.mask_dir,
     )
     job = Job(
         config=config,
@@ -143,6 +160,16 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     _finish_manifest(manifest, config, summary, result, writer, earlier)
     sinks.write_manifest(config.output, manifest)
     return summary
+
+
+def _check_task_options(config: RunConfig, spec: ModelSpec) -> None:
+    """Options that only make sense for one task must not be given for another."""
+    if spec.task == "classify":
+        check_top_k(config.top_k, spec)
+    if config.normalize and spec.task != "embed":
+        raise ConfigError(f"--normalize applies to --task embed only; this run is {spec.task}")
+    if config.mask_dir is not None and spec.task != "segment":
+        raise ConfigError(f"--mask-dir applies to --task segment only; this run is {spec.task}")
 
 
 def _check_duplicates(config: RunConfig, kinds: list[str]) -> int | None:
@@ -187,7 +214,17 @@ def _versions() -> dict[str, str]:
 
 
 # What must match for --resume to add rows to an earlier run's output.
-_RESUME_KEYS = ("model", "weights", "preprocess", "top_k", "format", "labels_sha")
+_RESUME_KEYS = (
+    "model",
+    "task",
+    "weights",
+    "preprocess",
+    "top_k",
+    "format",
+    "labels_sha",
+    "normalize",
+    "mask_dir",
+)
 
 
 def _manifest(
@@ -208,10 +245,16 @@ def _manifest(
             "preprocess": asdict(spec.preprocess),
             "top_k": config.top_k,
             "format": config.format,
+            "normalize": config.normalize,
+            "mask_dir": None if config.mask_dir is None else str(Path(config.mask_dir).resolve()),
             "inputs": list(config.inputs),
             "versions": _versions(),
         }
     )
+    if spec.task == "embed":
+        manifest["embedding_dim"] = spec.embedding_dim
+    if spec.task == "segment":
+        manifest["labels"] = list(spec.labels)
     manifest.setdefault("runs", [])
     return manifest
 

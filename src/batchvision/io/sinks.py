@@ -6,9 +6,11 @@ reader (or ``--resume``) never sees half a part, whatever moment the process die
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
+import urllib.parse
 import time
 import uuid
 from collections import Counter
@@ -28,16 +30,35 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "_manifest.json"
 PART_PREFIX = "part-"
 EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
-LIST_COLUMNS = ("topk_ids", "topk_labels", "topk_scores")
+LIST_COLUMNS = ("topk_ids", "topk_labels", "topk_scores", "embedding", "classes")
+MASK_SUFFIX = ".png"
+
+_COMMON_FIELDS = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+]
+CLASS_STRUCT = pa.struct(
+    [pa.field("id", pa.int32()), pa.field("label", pa.string()), pa.field("fraction", pa.float32())]
+)
+SEGMENT_FIELDS = [
+    pa.field("mask_width", pa.int32()),
+    pa.field("mask_height", pa.int32()),
+    pa.field("classes", pa.list_(CLASS_STRUCT)),
+]
+#: segment rows carry the PNG in ``mask``; with ``--mask-dir`` a ``mask_path`` instead.
+SEGMENT_SCHEMA = pa.schema([*_COMMON_FIELDS, pa.field("mask", pa.binary()), *SEGMENT_FIELDS])
+SEGMENT_FILES_SCHEMA = pa.schema(
+    [*_COMMON_FIELDS, pa.field("mask_path", pa.string()), *SEGMENT_FIELDS]
+)
+EMBED_SCHEMA = pa.schema([*_COMMON_FIELDS, pa.field("embedding", pa.list_(pa.float32()))])
 
 CLASSIFY_SCHEMA = pa.schema(
     [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("error", pa.string()),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
+        *_COMMON_FIELDS,
         pa.field("label", pa.string()),
         pa.field("score", pa.float32()),
         pa.field("topk_ids", pa.list_(pa.int32())),
@@ -57,16 +78,29 @@ def _list_array(values: np.ndarray, valid: np.ndarray, type_: pa.DataType) -> pa
 
 
 def batch_to_table(batch: dict[str, np.ndarray]) -> pa.Table:
-    """A labelled batch to the output table: plain Arrow types, nulls on error rows."""
+    """A postprocessed batch to the output table: plain Arrow types, nulls on error rows.
+
+    The task is told by the columns: ``mask`` (segment), ``embedding`` (embed) or
+    ``label`` (classify).
+    """
     ok = np.asarray(batch["status"] == "ok")
     err = ~ok
-    columns = {
+    common = {
         "id": pa.array(batch["id"].tolist(), pa.string()),
         "path": pa.array(batch["path"].tolist(), pa.string()),
         "status": pa.array(batch["status"].tolist(), pa.string()),
         "error": pa.array(batch["error"].tolist(), pa.string()),
         "width": pa.array(batch["width"], pa.int32(), mask=err),
         "height": pa.array(batch["height"], pa.int32(), mask=err),
+    }
+    if "mask" in batch:
+        return pa.table({**common, **_segment_columns(batch, err)}, schema=SEGMENT_SCHEMA)
+    if "embedding" in batch:
+        emb = np.asarray(batch["embedding"], dtype=np.float32)
+        common["embedding"] = _list_array(emb, ok, pa.float32())
+        return pa.table(common, schema=EMBED_SCHEMA)
+    columns = {
+        **common,
         "label": pa.array(batch["label"].tolist(), pa.string()),
         "score": pa.array(batch["score"], pa.float32(), mask=err),
         "topk_ids": _list_array(batch["topk_ids"], ok, pa.int32()),
@@ -76,13 +110,141 @@ def batch_to_table(batch: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(columns, schema=CLASSIFY_SCHEMA)
 
 
+def _segment_columns(batch: dict[str, np.ndarray], err: np.ndarray) -> dict[str, pa.Array]:
+    classes = []
+    for ids, labels, fracs in zip(
+        batch["class_ids"], batch["class_labels"], batch["class_fractions"], strict=True
+    ):
+        if ids is None:
+            classes.append(None)
+            continue
+        classes.append(
+            [
+                {"id": int(i), "label": str(lbl), "fraction": float(f)}
+                for i, lbl, f in zip(ids, labels, fracs, strict=True)
+            ]
+        )
+    return {
+        "mask": pa.array(batch["mask"].tolist(), pa.binary()),
+        "mask_width": pa.array(batch["mask_width"], pa.int32(), mask=err),
+        "mask_height": pa.array(batch["mask_height"], pa.int32(), mask=err),
+        "classes": pa.array(classes, pa.list_(CLASS_STRUCT)),
+    }
+
+
+# --- mask files ----------------------------------------------------------------------------
+
+_SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.+=,@ "
+_MAX_NAME = 200
+
+
+def mask_file_name(item_id: str) -> str:
+    """A relative file name for ``item_id``'s mask: distinct ids give distinct names.
+
+    Every character outside a safe set is percent-encoded (``%`` included), so the mapping
+    is one-to-one; ``/`` keeps subfolders. Components that would be empty, ``.``, ``..`` or
+    hidden get their leading dot (or an empty marker) encoded too, so nothing escapes the
+    mask folder or hides. Over-long components are shortened with a hash of the full id.
+    """
+    import hashlib
+
+    parts = []
+    for comp in item_id.replace("\\", "/").split("/"):
+        enc = urllib.parse.quote(comp, safe=_SAFE)
+        if not enc:
+            enc = "%"  # never produced by quote, so it cannot collide
+        elif enc.startswith("."):
+            enc = "%2E" + enc[1:]
+        if len(enc.encode()) > _MAX_NAME:
+            digest = hashlib.sha256(item_id.encode()).hexdigest()[:16]
+            enc = f"{enc[:_MAX_NAME - 20]}~{digest}"
+        parts.append(enc)
+    parts[-1] += MASK_SUFFIX
+    return "/".join(parts)
+
+
+def write_mask_file(mask_dir: str, item_id: str, data: bytes) -> str:
+    """Write one mask PNG atomically (hidden temporary, fsync, rename); returns its path."""
+    final = os.path.join(mask_dir, *mask_file_name(item_id).split("/"))
+    folder, name = os.path.split(final)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    return final
+
+
+def masks_to_files(table: pa.Table, mask_dir: str) -> pa.Table:
+    """Write a segment table's ``mask`` PNGs under ``mask_dir``; ``mask_path`` replaces it."""
+    paths = [
+        None if data is None else write_mask_file(mask_dir, item_id, data)
+        for item_id, data in zip(
+            table.column("id").to_pylist(), table.column("mask").to_pylist(), strict=True
+        )
+    ]
+    i = table.schema.get_field_index("mask")
+    table = table.set_column(i, "mask_path", pa.array(paths, pa.string()))
+    return table.cast(SEGMENT_FILES_SCHEMA)
+
+
+def prepare_mask_dir(
+    mask_dir: str, out_dir: str, *, resume: bool, overwrite: bool, previous: str | None
+) -> None:
+    """Create ``--mask-dir``; refuse a non-empty one unless it is the resumed/replaced run's.
+
+    ``previous`` is the mask folder the output's manifest records. ``--overwrite`` deletes
+    only mask PNGs and temporaries there, and refuses a folder holding anything else.
+    """
+    root = Path(mask_dir).resolve()
+    if root == Path(out_dir).resolve():
+        raise OutputDirError("--mask-dir must not be the --output folder itself; use a subfolder")
+    if root.exists() and not root.is_dir():
+        raise OutputDirError(f"--mask-dir {mask_dir!r} exists and is not a folder")
+    files = [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+    ours = previous is not None and Path(previous).resolve() == root
+    if files and not (resume or overwrite):
+        raise OutputDirError(
+            f"--mask-dir {mask_dir!r} is not empty ({len(files)} files); pass --resume or "
+            "--overwrite for the run that wrote it, or choose an empty folder"
+        )
+    if files and not ours:
+        raise OutputDirError(
+            f"--mask-dir {mask_dir!r} holds files but the earlier run in the output folder "
+            f"wrote its masks to {previous!r}; choose an empty folder or the same one"
+        )
+    for p in files:
+        if p.name.startswith(".") and p.name.endswith(".tmp"):
+            p.unlink()  # a mask being written when the last run died
+        elif overwrite:
+            if p.suffix != MASK_SUFFIX:
+                raise OutputDirError(
+                    f"--overwrite refused: --mask-dir {mask_dir!r} holds {p.name!r}, which "
+                    "batchvision did not write; choose an empty folder"
+                )
+            p.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+
+
 def _write_file(table: pa.Table, path: str, fmt: str) -> None:
     if fmt == "parquet":
         pq.write_table(table, path, compression="zstd")
-    elif fmt == "csv":
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        return
+    # CSV and JSON have no bytes type: binary columns (mask PNGs) are written as base64.
+    for i, fld in enumerate(table.schema):
+        if pa.types.is_binary(fld.type):
+            text = [None if v is None else base64.b64encode(v).decode() for v in table.column(i).to_pylist()]
+            table = table.set_column(i, fld.name, pa.array(text, pa.string()))
+    if fmt == "csv":
         # CSV has no list type: list columns are written as JSON arrays.
         for name in LIST_COLUMNS:
             i = table.schema.get_field_index(name)
+            if i < 0:
+                continue
             as_json = [None if v is None else json.dumps(v) for v in table.column(i).to_pylist()]
             table = table.set_column(i, name, pa.array(as_json, pa.string()))
         pacsv.write_csv(table, path)
@@ -112,8 +274,10 @@ class PartWriter:
         part_rows: int = 10_000,
         flush_seconds: float = 30.0,
         run_id: str | None = None,
+        mask_dir: str | None = None,
     ) -> None:
         self.out_dir = out_dir
+        self.mask_dir = None if mask_dir is None else os.path.abspath(mask_dir)
         self.fmt = fmt
         self.part_rows = part_rows
         self.flush_seconds = flush_seconds
@@ -126,7 +290,13 @@ class PartWriter:
         self._last_flush = time.monotonic()
 
     def add(self, table: pa.Table) -> None:
-        """Buffer ``table``; commits a part when the buffer is due."""
+        """Buffer ``table``; commits a part when the buffer is due.
+
+        With ``mask_dir``, a segment table's mask PNGs are written there first (each file
+        complete before the part that names it is committed).
+        """
+        if self.mask_dir is not None and "mask" in table.column_names:
+            table = masks_to_files(table, self.mask_dir)
         if table.num_rows:
             self._buffer.append(table)
             self._buffered += table.num_rows
@@ -172,7 +342,9 @@ def data_files(out_dir: str) -> list[Path]:
     )
 
 
-def prepare_output_dir(out_dir: str, *, resume: bool, overwrite: bool) -> None:
+def prepare_output_dir(
+    out_dir: str, *, resume: bool, overwrite: bool, mask_dir: str | None = None
+) -> None:
     """Create ``out_dir``; refuse a non-empty one unless resuming or overwriting.
 
     ``--overwrite`` deletes only what batchvision wrote (parts, temporaries, manifest) and
@@ -182,6 +354,7 @@ def prepare_output_dir(out_dir: str, *, resume: bool, overwrite: bool) -> None:
     if root.exists() and not root.is_dir():
         raise OutputDirError(f"--output {out_dir!r} exists and is not a folder")
     entries = sorted(root.iterdir()) if root.exists() else []
+    keep = Path(mask_dir).resolve() if mask_dir else None
     if entries and not (resume or overwrite):
         raise OutputDirError(
             f"--output {out_dir!r} is not empty ({len(entries)} entries); pass --resume to "
@@ -194,7 +367,8 @@ def prepare_output_dir(out_dir: str, *, resume: bool, overwrite: bool) -> None:
         )
     if entries and overwrite:
         ours = _our_files(root)
-        foreign = [p.name for p in entries if p not in ours]
+        # A --mask-dir inside the output folder is cleared by prepare_mask_dir.
+        foreign = [p.name for p in entries if p not in ours and p.resolve() != keep]
         if foreign:
             raise OutputDirError(
                 f"--overwrite refused: {out_dir!r} holds files batchvision did not write "

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
 from batchvision.models.spec import ModelSpec
+
+#: zlib level for mask PNGs: class maps are flat regions, so level 1 already compresses
+#: them well, several times faster than Pillow's default 6 (see benchmarks/bench_masks.py).
+PNG_COMPRESS_LEVEL = 1
 
 
 def label_batch(batch: dict[str, np.ndarray], labels: Sequence[str]) -> dict[str, np.ndarray]:
@@ -23,6 +29,65 @@ def label_batch(batch: dict[str, np.ndarray], labels: Sequence[str]) -> dict[str
     return out
 
 
+def encode_mask(class_map: np.ndarray) -> bytes:
+    """A class map as a lossless PNG: mode L (uint8) or 16-bit greyscale (uint16)."""
+    if class_map.dtype == np.uint8:
+        img = Image.fromarray(class_map, mode="L")
+    else:
+        img = Image.fromarray(class_map.astype(np.uint16), mode="I;16")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """The class map back from ``encode_mask``'s PNG (uint8 or uint16)."""
+    with Image.open(io.BytesIO(data)) as img:
+        arr = np.asarray(img)
+    return arr.astype(np.uint16) if arr.dtype != np.uint8 else arr
+
+
+def mask_batch(batch: dict[str, np.ndarray], labels: Sequence[str]) -> dict[str, np.ndarray]:
+    """``class_map`` to ``mask`` (PNG bytes), ``mask_width``/``mask_height`` and ``classes``.
+
+    ``classes`` holds, per image, ``(ids int32, fractions float32)`` of the classes present,
+    most pixels first, and ``class_labels`` their names; error rows get ``None``.
+    """
+    n = len(batch["status"])
+    masks = np.full(n, None, dtype=object)
+    class_ids = np.full(n, None, dtype=object)
+    fractions = np.full(n, None, dtype=object)
+    names = np.full(n, None, dtype=object)
+    mask_w = np.zeros(n, dtype=np.int32)
+    mask_h = np.zeros(n, dtype=np.int32)
+    label_arr = np.asarray(labels, dtype=object)
+    for i, m in enumerate(batch["class_map"]):
+        if m is None:
+            continue
+        masks[i] = encode_mask(m)
+        mask_h[i], mask_w[i] = m.shape
+        counts = np.bincount(m.reshape(-1), minlength=len(labels))
+        present = np.flatnonzero(counts)
+        order = present[np.argsort(-counts[present], kind="stable")]
+        class_ids[i] = order.astype(np.int32)
+        fractions[i] = (counts[order] / m.size).astype(np.float32)
+        names[i] = label_arr[order] if len(label_arr) else order.astype(str).astype(object)
+    out = {k: v for k, v in batch.items() if k != "class_map"}
+    out.update(
+        mask=masks,
+        mask_width=mask_w,
+        mask_height=mask_h,
+        class_ids=class_ids,
+        class_fractions=fractions,
+        class_labels=names,
+    )
+    return out
+
+
 def postprocess_batch(batch: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, np.ndarray]:
     """A predicted batch to the columns the sink writes; every engine calls this one."""
+    if spec.task == "segment":
+        return mask_batch(batch, spec.labels)
+    if spec.task == "embed":
+        return dict(batch)
     return label_batch(batch, spec.labels)
