@@ -26,11 +26,11 @@ import batchvision
 from batchvision.config import RunConfig
 from batchvision.demo import synth
 from batchvision.stages.postprocess import decode_mask
+from tests.task_models import SEG_CLASSES, save_tiny_segformer
 
 tf = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
 
-SEG_CLASSES = 6
 CLS_CLASSES = 10
 SEG_PASS = 0.97  # pixel agreement, any valid resize
 SEG_PASS_SAME_RESIZE = 0.99  # pixel agreement, the processor's own (Pillow) resize
@@ -108,23 +108,8 @@ class Saved:
 
 @pytest.fixture(scope="module")
 def segformer(tmp_path_factory: pytest.TempPathFactory) -> Saved:
-    torch.manual_seed(0)
-    labels = {i: f"region_{i}" for i in range(SEG_CLASSES)}
-    config = tf.SegformerConfig(
-        hidden_sizes=[8, 16, 32, 64],
-        num_attention_heads=[1, 1, 2, 2],
-        depths=[1, 1, 1, 1],
-        decoder_hidden_size=32,
-        num_labels=SEG_CLASSES,
-        id2label=labels,
-        label2id={v: k for k, v in labels.items()},
-    )
-    model = tf.SegformerForSemanticSegmentation(config).eval()
-    torch.nn.init.normal_(model.decode_head.classifier.weight, std=1.0)
     path = tmp_path_factory.mktemp("segformer")
-    model.save_pretrained(path)
-    tf.SegformerImageProcessor(size={"height": 128, "width": 128}).save_pretrained(path)
-    return Saved(path, model)
+    return Saved(path, save_tiny_segformer(path))
 
 
 def _segformer_reference(saved: Saved, img: Image.Image, backend: str, swap: bool = False) -> np.ndarray:

@@ -225,7 +225,8 @@ def prepare_mask_dir(
                     "batchvision did not write; choose an empty folder"
                 )
             p.unlink()
-    root.mkdir(parents=True, exist_ok=True)
+    # The folder itself is made by the PartWriter's first mask: made here, inside the
+    # output folder, it would make that folder look non-empty to prepare_output_dir.
 
 
 def _write_file(table: pa.Table, path: str, fmt: str) -> None:

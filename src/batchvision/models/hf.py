@@ -37,6 +37,8 @@ def require_transformers() -> Any:
         raise ConfigError(
             f"hf: models need the optional package transformers; install it: {INSTALL_HINT}"
         ) from None
+    # Weights load once per run; a per-tensor progress bar on stderr is noise in batch jobs.
+    transformers.utils.logging.disable_progress_bar()
     return transformers
 
 
