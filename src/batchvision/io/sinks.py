@@ -149,7 +149,7 @@ def mask_file_name(item_id: str) -> str:
     import hashlib
 
     parts = []
-    for comp in item_id.replace("\\", "/").split("/"):
+    for comp in item_id.split("/"):
         enc = urllib.parse.quote(comp, safe=_SAFE)
         if not enc:
             enc = "%"  # never produced by quote, so it cannot collide

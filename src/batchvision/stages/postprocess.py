@@ -31,10 +31,9 @@ def label_batch(batch: dict[str, np.ndarray], labels: Sequence[str]) -> dict[str
 
 def encode_mask(class_map: np.ndarray) -> bytes:
     """A class map as a lossless PNG: mode L (uint8) or 16-bit greyscale (uint16)."""
-    if class_map.dtype == np.uint8:
-        img = Image.fromarray(class_map, mode="L")
-    else:
-        img = Image.fromarray(class_map.astype(np.uint16), mode="I;16")
+    # Pillow picks the mode from the dtype: uint8 -> L, little-endian uint16 -> I;16.
+    arr = class_map if class_map.dtype == np.uint8 else class_map.astype("<u2")
+    img = Image.fromarray(np.ascontiguousarray(arr))
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
