@@ -9,7 +9,9 @@ import torch
 SEG_CLASSES = 6
 
 
-def save_tiny_segformer(path: Path, num_classes: int = SEG_CLASSES, size: int = 128) -> torch.nn.Module:
+def save_tiny_segformer(
+    path: Path, num_classes: int = SEG_CLASSES, size: int = 128
+) -> torch.nn.Module:
     """A SegFormer with small hidden sizes and its image processor, via save_pretrained.
 
     The classifier gets large weights so that class maps hold several classes.

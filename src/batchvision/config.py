@@ -81,7 +81,9 @@ class PreprocessConfig:
                 raise ConfigError(f"resize_hw must be two positive ints, got {hw}")
             object.__setattr__(self, "resize_hw", (int(hw[0]), int(hw[1])))
         elif self.resize_hw is not None:
-            raise ConfigError(f"resize_hw is only used by resize_mode squash_crop, not {self.resize_mode}")
+            raise ConfigError(
+                f"resize_hw is only used by resize_mode squash_crop, not {self.resize_mode}"
+            )
         if not self.rescale_factor > 0:
             raise ConfigError(f"rescale factor must be > 0, got {self.rescale_factor}")
         object.__setattr__(self, "mean", _triple("mean", self.mean))

@@ -65,7 +65,7 @@ def test_segment_mask_dir_resume_overwrite(
     rows = {row["id"]: row for row in pq.read_table(out).to_pylist()}
     assert set(rows) == {"a/one.jpg", "a/two.jpg", "b/three.jpg", "b/x y%.jpg", "b/broken.jpg"}
     bad = rows.pop("b/broken.jpg")
-    assert bad["status"] == "error" and bad["error"].startswith("corrupt") or bad["error"]
+    assert bad["status"] == "error" and bad["error"]
     assert bad["mask_path"] is None and bad["classes"] is None and bad["mask_width"] is None
     assert "mask" not in rows["a/one.jpg"]
     for item_id, row in rows.items():
@@ -107,7 +107,7 @@ def test_segment_mask_dir_resume_overwrite(
 
     # --overwrite replaces masks, but refuses a mask folder holding someone else's file.
     (masks / "notes.txt").write_text("mine")
-    with pytest.raises(OutputDirError, match="notes.txt"):
+    with pytest.raises(OutputDirError, match=r"notes\.txt"):
         batchvision.run(RunConfig(**seg, mask_dir=str(masks), overwrite=True))  # type: ignore[arg-type]
     assert (masks / "a" / "new.jpg.png").is_file()  # refused before deleting anything
     (masks / "notes.txt").unlink()
@@ -129,7 +129,9 @@ def test_segment_inline_masks_csv(inputs: Path, segformer_dir: Path, tmp_path: P
     class_map = decode_mask(base64.b64decode(rows["a/one.jpg"]["mask"]))
     assert class_map.shape == (rows["a/one.jpg"]["height"], rows["a/one.jpg"]["width"])
     classes = json.loads(rows["a/one.jpg"]["classes"])
-    assert [c["fraction"] for c in classes] == sorted((c["fraction"] for c in classes), reverse=True)
+    assert [c["fraction"] for c in classes] == sorted(
+        (c["fraction"] for c in classes), reverse=True
+    )
     assert rows["b/broken.jpg"]["mask"] is None
 
 
@@ -144,7 +146,9 @@ def test_embed_normalize_jsonl_and_refusals(
     out = tmp_path / "emb"
     r = run_cli(*base, "-o", str(out), "--task", "embed", "--normalize", "--format", "jsonl")
     assert r.returncode == 0, r.stderr
-    rows = [json.loads(line) for p in out.glob("part-*.jsonl") for line in p.read_text().splitlines()]
+    rows = [
+        json.loads(line) for p in out.glob("part-*.jsonl") for line in p.read_text().splitlines()
+    ]
     ok = [row for row in rows if row["status"] == "ok"]
     assert len(ok) == 4 and all(len(row["embedding"]) == 1024 for row in ok)
     assert all(abs(np.linalg.norm(row["embedding"]) - 1) < 1e-5 for row in ok)

@@ -112,7 +112,9 @@ def segformer(tmp_path_factory: pytest.TempPathFactory) -> Saved:
     return Saved(path, save_tiny_segformer(path))
 
 
-def _segformer_reference(saved: Saved, img: Image.Image, backend: str, swap: bool = False) -> np.ndarray:
+def _segformer_reference(
+    saved: Saved, img: Image.Image, backend: str, swap: bool = False
+) -> np.ndarray:
     processor = tf.AutoImageProcessor.from_pretrained(saved.path, backend=backend)
     inputs = processor(img, return_tensors="pt")
     if swap:
@@ -152,9 +154,7 @@ def test_segformer_matches_transformers(segformer: Saved, images: Path, tmp_path
 # torchvision segmentation
 
 
-def test_torchvision_segmentation_matches_weights_transforms(
-    images: Path, tmp_path: Path
-) -> None:
+def test_torchvision_segmentation_matches_weights_transforms(images: Path, tmp_path: Path) -> None:
     arch = "lraspp_mobilenet_v3_large"
     torch.manual_seed(0)
     model = torchvision.models.get_model(
@@ -175,7 +175,9 @@ def test_torchvision_segmentation_matches_weights_transforms(
         for inp in (x, x.flip(1)):
             with torch.no_grad():
                 logits = model(inp)["out"]
-            up = F.interpolate(logits, size=(img.height, img.width), mode="bilinear", align_corners=False)
+            up = F.interpolate(
+                logits, size=(img.height, img.width), mode="bilinear", align_corners=False
+            )
             ref_maps.append(up[0].argmax(0).numpy())
         ours = decode_mask(row["mask"])  # type: ignore[arg-type]
         agree.append((ours == ref_maps[0]).mean())
@@ -209,7 +211,9 @@ def hf_resnet(tmp_path_factory: pytest.TempPathFactory) -> Saved:
     return Saved(path, model)
 
 
-def _hf_reference(saved: Saved, paths: list[Path], *, normalize: bool = True) -> dict[str, np.ndarray]:
+def _hf_reference(
+    saved: Saved, paths: list[Path], *, normalize: bool = True
+) -> dict[str, np.ndarray]:
     processor = tf.AutoImageProcessor.from_pretrained(saved.path, backend="pil")
     if not normalize:
         processor.do_normalize = False
@@ -310,7 +314,11 @@ def test_torchvision_embeddings_match_classifier_input(
 ) -> None:
     ckpt, labels = tiny_checkpoint
     rows = _run(
-        images, tmp_path / "out", "mobilenet_v3_small", weights=str(ckpt), labels=str(labels),
+        images,
+        tmp_path / "out",
+        "mobilenet_v3_small",
+        weights=str(ckpt),
+        labels=str(labels),
         task="embed",
     )
     model = torchvision.models.mobilenet_v3_small(num_classes=10)

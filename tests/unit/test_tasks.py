@@ -221,7 +221,11 @@ def test_variable_size_inputs_are_padded_with_their_sizes() -> None:
     }
     out = decode_batch(batch, cfg)
     assert out["image"].shape == (3, 96, 64, 3)
-    assert out["input_height"].tolist() == [32, 96, 0] and out["input_width"].tolist() == [64, 32, 0]
+    assert out["input_height"].tolist() == [32, 96, 0] and out["input_width"].tolist() == [
+        64,
+        32,
+        0,
+    ]
     assert out["image"][0, :32, :64].min() > 0 and out["image"][0, 32:].max() == 0
 
 

@@ -10,8 +10,8 @@ import base64
 import json
 import logging
 import os
-import urllib.parse
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -111,7 +111,7 @@ def batch_to_table(batch: dict[str, np.ndarray]) -> pa.Table:
 
 
 def _segment_columns(batch: dict[str, np.ndarray], err: np.ndarray) -> dict[str, pa.Array]:
-    classes = []
+    classes: list[list[dict[str, object]] | None] = []
     for ids, labels, fracs in zip(
         batch["class_ids"], batch["class_labels"], batch["class_fractions"], strict=True
     ):
@@ -157,7 +157,7 @@ def mask_file_name(item_id: str) -> str:
             enc = "%2E" + enc[1:]
         if len(enc.encode()) > _MAX_NAME:
             digest = hashlib.sha256(item_id.encode()).hexdigest()[:16]
-            enc = f"{enc[:_MAX_NAME - 20]}~{digest}"
+            enc = f"{enc[: _MAX_NAME - 20]}~{digest}"
         parts.append(enc)
     parts[-1] += MASK_SUFFIX
     return "/".join(parts)
@@ -238,7 +238,10 @@ def _write_file(table: pa.Table, path: str, fmt: str) -> None:
     # CSV and JSON have no bytes type: binary columns (mask PNGs) are written as base64.
     for i, fld in enumerate(table.schema):
         if pa.types.is_binary(fld.type):
-            text = [None if v is None else base64.b64encode(v).decode() for v in table.column(i).to_pylist()]
+            text = [
+                None if v is None else base64.b64encode(v).decode()
+                for v in table.column(i).to_pylist()
+            ]
             table = table.set_column(i, fld.name, pa.array(text, pa.string()))
     if fmt == "csv":
         # CSV has no list type: list columns are written as JSON arrays.

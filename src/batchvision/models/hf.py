@@ -219,7 +219,9 @@ def preprocess_from_processor(p: dict[str, Any]) -> PreprocessConfig:
         "interpolation": _RESAMPLE[resample],
         "mean": mean,
         "std": std,
-        "rescale_factor": float(p.get("rescale_factor", 1 / 255)) if p.get("do_rescale", True) else 1.0,
+        "rescale_factor": float(p.get("rescale_factor", 1 / 255))
+        if p.get("do_rescale", True)
+        else 1.0,
         "crop_offset": "floor",
     }
     crop = p.get("crop_size") if p.get("do_center_crop") else None
@@ -259,9 +261,9 @@ def preprocess_from_processor(p: dict[str, Any]) -> PreprocessConfig:
 
 def _rgb(value: Any) -> tuple[float, float, float]:
     if isinstance(value, (int, float)):
-        return (float(value),) * 3  # type: ignore[return-value]
+        return (float(value),) * 3
     vals = [float(v) for v in value]
-    return (vals[0], vals[1], vals[2]) if len(vals) == 3 else (vals[0],) * 3  # type: ignore[return-value]
+    return (vals[0], vals[1], vals[2]) if len(vals) == 3 else (vals[0],) * 3
 
 
 def _plain(value: Any) -> Any:

@@ -86,7 +86,11 @@ class TimmSource:
                 f"--weights {weights!r} is not valid for timm models; choose DEFAULT, random "
                 "or a checkpoint file (.pt/.pth/.safetensors)"
             )
-        labels = read_labels(labels_path, num_classes) if labels_path else _labels(timm, probe, num_classes)
+        labels = (
+            read_labels(labels_path, num_classes)
+            if labels_path
+            else _labels(timm, probe, num_classes)
+        )
         tasks: tuple[Task, ...] = ("classify", "embed")
         return ModelSpec(
             source=self.name,
@@ -116,7 +120,7 @@ class TimmSource:
                 f"cannot download timm weights for {spec.arch!r} ({type(e).__name__}); this "
                 "machine may be offline: pass --weights PATH to a local checkpoint"
             ) from e
-        return model.state_dict()  # type: ignore[no-any-return]
+        return model.state_dict()
 
     def build(
         self, spec: ModelSpec, state_dict: dict[str, torch.Tensor] | None = None
@@ -137,7 +141,9 @@ class TimmSource:
                 model.load_state_dict(state_dict, strict=True)
             except RuntimeError as e:
                 first = " ".join(str(e).strip().splitlines()[:3])[:400]
-                raise ModelLoadError(f"checkpoint {spec.weights!r} does not fit {spec.arch}: {first}") from e
+                raise ModelLoadError(
+                    f"checkpoint {spec.weights!r} does not fit {spec.arch}: {first}"
+                ) from e
         return TimmEmbedding(model) if spec.task == "embed" else model
 
     def list_models(self) -> list[ModelInfo]:

@@ -113,9 +113,7 @@ class TorchvisionSource:
         if state_dict is None:
             state_dict = self.load_state_dict(spec)
             assert state_dict is not None
-        model = _get_model(
-            spec.arch, spec.num_classes, **_builder_kwargs(spec, state_dict.keys())
-        )
+        model = _get_model(spec.arch, spec.num_classes, **_builder_kwargs(spec, state_dict.keys()))
         _load_into(model, state_dict, spec.weights)
         return for_task(model, spec)
 
@@ -201,9 +199,7 @@ def _check_arch(arch: str) -> str:
         return arch
     close = difflib.get_close_matches(arch, valid, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ConfigError(
-        f"unknown torchvision model {arch!r}{hint}; valid: {', '.join(valid)}"
-    )
+    raise ConfigError(f"unknown torchvision model {arch!r}{hint}; valid: {', '.join(valid)}")
 
 
 def _default_weights(arch: str) -> WeightsEnum | None:
@@ -421,9 +417,7 @@ def _check_fits(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> None:
     """
     try:
         with torch.device("meta"):
-            model = _get_model(
-                spec.arch, spec.num_classes, **_builder_kwargs(spec, state.keys())
-            )
+            model = _get_model(spec.arch, spec.num_classes, **_builder_kwargs(spec, state.keys()))
     except (NotImplementedError, RuntimeError):
         return
     with warnings.catch_warnings():

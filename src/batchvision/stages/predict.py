@@ -246,7 +246,7 @@ class Predictor:
         if "input_height" in batch:
             keys = [(int(batch["input_height"][i]), int(batch["input_width"][i])) for i in ok]
         else:
-            keys = [tuple(images.shape[1:3])] * len(ok)  # type: ignore[list-item]
+            keys = [tuple(images.shape[1:3])] * len(ok)
         for key in dict.fromkeys(keys):
             idx = np.array([i for i, k in zip(ok, keys, strict=True) if k == key])
             sizes = [(int(batch["height"][i]), int(batch["width"][i])) for i in idx]

@@ -154,7 +154,9 @@ def _pad_stack(arrays: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray,
     """Different-sized images in one zero-padded array, each at the top left."""
     hs = np.array([0 if a is None else a.shape[0] for a in arrays], dtype=np.int32)
     ws = np.array([0 if a is None else a.shape[1] for a in arrays], dtype=np.int32)
-    out = np.zeros((len(arrays), max(1, int(hs.max(initial=1))), max(1, int(ws.max(initial=1))), 3), np.uint8)
+    out = np.zeros(
+        (len(arrays), max(1, int(hs.max(initial=1))), max(1, int(ws.max(initial=1))), 3), np.uint8
+    )
     for i, a in enumerate(arrays):
         if a is not None:
             out[i, : a.shape[0], : a.shape[1]] = a
