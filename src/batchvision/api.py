@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from batchvision import __version__
-from batchvision.config import RunConfig
+from batchvision.config import PreprocessConfig, RunConfig
 from batchvision.engines.base import EngineResult, Job, ProgressCallback, get_engine
 from batchvision.errors import (
     EXIT_INTERRUPTED,
@@ -259,13 +259,21 @@ def _manifest(
     return manifest
 
 
+_LATER_PREPROCESS_KEYS = ("resize_mode", "resize_hw", "crop_offset", "rescale_factor")
+
+
 def _check_resumable(previous: dict[str, Any], current: dict[str, Any]) -> None:
     import json
 
     for key in _RESUME_KEYS:
         # Compare as stored: the manifest's JSON turns tuples (crop_size, mean, std) into lists.
         now = json.loads(json.dumps(current[key], default=str))
-        if key in previous and previous[key] != now:
+        before = previous.get(key)
+        if key == "preprocess" and isinstance(before, dict):
+            # Manifests from before resize modes existed used what are now the defaults.
+            defaults = json.loads(json.dumps(asdict(PreprocessConfig())))
+            before = {**{k: defaults[k] for k in _LATER_PREPROCESS_KEYS}, **before}
+        if key in previous and before != now:
             raise OutputDirError(
                 f"cannot --resume: {key} differs from the earlier run "
                 f"({previous[key]!r} there, {now!r} now); use the same settings, "

@@ -57,7 +57,7 @@ def _segment_batch() -> dict[str, np.ndarray]:
         "error": np.array([None, "corrupt: bad"], dtype=object),
         "width": np.array([5, 0], np.int32),
         "height": np.array([4, 0], np.int32),
-        "class_map": np.array([class_map, None], dtype=object),
+        "class_map": np.array([class_map, np.zeros((0, 0), np.uint8)], dtype=object),
     }
 
 
@@ -262,7 +262,57 @@ def test_missing_optional_package_is_one_line_with_install_command(
     assert "\n" not in msg and package in msg and f"pip install 'batchvision[{extra}]'" in msg
 
 
+def test_resume_accepts_a_manifest_from_before_resize_modes() -> None:
+    import json
+    from dataclasses import asdict
+
+    from batchvision.api import _RESUME_KEYS, _check_resumable
+    from batchvision.errors import OutputDirError
+
+    now = {key: None for key in _RESUME_KEYS}
+    now["preprocess"] = asdict(PreprocessConfig())
+    old = json.loads(json.dumps(now))
+    for key in ("resize_mode", "resize_hw", "crop_offset", "rescale_factor"):
+        del old["preprocess"][key]
+    _check_resumable(old, now)  # no error
+    now["preprocess"] = asdict(PreprocessConfig(crop_offset="floor"))
+    with pytest.raises(OutputDirError, match="preprocess differs"):
+        _check_resumable(old, now)
+
+
 def test_arrow_schema_names_are_stable() -> None:
     assert SEGMENT_SCHEMA.names[-4:] == ["mask", "mask_width", "mask_height", "classes"]
     assert SEGMENT_FILES_SCHEMA.field("mask_path").type == pa.string()
     assert SEGMENT_SCHEMA.field("classes").type.value_type.names == ["id", "label", "fraction"]
+
+
+def test_segment_predictor_batched_equals_one_by_one() -> None:
+    import io
+
+    from batchvision.demo import synth
+    from batchvision.stages.predict import PredictOptions, Predictor
+
+    spec = resolve_model(
+        "lraspp_mobilenet_v3_large", "random", overrides=PreprocessOverrides(resize_size=48)
+    )
+    rng = np.random.default_rng(3)
+    blobs = []
+    for size in ((80, 60), (60, 80), (80, 60)):
+        buf = io.BytesIO()
+        synth.photo_like(rng, size).save(buf, "PNG")
+        blobs.append(buf.getvalue())
+    batch = {
+        "id": np.array(["a", "b", "c", "d"], dtype=object),
+        "path": np.array(["a", "b", "c", "d"], dtype=object),
+        "bytes": np.array([*blobs, b"junk"], dtype=object),
+        "error": np.full(4, None, dtype=object),
+    }
+    decoded = decode_batch(batch, spec.preprocess)
+    predictor = Predictor(spec, PredictOptions(device="cpu", precision="fp32"))
+    out = predictor(decoded)
+    assert "image" not in out and "input_height" not in out
+    assert [m.shape for m in out["class_map"]] == [(60, 80), (80, 60), (60, 80), (0, 0)]
+    for i in range(3):
+        one = {k: v[i : i + 1] for k, v in decoded.items()}
+        np.testing.assert_array_equal(predictor(one)["class_map"][0], out["class_map"][i])
+    assert pickle.loads(pickle.dumps(PredictOptions(normalize=True))).normalize

@@ -60,8 +60,9 @@ def mask_batch(batch: dict[str, np.ndarray], labels: Sequence[str]) -> dict[str,
     mask_w = np.zeros(n, dtype=np.int32)
     mask_h = np.zeros(n, dtype=np.int32)
     label_arr = np.asarray(labels, dtype=object)
+    ok = np.asarray(batch["status"]) == "ok"
     for i, m in enumerate(batch["class_map"]):
-        if m is None:
+        if not ok[i] or m is None or m.size == 0:
             continue
         masks[i] = encode_mask(m)
         mask_h[i], mask_w[i] = m.shape

@@ -204,7 +204,7 @@ class Predictor:
 
         classify: ``topk_ids``/``topk_scores`` (zeros on error rows); embed: ``embedding``
         ``(N, D)`` float32 (zeros on error rows); segment: ``class_map``, an object array
-        of 2-D class maps at each image's displayed size (``None`` on error rows).
+        of 2-D class maps at each image's displayed size (empty ``(0, 0)`` on error rows).
         """
         if self.task == "embed":
             return self._embed_batch(batch)
@@ -240,7 +240,12 @@ class Predictor:
 
     def _segment_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.flatnonzero(batch["status"] == "ok")
-        maps = np.full(len(batch["status"]), None, dtype=object)
+        # Error rows get an empty map rather than None, so the column stays all arrays
+        # (Ray Data stores it as a variable-shaped tensor column).
+        empty = np.zeros((0, 0), np.uint8 if self.spec.num_classes <= 256 else np.uint16)
+        maps = np.empty(len(batch["status"]), dtype=object)
+        for i in range(len(maps)):
+            maps[i] = empty
         images = batch["image"]
         # Inputs of different sizes (no crop) run in groups of equal size, unpadded.
         if "input_height" in batch:
