@@ -335,3 +335,31 @@ def test_torchvision_embeddings_match_classifier_input(
     ours = np.array([r["embedding"] for r in rows])
     assert ours.shape == ref.shape == (len(rows), 1024)
     assert centred_cosine(ours, ref).min() >= EMB_PASS
+
+
+def test_hf_vit_classification_and_cls_embedding(
+    images: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A ViT: a height/width processor (squash resize) and the [CLS] token as embedding."""
+    torch.manual_seed(0)
+    config = tf.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=CLS_CLASSES,
+    )  # fmt: skip
+    model = tf.ViTForImageClassification(config).eval()
+    torch.nn.init.normal_(model.classifier.weight, std=2.0)
+    path = tmp_path_factory.mktemp("vit")
+    model.save_pretrained(path)
+    tf.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+
+    rows = _run(images, tmp_path / "cls", f"hf:{path}", top_k=CLS_CLASSES)
+    emb_rows = _run(images, tmp_path / "emb", f"hf:{path}", task="embed")
+    processor = tf.AutoImageProcessor.from_pretrained(path, backend="pil")
+    x = processor([_pil(images / str(r["id"])) for r in rows], return_tensors="pt")
+    with torch.no_grad():
+        logp = F.log_softmax(model(**x).logits, 1).numpy()
+        cls = model.vit(**x).last_hidden_state[:, 0].numpy()
+    assert centred_cosine(_logp_from_rows(rows, CLS_CLASSES), logp).min() >= COS_PASS
+    ours = np.array([r["embedding"] for r in emb_rows])
+    assert ours.shape == cls.shape == (len(rows), 32)
+    assert centred_cosine(ours, cls).min() >= EMB_PASS
