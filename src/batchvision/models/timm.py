@@ -206,9 +206,10 @@ def preprocess_from_data_config(data: dict[str, Any]) -> PreprocessConfig:
 def _labels(timm: Any, model: torch.nn.Module, num_classes: int) -> tuple[str, ...]:
     subset = timm.data.infer_imagenet_subset(model)
     if subset:
-        names = timm.data.ImageNetInfo(subset).label_names()
+        # Human-readable names ("tench, Tinca tinca"), as torchvision's categories are.
+        names = timm.data.ImageNetInfo(subset).label_descriptions()
         if len(names) == num_classes:
-            return tuple(names)
+            return tuple(str(n) for n in names)
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
