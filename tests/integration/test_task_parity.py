@@ -50,6 +50,17 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def few_images(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five of them, for the models that run at 520 px (torchvision segmentation)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("few_images")
+    for path in sorted(images.glob("*.jpg"))[:5]:
+        shutil.copy(path, root / path.name)
+    return root
+
+
 def _pil(path: Path) -> Image.Image:
     with Image.open(path) as img:
         return img.convert("RGB")
@@ -154,7 +165,10 @@ def test_segformer_matches_transformers(segformer: Saved, images: Path, tmp_path
 # torchvision segmentation
 
 
-def test_torchvision_segmentation_matches_weights_transforms(images: Path, tmp_path: Path) -> None:
+def test_torchvision_segmentation_matches_weights_transforms(
+    few_images: Path, tmp_path: Path
+) -> None:
+    images = few_images  # lraspp runs at 520 px: five images keep the test quick
     arch = "lraspp_mobilenet_v3_large"
     torch.manual_seed(0)
     model = torchvision.models.get_model(
