@@ -168,6 +168,15 @@ def test_hf_convnext_crop_pct_and_no_normalize() -> None:
     assert cfg.interpolation == "bicubic" and cfg.crop_offset == "floor"
 
 
+def test_hf_poolformer_crop_pct() -> None:
+    cfg = preprocess_from_processor(
+        {"image_processor_type": "PoolFormerImageProcessor", "size": {"shortest_edge": 224},
+         "crop_pct": 0.9, "do_center_crop": True, "crop_size": {"height": 224, "width": 224},
+         "resample": 3}
+    )  # fmt: skip
+    assert (cfg.resize_size, cfg.crop_size, cfg.resize_mode) == (248, (224, 224), "shorter_crop")
+
+
 def test_hf_shortest_edge_with_crop_and_refusals() -> None:
     base = {"image_processor_type": "X", "resample": 2, "image_mean": 0.5, "image_std": 0.5}
     cfg = preprocess_from_processor(

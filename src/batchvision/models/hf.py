@@ -212,7 +212,7 @@ def preprocess_from_processor(p: dict[str, Any]) -> PreprocessConfig:
 
     Handles ``size`` as ``{"height", "width"}`` (resize to exactly that) or
     ``{"shortest_edge"}`` (shorter side, then ``crop_size`` when ``do_center_crop``),
-    ConvNeXT's ``crop_pct``, ``resample``, ``rescale_factor``, ``do_normalize`` and
+    ConvNeXT's and PoolFormer's ``crop_pct``, ``resample``, ``rescale_factor``, ``do_normalize`` and
     ``image_mean``/``image_std``. Anything else is refused rather than approximated.
     """
     kind = p.get("image_processor_type", "?")
@@ -239,6 +239,17 @@ def preprocess_from_processor(p: dict[str, Any]) -> PreprocessConfig:
     }
     crop = p.get("crop_size") if p.get("do_center_crop") else None
     crop_hw = (int(crop["height"]), int(crop["width"])) if crop else None
+    crop_pct = p.get("crop_pct")
+    if crop_pct is not None and crop_hw is not None:
+        # PoolFormer-style: the shorter side to size / crop_pct, then crop_size.
+        edge = size.get("shortest_edge") or (
+            size["height"] if size.get("height") == size.get("width") else None
+        )
+        if not edge:
+            raise ConfigError(f"{kind}: crop_pct with size {size} is not supported")
+        return PreprocessConfig(
+            resize_size=int(int(edge) / float(crop_pct)), crop_size=crop_hw, **common
+        )
     if "height" in size and "width" in size and size["height"] and size["width"]:
         hw = (int(size["height"]), int(size["width"]))
         return PreprocessConfig(
@@ -252,7 +263,7 @@ def preprocess_from_processor(p: dict[str, Any]) -> PreprocessConfig:
     if not edge or size.get("longest_edge"):
         raise ConfigError(f"{kind}: size {size} is not supported (height+width or shortest_edge)")
     edge = int(edge)
-    if "crop_pct" in p and p["crop_pct"] is not None and crop_hw is None:
+    if crop_pct is not None:
         # ConvNeXT-style: shorter side to edge / crop_pct, crop edge x edge; squash from 384.
         if edge >= _CROP_PCT_BELOW:
             return PreprocessConfig(
@@ -263,7 +274,7 @@ def preprocess_from_processor(p: dict[str, Any]) -> PreprocessConfig:
                 **common,
             )
         return PreprocessConfig(
-            resize_size=int(edge / float(p["crop_pct"])), crop_size=(edge, edge), **common
+            resize_size=int(edge / float(crop_pct)), crop_size=(edge, edge), **common
         )
     if crop_hw is None:
         return PreprocessConfig(
