@@ -17,7 +17,7 @@ import pytest
 import batchvision
 from batchvision.config import RunConfig
 from batchvision.io import sinks
-from batchvision.io.sources import iter_inputs, items_to_batch, read_batch
+from batchvision.io.sources import items_to_batch, iter_inputs, read_batch
 from batchvision.models.registry import load_state_dict, resolve_model
 from batchvision.stages.postprocess import decode_mask, postprocess_batch
 from batchvision.stages.predict import PredictOptions, Predictor
