@@ -96,20 +96,15 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     state_dict = load_state_dict(spec)
 
     before = sinks.read_manifest(config.output) if (config.resume or config.overwrite) else None
-    if config.mask_dir is not None:
-        sinks.prepare_mask_dir(
-            config.mask_dir,
-            config.output,
-            resume=config.resume,
-            overwrite=config.overwrite,
-            previous=(before or {}).get("mask_dir"),
-        )
+    # Every refusal comes before any deletion, in either folder.
+    _prepare_mask_dir(config, before, check_only=True)
     sinks.prepare_output_dir(
         config.output,
         resume=config.resume,
         overwrite=config.overwrite,
         mask_dir=config.mask_dir,
     )
+    _prepare_mask_dir(config, before, check_only=False)
     previous = before if config.resume else None
     manifest = _manifest(config, spec, previous)
     if previous is not None:
@@ -160,6 +155,20 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     _finish_manifest(manifest, config, summary, result, writer, earlier)
     sinks.write_manifest(config.output, manifest)
     return summary
+
+
+def _prepare_mask_dir(
+    config: RunConfig, manifest: dict[str, Any] | None, *, check_only: bool
+) -> None:
+    if config.mask_dir is not None:
+        sinks.prepare_mask_dir(
+            config.mask_dir,
+            config.output,
+            resume=config.resume,
+            overwrite=config.overwrite,
+            previous=(manifest or {}).get("mask_dir"),
+            check_only=check_only,
+        )
 
 
 def _check_task_options(config: RunConfig, spec: ModelSpec) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -325,3 +326,29 @@ def test_segment_predictor_batched_equals_one_by_one() -> None:
         one = {k: v[i : i + 1] for k, v in decoded.items()}
         np.testing.assert_array_equal(predictor(one)["class_map"][0], out["class_map"][i])
     assert pickle.loads(pickle.dumps(PredictOptions(normalize=True))).normalize
+
+
+def test_prepare_mask_dir_refuses_and_cleans(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from batchvision.errors import OutputDirError
+    from batchvision.io.sinks import prepare_mask_dir, write_mask_file
+
+    out, masks = tmp_path / "out", tmp_path / "masks"
+    prepare_mask_dir(str(masks), str(out), resume=False, overwrite=False, previous=None)
+    assert not masks.exists()  # made by the first mask written, not before
+    kept = write_mask_file(str(masks), "a/b.jpg", b"png")
+    (masks / "a" / ".c.jpg.png.tmp").write_bytes(b"half")  # a crash mid-write
+    with pytest.raises(OutputDirError, match="not empty"):
+        prepare_mask_dir(str(masks), str(out), resume=False, overwrite=False, previous=None)
+    with pytest.raises(OutputDirError, match="wrote its masks to"):
+        prepare_mask_dir(str(masks), str(out), resume=True, overwrite=False, previous=None)
+    with pytest.raises(OutputDirError, match="must not be the --output folder"):
+        prepare_mask_dir(str(out), str(out), resume=False, overwrite=False, previous=None)
+    prepare_mask_dir(str(masks), str(out), resume=True, overwrite=False, previous=str(masks))
+    assert Path(kept).read_bytes() == b"png" and not (masks / "a" / ".c.jpg.png.tmp").exists()
+    (masks / "mine.txt").write_text("x")
+    with pytest.raises(OutputDirError, match="did not write"):
+        prepare_mask_dir(str(masks), str(out), resume=False, overwrite=True, previous=str(masks))
+    assert Path(kept).exists()  # refused before deleting anything
+    (masks / "mine.txt").unlink()
+    prepare_mask_dir(str(masks), str(out), resume=False, overwrite=True, previous=str(masks))
+    assert not list(masks.rglob("*.png"))

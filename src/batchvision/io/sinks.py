@@ -191,12 +191,19 @@ def masks_to_files(table: pa.Table, mask_dir: str) -> pa.Table:
 
 
 def prepare_mask_dir(
-    mask_dir: str, out_dir: str, *, resume: bool, overwrite: bool, previous: str | None
+    mask_dir: str,
+    out_dir: str,
+    *,
+    resume: bool,
+    overwrite: bool,
+    previous: str | None,
+    check_only: bool = False,
 ) -> None:
     """Create ``--mask-dir``; refuse a non-empty one unless it is the resumed/replaced run's.
 
     ``previous`` is the mask folder the output's manifest records. ``--overwrite`` deletes
     only mask PNGs and temporaries there, and refuses a folder holding anything else.
+    ``check_only`` refuses without deleting, so a run can check every folder first.
     """
     root = Path(mask_dir).resolve()
     if root == Path(out_dir).resolve():
@@ -215,16 +222,19 @@ def prepare_mask_dir(
             f"--mask-dir {mask_dir!r} holds files but the earlier run in the output folder "
             f"wrote its masks to {previous!r}; choose an empty folder or the same one"
         )
-    for p in files:
-        if p.name.startswith(".") and p.name.endswith(".tmp"):
-            p.unlink()  # a mask being written when the last run died
-        elif overwrite:
-            if p.suffix != MASK_SUFFIX:
-                raise OutputDirError(
-                    f"--overwrite refused: --mask-dir {mask_dir!r} holds {p.name!r}, which "
-                    "batchvision did not write; choose an empty folder"
-                )
-            p.unlink()
+    stale = [p for p in files if p.name.startswith(".") and p.name.endswith(".tmp")]
+    if overwrite:
+        # Everything is checked before anything is deleted.
+        foreign = [p.name for p in files if p.suffix != MASK_SUFFIX and p not in stale]
+        if foreign:
+            raise OutputDirError(
+                f"--overwrite refused: --mask-dir {mask_dir!r} holds files batchvision did "
+                f"not write ({', '.join(foreign[:5])}); choose an empty folder"
+            )
+    if check_only:
+        return
+    for p in files if overwrite else stale:
+        p.unlink()  # with --resume only the masks being written when the last run died
     # The folder itself is made by the PartWriter's first mask: made here, inside the
     # output folder, it would make that folder look non-empty to prepare_output_dir.
 
