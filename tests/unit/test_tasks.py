@@ -189,6 +189,10 @@ def test_hf_shortest_edge_with_crop_and_refusals() -> None:
         preprocess_from_processor({**base, "resample": 1, "size": {"height": 8, "width": 8}})
     with pytest.raises(ConfigError, match="not supported"):
         preprocess_from_processor({**base, "size": {"shortest_edge": 8, "longest_edge": 20}})
+    with pytest.raises(ConfigError, match="do_flip_channel_order"):
+        preprocess_from_processor(
+            {**base, "size": {"height": 8, "width": 8}, "do_flip_channel_order": True}
+        )
 
 
 def test_timm_center_and_squash() -> None:

@@ -216,6 +216,9 @@ def preprocess_from_processor(p: dict[str, Any]) -> PreprocessConfig:
     ``image_mean``/``image_std``. Anything else is refused rather than approximated.
     """
     kind = p.get("image_processor_type", "?")
+    for flag in ("do_flip_channel_order", "do_pad"):  # BGR input (MobileViT), padding
+        if p.get(flag):
+            raise ConfigError(f"{kind} with {flag}=True is not supported by batchvision")
     if not p.get("do_resize", True):
         raise ConfigError(f"{kind} with do_resize=False gives inputs of any size; not supported")
     size = dict(p.get("size") or {})
