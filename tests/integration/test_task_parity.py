@@ -23,7 +23,7 @@ import torchvision
 from PIL import Image
 
 import batchvision
-from batchvision.config import RunConfig
+from batchvision.config import PreprocessOverrides, RunConfig
 from batchvision.demo import synth
 from batchvision.stages.postprocess import decode_mask
 from tests.task_models import SEG_CLASSES, save_tiny_segformer
@@ -47,17 +47,6 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(12):
         w, h = int(rng.integers(100, 600)), int(rng.integers(100, 600))
         synth.photo_like(rng, (w, h)).save(root / f"img_{i:02d}.jpg", quality=90)
-    return root
-
-
-@pytest.fixture(scope="module")
-def few_images(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Five of them, for the models that run at 520 px (torchvision segmentation)."""
-    import shutil
-
-    root = tmp_path_factory.mktemp("few_images")
-    for path in sorted(images.glob("*.jpg"))[:5]:
-        shutil.copy(path, root / path.name)
     return root
 
 
@@ -165,10 +154,7 @@ def test_segformer_matches_transformers(segformer: Saved, images: Path, tmp_path
 # torchvision segmentation
 
 
-def test_torchvision_segmentation_matches_weights_transforms(
-    few_images: Path, tmp_path: Path
-) -> None:
-    images = few_images  # lraspp runs at 520 px: five images keep the test quick
+def test_torchvision_segmentation_matches_weights_transforms(images: Path, tmp_path: Path) -> None:
     arch = "lraspp_mobilenet_v3_large"
     torch.manual_seed(0)
     model = torchvision.models.get_model(
@@ -179,8 +165,18 @@ def test_torchvision_segmentation_matches_weights_transforms(
         torch.nn.init.normal_(head.weight, std=1.0)
     ckpt = tmp_path / "seg.pt"
     torch.save(model.state_dict(), ckpt)
-    rows = _run(images, tmp_path / "out", f"torchvision:{arch}", weights=str(ckpt))
+    # The weights' own transform, at a smaller size on both sides (--resize-size 160 here)
+    # so the test stays quick on a CPU: same class, interpolation, antialias, mean and std.
+    rows = _run(
+        images,
+        tmp_path / "out",
+        f"torchvision:{arch}",
+        weights=str(ckpt),
+        preprocess=PreprocessOverrides(resize_size=160),
+    )
     transform = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+    assert list(transform.resize_size) == [520]
+    transform.resize_size = [160]
     agree, wrong = [], []
     for row in rows:
         img = _pil(images / str(row["id"]))

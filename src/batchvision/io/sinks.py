@@ -111,24 +111,11 @@ def batch_to_table(batch: dict[str, np.ndarray]) -> pa.Table:
 
 
 def _segment_columns(batch: dict[str, np.ndarray], err: np.ndarray) -> dict[str, pa.Array]:
-    classes: list[list[dict[str, object]] | None] = []
-    for ids, labels, fracs in zip(
-        batch["class_ids"], batch["class_labels"], batch["class_fractions"], strict=True
-    ):
-        if ids is None:
-            classes.append(None)
-            continue
-        classes.append(
-            [
-                {"id": int(i), "label": str(lbl), "fraction": float(f)}
-                for i, lbl, f in zip(ids, labels, fracs, strict=True)
-            ]
-        )
     return {
         "mask": pa.array(batch["mask"].tolist(), pa.binary()),
         "mask_width": pa.array(batch["mask_width"], pa.int32(), mask=err),
         "mask_height": pa.array(batch["mask_height"], pa.int32(), mask=err),
-        "classes": pa.array(classes, pa.list_(CLASS_STRUCT)),
+        "classes": pa.array(batch["classes"].tolist(), pa.list_(CLASS_STRUCT)),
     }
 
 

@@ -49,17 +49,15 @@ def decode_mask(data: bytes) -> np.ndarray:
 def mask_batch(batch: dict[str, np.ndarray], labels: Sequence[str]) -> dict[str, np.ndarray]:
     """``class_map`` to ``mask`` (PNG bytes), ``mask_width``/``mask_height`` and ``classes``.
 
-    ``classes`` holds, per image, ``(ids int32, fractions float32)`` of the classes present,
-    most pixels first, and ``class_labels`` their names; error rows get ``None``.
+    ``classes`` holds, per image, a list of ``{"id", "label", "fraction"}`` for the classes
+    present, most pixels first (plain Python values, so the column converts to Arrow's
+    list<struct> as is); error rows get ``None``.
     """
     n = len(batch["status"])
     masks = np.full(n, None, dtype=object)
-    class_ids = np.full(n, None, dtype=object)
-    fractions = np.full(n, None, dtype=object)
-    names = np.full(n, None, dtype=object)
+    classes = np.full(n, None, dtype=object)
     mask_w = np.zeros(n, dtype=np.int32)
     mask_h = np.zeros(n, dtype=np.int32)
-    label_arr = np.asarray(labels, dtype=object)
     ok = np.asarray(batch["status"]) == "ok"
     for i, m in enumerate(batch["class_map"]):
         if not ok[i] or m is None or m.size == 0:
@@ -69,18 +67,16 @@ def mask_batch(batch: dict[str, np.ndarray], labels: Sequence[str]) -> dict[str,
         counts = np.bincount(m.reshape(-1), minlength=len(labels))
         present = np.flatnonzero(counts)
         order = present[np.argsort(-counts[present], kind="stable")]
-        class_ids[i] = order.astype(np.int32)
-        fractions[i] = (counts[order] / m.size).astype(np.float32)
-        names[i] = label_arr[order] if len(label_arr) else order.astype(str).astype(object)
+        classes[i] = [
+            {
+                "id": int(c),
+                "label": labels[c] if c < len(labels) else str(c),
+                "fraction": float(counts[c] / m.size),
+            }
+            for c in order
+        ]
     out = {k: v for k, v in batch.items() if k != "class_map"}
-    out.update(
-        mask=masks,
-        mask_width=mask_w,
-        mask_height=mask_h,
-        class_ids=class_ids,
-        class_fractions=fractions,
-        class_labels=names,
-    )
+    out.update(mask=masks, mask_width=mask_w, mask_height=mask_h, classes=classes)
     return out
 
 
