@@ -160,6 +160,11 @@ class HFTaskModel(torch.nn.Module):
         super().__init__()
         self.task = task
         self.pooled = task == "embed" and not hasattr(model, "classifier")
+        if self.pooled and type(model).__name__.endswith("ForImageClassification"):
+            raise ConfigError(
+                f"--task embed: {type(model).__name__} has no `classifier` head to read "
+                "features from; use --task classify"
+            )
         if task == "embed" and not self.pooled:
             model.classifier = torch.nn.Identity()
         self.model = model
