@@ -8,12 +8,13 @@ import platform
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from batchvision import __version__
-from batchvision.config import RunConfig
+from batchvision.config import PreprocessConfig, RunConfig
 from batchvision.engines.base import EngineResult, Job, ProgressCallback, get_engine
 from batchvision.errors import (
     EXIT_INTERRUPTED,
@@ -88,16 +89,26 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         labels_path=config.labels,
         overrides=config.preprocess,
         seed=config.seed,
+        task=config.task,
     )
-    check_top_k(config.top_k, spec)
+    _check_task_options(config, spec)
     # A bad --device (e.g. cuda on a GPU-less machine) must fail before the output exists.
     resolve_device(config.device)
     state_dict = load_state_dict(spec)
 
+    reusing = config.resume or config.overwrite
+    before = sinks.read_manifest(config.output, storage) if reusing else None
+    # Every refusal comes before any deletion, in either folder.
+    _prepare_mask_dir(config, before, check_only=True)
     sinks.prepare_output_dir(
-        config.output, resume=config.resume, overwrite=config.overwrite, storage_options=storage
+        config.output,
+        resume=config.resume,
+        overwrite=config.overwrite,
+        mask_dir=config.mask_dir,
+        storage_options=storage,
     )
-    previous = sinks.read_manifest(config.output, storage) if config.resume else None
+    _prepare_mask_dir(config, before, check_only=False)
+    previous = before if config.resume else None
     manifest = _manifest(config, spec, previous)
     if previous is not None:
         _check_resumable(previous, manifest)
@@ -116,6 +127,7 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         part_rows=config.part_rows,
         flush_seconds=config.flush_seconds,
         storage_options=storage,
+        mask_dir=config.mask_dir,
     )
     job = Job(
         config=config,
@@ -147,6 +159,30 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     _finish_manifest(manifest, config, summary, result, writer, earlier)
     sinks.write_manifest(config.output, manifest, storage)
     return summary
+
+
+def _prepare_mask_dir(
+    config: RunConfig, manifest: dict[str, Any] | None, *, check_only: bool
+) -> None:
+    if config.mask_dir is not None:
+        sinks.prepare_mask_dir(
+            config.mask_dir,
+            config.output,
+            resume=config.resume,
+            overwrite=config.overwrite,
+            previous=(manifest or {}).get("mask_dir"),
+            check_only=check_only,
+        )
+
+
+def _check_task_options(config: RunConfig, spec: ModelSpec) -> None:
+    """Options that only make sense for one task must not be given for another."""
+    if spec.task == "classify":
+        check_top_k(config.top_k, spec)
+    if config.normalize and spec.task != "embed":
+        raise ConfigError(f"--normalize applies to --task embed only; this run is {spec.task}")
+    if config.mask_dir is not None and spec.task != "segment":
+        raise ConfigError(f"--mask-dir applies to --task segment only; this run is {spec.task}")
 
 
 def _check_duplicates(config: RunConfig, kinds: list[str]) -> int | None:
@@ -191,7 +227,17 @@ def _versions() -> dict[str, str]:
 
 
 # What must match for --resume to add rows to an earlier run's output.
-_RESUME_KEYS = ("model", "weights", "preprocess", "top_k", "format", "labels_sha")
+_RESUME_KEYS = (
+    "model",
+    "task",
+    "weights",
+    "preprocess",
+    "top_k",
+    "format",
+    "labels_sha",
+    "normalize",
+    "mask_dir",
+)
 
 
 def _manifest(
@@ -212,14 +258,23 @@ def _manifest(
             "preprocess": asdict(spec.preprocess),
             "top_k": config.top_k,
             "format": config.format,
+            "normalize": config.normalize,
+            "mask_dir": None if config.mask_dir is None else str(Path(config.mask_dir).resolve()),
             "inputs": list(config.inputs),
             # Where s3:// paths were read and written; credentials are never recorded.
             "s3_endpoint": config.s3_endpoint,
             "versions": _versions(),
         }
     )
+    if spec.task == "embed":
+        manifest["embedding_dim"] = spec.embedding_dim
+    if spec.task == "segment":
+        manifest["labels"] = list(spec.labels)
     manifest.setdefault("runs", [])
     return manifest
+
+
+_LATER_PREPROCESS_KEYS = ("resize_mode", "resize_hw", "crop_offset", "rescale_factor")
 
 
 def _check_resumable(previous: dict[str, Any], current: dict[str, Any]) -> None:
@@ -228,7 +283,12 @@ def _check_resumable(previous: dict[str, Any], current: dict[str, Any]) -> None:
     for key in _RESUME_KEYS:
         # Compare as stored: the manifest's JSON turns tuples (crop_size, mean, std) into lists.
         now = json.loads(json.dumps(current[key], default=str))
-        if key in previous and previous[key] != now:
+        before = previous.get(key)
+        if key == "preprocess" and isinstance(before, dict):
+            # Manifests from before resize modes existed used what are now the defaults.
+            defaults = json.loads(json.dumps(asdict(PreprocessConfig())))
+            before = {**{k: defaults[k] for k in _LATER_PREPROCESS_KEYS}, **before}
+        if key in previous and before != now:
             raise OutputDirError(
                 f"cannot --resume: {key} differs from the earlier run "
                 f"({previous[key]!r} there, {now!r} now); use the same settings, "

@@ -15,6 +15,7 @@ from batchvision.config import (
     INTERPOLATIONS,
     OUTPUT_FORMATS,
     PRECISIONS,
+    TASKS,
 )
 from batchvision.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, BatchvisionError
 
@@ -41,7 +42,25 @@ def cli() -> None:
 @cli.command("run")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option(
-    "--model", "-m", required=True, help="Model name, e.g. resnet50 (see `batchvision models`)."
+    "--model",
+    "-m",
+    required=True,
+    help="Model name: resnet50, torchvision:NAME, hf:ORG/NAME, hf:/saved/dir, timm:NAME "
+    "(see `batchvision models`).",
+)
+@click.option(
+    "--task",
+    type=click.Choice(TASKS),
+    default=None,
+    help="classify, segment or embed [default: the model's own: segmentation models "
+    "segment, classifiers classify].",
+)
+@click.option("--normalize", is_flag=True, help="embed: L2-normalise the embeddings.")
+@click.option(
+    "--mask-dir",
+    default=None,
+    help="segment: write each mask as a PNG file here (named after the id) and put its "
+    "path in mask_path, instead of the PNG bytes in mask.",
 )
 @click.option(
     "--output",
@@ -148,7 +167,8 @@ def cli() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines.")
 @click.option("--verbose", "-v", is_flag=True, help="More log output.")
 def run_cmd(inputs: tuple[str, ...], quiet: bool, verbose: bool, **opts: Any) -> None:
-    """Classify every image of INPUT (folders, globs, image files, .txt/.csv/.parquet manifests).
+    """Classify, segment or embed every image of INPUT (folders, globs, image files,
+    .txt/.csv/.parquet manifests).
 
     Each INPUT, and the output, may be local or s3://bucket/prefix (s3://anonymous@bucket/...
     for public buckets); credentials come from the AWS environment and config files.
@@ -211,18 +231,28 @@ def resume_command(argv: list[str]) -> str:
 
 
 @cli.command("models")
-@click.option("--source", default=None, help="Only this source (e.g. torchvision).")
-def models_cmd(source: str | None) -> None:
-    """List the models and their weights, by source."""
-    from batchvision.models.registry import list_models
+@click.option("--source", default=None, help="Only this source (torchvision, hf, timm).")
+@click.option("--all", "show_all", is_flag=True, help="List every model (timm has hundreds).")
+def models_cmd(source: str | None, show_all: bool) -> None:
+    """List the model sources, their tasks, how to name a model, and the models."""
+    from batchvision.errors import ConfigError
+    from batchvision.models.registry import list_sources
 
-    for src, infos in list_models().items():
+    sources = list_sources()
+    if source and source not in sources:
+        raise ConfigError(f"unknown source {source!r}; valid: {', '.join(sources)}")
+    click.echo("tasks: classify (top-k labels), segment (class mask per pixel), embed (features)")
+    for src, impl in sources.items():
         if source and src != source:
             continue
-        click.echo(f"{src}: name a model as NAME or {src}:NAME")
-        for info in infos:
+        click.echo(f"\n{src}: {impl.naming}")
+        infos = impl.list_models()
+        shown = infos if show_all or source or len(infos) <= 120 else infos[:10]
+        for info in shown:
             weights = ", ".join(info.weights) or "(no pretrained weights: random or a checkpoint)"
-            click.echo(f"  {info.name:<28} {info.task:<9} {weights}")
+            click.echo(f"  {info.name:<28} {info.task:<15} {weights}")
+        if len(shown) < len(infos):
+            click.echo(f"  ... {len(infos) - len(shown)} more: batchvision models --source {src}")
 
 
 @cli.command("demo")

@@ -13,11 +13,16 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 OutputFormat = Literal["parquet", "csv", "jsonl"]
 EngineName = Literal["local"]
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
+ResizeMode = Literal["shorter_crop", "squash_crop", "shorter"]
+CropOffset = Literal["round", "floor"]
+TaskName = Literal["classify", "segment", "embed"]
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 ENGINES: tuple[str, ...] = get_args(EngineName)
 INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
+RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
+TASKS: tuple[str, ...] = get_args(TaskName)
 
 #: Pillow's own warning threshold for decompression bombs.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -38,8 +43,19 @@ def _triple(name: str, value: tuple[float, ...]) -> tuple[float, float, float]:
 class PreprocessConfig:
     """How an image becomes model input: the recipe that travels with the weights.
 
-    Mirrors torchvision's ``ImageClassification`` transform: resize the shorter side to
-    ``resize_size``, center-crop ``crop_size``, scale to [0, 1], normalise with mean/std.
+    The default mirrors torchvision's ``ImageClassification`` transform: resize the shorter
+    side to ``resize_size``, center-crop ``crop_size``, scale by ``rescale_factor`` (1/255),
+    normalise with mean/std. ``resize_mode`` covers the other recipes in use:
+
+    - ``shorter_crop``: shorter side to ``resize_size``, then center crop (torchvision,
+      timm's ``center`` crop mode, Hugging Face ``shortest_edge`` + crop).
+    - ``squash_crop``: resize to exactly ``resize_hw`` (aspect ratio not kept), then center
+      crop ``crop_size`` (Hugging Face ``height``/``width`` sizes such as SegFormer's and
+      ViT's, where the crop equals the resize; timm's ``squash`` crop mode).
+    - ``shorter``: shorter side to ``resize_size`` and no crop, so inputs vary in size
+      (torchvision's segmentation weights).
+
+    ``crop_offset`` says how an odd margin is split: torchvision rounds, Hugging Face floors.
     """
 
     resize_size: int = 256
@@ -47,6 +63,10 @@ class PreprocessConfig:
     interpolation: Interpolation = "bilinear"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    resize_mode: ResizeMode = "shorter_crop"
+    resize_hw: tuple[int, int] | None = None
+    crop_offset: CropOffset = "round"
+    rescale_factor: float = 1 / 255
 
     def __post_init__(self) -> None:
         if self.resize_size < 1:
@@ -54,6 +74,19 @@ class PreprocessConfig:
         if len(self.crop_size) != 2 or min(self.crop_size) < 1:
             raise ConfigError(f"crop size must be two positive ints, got {self.crop_size}")
         _choice("interpolation", self.interpolation, INTERPOLATIONS)
+        _choice("resize mode", self.resize_mode, RESIZE_MODES)
+        _choice("crop offset", self.crop_offset, ("round", "floor"))
+        if self.resize_mode == "squash_crop":
+            hw = self.resize_hw or self.crop_size
+            if len(hw) != 2 or min(hw) < 1:
+                raise ConfigError(f"resize_hw must be two positive ints, got {hw}")
+            object.__setattr__(self, "resize_hw", (int(hw[0]), int(hw[1])))
+        elif self.resize_hw is not None:
+            raise ConfigError(
+                f"resize_hw is only used by resize_mode squash_crop, not {self.resize_mode}"
+            )
+        if not self.rescale_factor > 0:
+            raise ConfigError(f"rescale factor must be > 0, got {self.rescale_factor}")
         object.__setattr__(self, "mean", _triple("mean", self.mean))
         object.__setattr__(self, "std", _triple("std", self.std))
         if min(self.std) <= 0:
@@ -75,6 +108,8 @@ class PreprocessOverrides:
         changes: dict[str, object] = {}
         if self.resize_size is not None:
             changes["resize_size"] = self.resize_size
+            if base.resize_mode == "squash_crop":
+                changes["resize_hw"] = (self.resize_size, self.resize_size)
         if self.crop_size is not None:
             changes["crop_size"] = (self.crop_size, self.crop_size)
         if self.interpolation is not None:
@@ -117,6 +152,9 @@ class RunConfig:
     s3_endpoint: str | None = field(default_factory=env_endpoint)
     #: Tries per S3 request (the first included); defaults to AWS_MAX_ATTEMPTS, else 5.
     s3_max_attempts: int = field(default_factory=env_max_attempts)
+    task: TaskName | None = None
+    normalize: bool = False
+    mask_dir: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, str):
@@ -130,6 +168,19 @@ class RunConfig:
         _choice("--engine", self.engine, ENGINES)
         _choice("--precision", self.precision, PRECISIONS)
         _choice("--format", self.format, OUTPUT_FORMATS)
+        if self.task is not None:
+            _choice("--task", self.task, TASKS)
+        if self.normalize and self.task not in (None, "embed"):
+            raise ConfigError(f"--normalize applies to --task embed only, not {self.task}")
+        if self.mask_dir is not None:
+            if self.task not in (None, "segment"):
+                raise ConfigError(f"--mask-dir applies to --task segment only, not {self.task}")
+            object.__setattr__(self, "mask_dir", str(self.mask_dir))
+            if "://" in self.mask_dir:
+                raise ConfigError(
+                    f"--mask-dir {self.mask_dir!r}: mask files go to a local folder; for "
+                    "S3 output leave --mask-dir out and the masks go into the parts' mask column"
+                )
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other; pick one")
         _positive("--batch-size", self.batch_size)

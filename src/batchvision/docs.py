@@ -49,6 +49,8 @@ MANIFEST: dict[str, str] = {
     "labels_sha": "First 16 hex digits of the SHA-256 of the class names (resume check).",
     "preprocess": "Resize, crop, interpolation, mean and std actually used.",
     "top_k": "`--top-k`.",
+    "normalize": "`--normalize` (embed: L2-normalised embeddings); `--resume` must match.",
+    "mask_dir": "`--mask-dir` as an absolute path (segment), else `null`; `--resume` must match.",
     "format": "Part file format: `parquet`, `csv` or `jsonl`.",
     "inputs": "The INPUT arguments.",
     "s3_endpoint": "`--s3-endpoint` (or `AWS_ENDPOINT_URL`) used; `null` for AWS itself. "

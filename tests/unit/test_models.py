@@ -67,15 +67,15 @@ def test_unknown_arch_suggests_and_lists() -> None:
     with pytest.raises(ConfigError) as info:
         resolve_model("resnet5")
     msg = str(info.value)
-    assert "unknown torchvision classification model 'resnet5'" in msg
+    assert "unknown torchvision model 'resnet5'" in msg
     assert "did you mean" in msg and "resnet50" in msg.split("did you mean")[1].split(";")[0]
     valid = msg.split("valid: ")[1]
     assert {"resnet18", "mobilenet_v3_small", "vit_b_16"} <= set(valid.split(", "))
 
 
-def test_non_classification_model_is_unknown() -> None:
-    # Detection / segmentation builders are not classification models.
-    with pytest.raises(ConfigError, match="unknown torchvision classification model"):
+def test_detection_model_is_unknown() -> None:
+    # Detection builders are neither classification nor segmentation models.
+    with pytest.raises(ConfigError, match="unknown torchvision model"):
         resolve_model("fasterrcnn_resnet50_fpn")
 
 
@@ -411,13 +411,16 @@ def test_offline_pretrained_download_is_model_load_error(monkeypatch, tmp_path) 
 
 def test_list_models() -> None:
     models = list_models()
-    assert list(models) == ["torchvision"]
+    assert list(models) == ["hf", "timm", "torchvision"]
     infos = {m.name: m for m in models["torchvision"]}
-    assert infos["resnet50"].task == "classify"
+    assert infos["resnet50"].task == "classify|embed"
+    assert infos["deeplabv3_mobilenet_v3_large"].task == "segment"
     assert set(infos["resnet50"].weights) == {
         "ResNet50_Weights.IMAGENET1K_V1",
         "ResNet50_Weights.IMAGENET1K_V2",
     }
     assert "MobileNet_V3_Small_Weights.IMAGENET1K_V1" in infos["mobilenet_v3_small"].weights
     assert "fasterrcnn_resnet50_fpn" not in infos
-    assert len(infos) == len(tvm.list_models(module=tvm))
+    assert len(infos) == len(tvm.list_models(module=tvm)) + len(
+        tvm.list_models(module=tvm.segmentation)
+    )

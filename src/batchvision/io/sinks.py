@@ -9,10 +9,12 @@ part, whatever moment the process dies at.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,16 +37,35 @@ MANIFEST_NAME = "_manifest.json"
 REPORT_NAME = "report.html"
 PART_PREFIX = "part-"
 EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
-LIST_COLUMNS = ("topk_ids", "topk_labels", "topk_scores")
+LIST_COLUMNS = ("topk_ids", "topk_labels", "topk_scores", "embedding", "classes")
+MASK_SUFFIX = ".png"
+
+_COMMON_FIELDS = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+]
+CLASS_STRUCT = pa.struct(
+    [pa.field("id", pa.int32()), pa.field("label", pa.string()), pa.field("fraction", pa.float32())]
+)
+SEGMENT_FIELDS = [
+    pa.field("mask_width", pa.int32()),
+    pa.field("mask_height", pa.int32()),
+    pa.field("classes", pa.list_(CLASS_STRUCT)),
+]
+#: segment rows carry the PNG in ``mask``; with ``--mask-dir`` a ``mask_path`` instead.
+SEGMENT_SCHEMA = pa.schema([*_COMMON_FIELDS, pa.field("mask", pa.binary()), *SEGMENT_FIELDS])
+SEGMENT_FILES_SCHEMA = pa.schema(
+    [*_COMMON_FIELDS, pa.field("mask_path", pa.string()), *SEGMENT_FIELDS]
+)
+EMBED_SCHEMA = pa.schema([*_COMMON_FIELDS, pa.field("embedding", pa.list_(pa.float32()))])
 
 CLASSIFY_SCHEMA = pa.schema(
     [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("error", pa.string()),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
+        *_COMMON_FIELDS,
         pa.field("label", pa.string()),
         pa.field("score", pa.float32()),
         pa.field("topk_ids", pa.list_(pa.int32())),
@@ -64,16 +85,29 @@ def _list_array(values: np.ndarray, valid: np.ndarray, type_: pa.DataType) -> pa
 
 
 def batch_to_table(batch: dict[str, np.ndarray]) -> pa.Table:
-    """A labelled batch to the output table: plain Arrow types, nulls on error rows."""
+    """A postprocessed batch to the output table: plain Arrow types, nulls on error rows.
+
+    The task is told by the columns: ``mask`` (segment), ``embedding`` (embed) or
+    ``label`` (classify).
+    """
     ok = np.asarray(batch["status"] == "ok")
     err = ~ok
-    columns = {
+    common = {
         "id": pa.array(batch["id"].tolist(), pa.string()),
         "path": pa.array(batch["path"].tolist(), pa.string()),
         "status": pa.array(batch["status"].tolist(), pa.string()),
         "error": pa.array(batch["error"].tolist(), pa.string()),
         "width": pa.array(batch["width"], pa.int32(), mask=err),
         "height": pa.array(batch["height"], pa.int32(), mask=err),
+    }
+    if "mask" in batch:
+        return pa.table({**common, **_segment_columns(batch, err)}, schema=SEGMENT_SCHEMA)
+    if "embedding" in batch:
+        emb = np.asarray(batch["embedding"], dtype=np.float32)
+        common["embedding"] = _list_array(emb, ok, pa.float32())
+        return pa.table(common, schema=EMBED_SCHEMA)
+    columns = {
+        **common,
         "label": pa.array(batch["label"].tolist(), pa.string()),
         "score": pa.array(batch["score"], pa.float32(), mask=err),
         "topk_ids": _list_array(batch["topk_ids"], ok, pa.int32()),
@@ -83,16 +117,142 @@ def batch_to_table(batch: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(columns, schema=CLASSIFY_SCHEMA)
 
 
+def _segment_columns(batch: dict[str, np.ndarray], err: np.ndarray) -> dict[str, pa.Array]:
+    return {
+        "mask": pa.array(batch["mask"].tolist(), pa.binary()),
+        "mask_width": pa.array(batch["mask_width"], pa.int32(), mask=err),
+        "mask_height": pa.array(batch["mask_height"], pa.int32(), mask=err),
+        "classes": pa.array(batch["classes"].tolist(), pa.list_(CLASS_STRUCT)),
+    }
+
+
+# --- mask files ----------------------------------------------------------------------------
+
+_SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.+=,@ "
+_MAX_NAME = 200
+
+
+def mask_file_name(item_id: str) -> str:
+    """A relative file name for ``item_id``'s mask: distinct ids give distinct names.
+
+    Every character outside a safe set is percent-encoded (``%`` included), so the mapping
+    is one-to-one; ``/`` keeps subfolders. Components that would be empty, ``.``, ``..`` or
+    hidden get their leading dot (or an empty marker) encoded too, so nothing escapes the
+    mask folder or hides. Over-long components are shortened with a hash of the full id.
+    """
+    import hashlib
+
+    parts = []
+    for comp in item_id.split("/"):
+        enc = urllib.parse.quote(comp, safe=_SAFE)
+        if not enc:
+            enc = "%"  # never produced by quote, so it cannot collide
+        elif enc.startswith("."):
+            enc = "%2E" + enc[1:]
+        if len(enc.encode()) > _MAX_NAME:
+            digest = hashlib.sha256(item_id.encode()).hexdigest()[:16]
+            enc = f"{enc[: _MAX_NAME - 20]}~{digest}"
+        parts.append(enc)
+    parts[-1] += MASK_SUFFIX
+    return "/".join(parts)
+
+
+def write_mask_file(mask_dir: str, item_id: str, data: bytes) -> str:
+    """Write one mask PNG atomically (hidden temporary, fsync, rename); returns its path."""
+    final = os.path.join(mask_dir, *mask_file_name(item_id).split("/"))
+    folder, name = os.path.split(final)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    return final
+
+
+def masks_to_files(table: pa.Table, mask_dir: str) -> pa.Table:
+    """Write a segment table's ``mask`` PNGs under ``mask_dir``; ``mask_path`` replaces it."""
+    paths = [
+        None if data is None else write_mask_file(mask_dir, item_id, data)
+        for item_id, data in zip(
+            table.column("id").to_pylist(), table.column("mask").to_pylist(), strict=True
+        )
+    ]
+    i = table.schema.get_field_index("mask")
+    table = table.set_column(i, "mask_path", pa.array(paths, pa.string()))
+    return table.cast(SEGMENT_FILES_SCHEMA)
+
+
+def prepare_mask_dir(
+    mask_dir: str,
+    out_dir: str,
+    *,
+    resume: bool,
+    overwrite: bool,
+    previous: str | None,
+    check_only: bool = False,
+) -> None:
+    """Create ``--mask-dir``; refuse a non-empty one unless it is the resumed/replaced run's.
+
+    ``previous`` is the mask folder the output's manifest records. ``--overwrite`` deletes
+    only mask PNGs and temporaries there, and refuses a folder holding anything else.
+    ``check_only`` refuses without deleting, so a run can check every folder first.
+    """
+    root = Path(mask_dir).resolve()
+    if root == Path(out_dir).resolve():
+        raise OutputDirError("--mask-dir must not be the --output folder itself; use a subfolder")
+    if root.exists() and not root.is_dir():
+        raise OutputDirError(f"--mask-dir {mask_dir!r} exists and is not a folder")
+    files = [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+    ours = previous is not None and Path(previous).resolve() == root
+    if files and not (resume or overwrite):
+        raise OutputDirError(
+            f"--mask-dir {mask_dir!r} is not empty ({len(files)} files); pass --resume or "
+            "--overwrite for the run that wrote it, or choose an empty folder"
+        )
+    if files and not ours:
+        raise OutputDirError(
+            f"--mask-dir {mask_dir!r} holds files but the earlier run in the output folder "
+            f"wrote its masks to {previous!r}; choose an empty folder or the same one"
+        )
+    stale = [p for p in files if p.name.startswith(".") and p.name.endswith(".tmp")]
+    if overwrite:
+        # Everything is checked before anything is deleted.
+        foreign = [p.name for p in files if p.suffix != MASK_SUFFIX and p not in stale]
+        if foreign:
+            raise OutputDirError(
+                f"--overwrite refused: --mask-dir {mask_dir!r} holds files batchvision did "
+                f"not write ({', '.join(foreign[:5])}); choose an empty folder"
+            )
+    if check_only:
+        return
+    for p in files if overwrite else stale:
+        p.unlink()  # with --resume only the masks being written when the last run died
+    # The folder itself is made by the PartWriter's first mask: made here, inside the
+    # output folder, it would make that folder look non-empty to prepare_output_dir.
+
+
 def encode_table(table: pa.Table, fmt: str) -> bytes:
     """A whole part file's bytes in ``fmt``."""
     if fmt == "parquet":
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         return bytes(sink.getvalue())
+    # CSV and JSON have no bytes type: binary columns (mask PNGs) are written as base64.
+    for i, fld in enumerate(table.schema):
+        if pa.types.is_binary(fld.type):
+            text = [
+                None if v is None else base64.b64encode(v).decode()
+                for v in table.column(i).to_pylist()
+            ]
+            table = table.set_column(i, fld.name, pa.array(text, pa.string()))
     if fmt == "csv":
         # CSV has no list type: list columns are written as JSON arrays.
         for name in LIST_COLUMNS:
             i = table.schema.get_field_index(name)
+            if i < 0:
+                continue
             as_json = [None if v is None else json.dumps(v) for v in table.column(i).to_pylist()]
             table = table.set_column(i, name, pa.array(as_json, pa.string()))
         sink = pa.BufferOutputStream()
@@ -141,9 +301,11 @@ class PartWriter:
         flush_seconds: float = 30.0,
         run_id: str | None = None,
         storage_options: StorageOptions | None = None,
+        mask_dir: str | None = None,
     ) -> None:
         self.out_dir = out_dir
         self.storage_options = storage_options or StorageOptions()
+        self.mask_dir = None if mask_dir is None else os.path.abspath(mask_dir)
         self.fmt = fmt
         self.part_rows = part_rows
         self.flush_seconds = flush_seconds
@@ -156,7 +318,13 @@ class PartWriter:
         self._last_flush = time.monotonic()
 
     def add(self, table: pa.Table) -> None:
-        """Buffer ``table``; commits a part when the buffer is due."""
+        """Buffer ``table``; commits a part when the buffer is due.
+
+        With ``mask_dir``, a segment table's mask PNGs are written there first (each file
+        complete before the part that names it is committed).
+        """
+        if self.mask_dir is not None and "mask" in table.column_names:
+            table = masks_to_files(table, self.mask_dir)
         if table.num_rows:
             self._buffer.append(table)
             self._buffered += table.num_rows
@@ -220,6 +388,7 @@ def prepare_output_dir(
     resume: bool,
     overwrite: bool,
     storage_options: StorageOptions | None = None,
+    mask_dir: str | None = None,
 ) -> None:
     """Create ``out_dir``; refuse a non-empty one unless resuming or overwriting.
 
@@ -237,7 +406,11 @@ def prepare_output_dir(
     _check_reusable(out_dir, entries, resume, overwrite, MANIFEST_NAME in entries)
     if entries and overwrite:
         ours = _ours(entries)
-        _refuse_foreign(out_dir, [e for e in entries if e not in ours])
+        # A --mask-dir inside the output folder is cleared by prepare_mask_dir.
+        keep = Path(mask_dir).resolve() if mask_dir else None
+        _refuse_foreign(
+            out_dir, [e for e in entries if e not in ours and (root / e).resolve() != keep]
+        )
         for name in ours:
             (root / name).unlink()
     if resume:

@@ -6,11 +6,16 @@ error), names are parsed in one place, and an unknown name lists what is valid.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from batchvision.config import PreprocessOverrides
+from batchvision.config import TASKS, PreprocessOverrides, TaskName
 from batchvision.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -28,9 +33,17 @@ class ModelInfo:
 
 
 class ModelSource(Protocol):
-    """A family of models (torchvision, Hugging Face, timm, ...)."""
+    """A family of models (torchvision, Hugging Face, timm, ...).
+
+    ``resolve`` returns a spec whose ``task`` is the model's natural one; the registry then
+    applies ``--task``. ``build`` returns a module whose output is the task's tensor:
+    logits ``(N, C)`` (classify), per-pixel logits ``(N, C, h, w)`` (segment) or pooled
+    features ``(N, D)`` (embed).
+    """
 
     name: str
+    #: How users name a model of this source, for ``batchvision models``.
+    naming: str
 
     def resolve(
         self,
@@ -100,16 +113,56 @@ def resolve_model(
     labels_path: str | None = None,
     overrides: PreprocessOverrides | None = None,
     seed: int = 0,
+    task: TaskName | None = None,
 ) -> ModelSpec:
-    """Resolve a user-facing model name and weights into a ModelSpec."""
+    """Resolve a user-facing model name and weights into a ModelSpec for ``task``.
+
+    ``task`` defaults to the model's own (segmentation models segment, classifiers
+    classify); a task the model cannot do is a ConfigError naming the ones it can.
+    """
     source_name, arch = parse_model_name(name)
-    return get_source(source_name).resolve(
+    spec = get_source(source_name).resolve(
         arch,
         weights,
         labels_path=labels_path,
         overrides=overrides or PreprocessOverrides(),
         seed=seed,
     )
+    return with_task(spec, task)
+
+
+def with_task(spec: ModelSpec, task: TaskName | None) -> ModelSpec:
+    """``spec`` set up for ``task`` (``None``: the model's default)."""
+    if task is None:
+        task = spec.tasks[0]
+    if task not in TASKS:
+        raise ConfigError(f"--task {task!r} is not valid; choose one of: {', '.join(TASKS)}")
+    if task not in spec.tasks:
+        raise ConfigError(
+            f"--task {task} does not fit {spec.name}: it supports {', '.join(spec.tasks)}"
+        )
+    spec = dataclasses.replace(spec, task=task)
+    if task == "embed" and spec.embedding_dim is None:
+        spec = dataclasses.replace(spec, embedding_dim=_probe_embedding_dim(spec))
+    return spec
+
+
+def _probe_embedding_dim(spec: ModelSpec) -> int:
+    """The feature size, from a forward pass on the meta device (no memory, no compute)."""
+    import torch
+
+    probe = dataclasses.replace(spec, weights_kind="random")
+    pp = spec.preprocess
+    h, w = (pp.resize_size, pp.resize_size) if pp.resize_mode == "shorter" else pp.crop_size
+    source = get_source(spec.source)
+    try:
+        with torch.device("meta"):
+            out = source.build(probe).eval()(torch.empty(1, 3, h, w))
+    except (NotImplementedError, RuntimeError, TypeError, ValueError) as e:
+        logger.debug("meta-device probe of %s failed (%s); probing on the CPU", spec.name, e)
+        with torch.inference_mode():
+            out = source.build(probe).eval()(torch.zeros(1, 3, h, w))
+    return int(out.reshape(1, -1).shape[1])
 
 
 def load_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor] | None:
@@ -131,6 +184,14 @@ def list_models() -> dict[str, list[ModelInfo]]:
     return {name: src.list_models() for name, src in sorted(_SOURCES.items())}
 
 
+def list_sources() -> dict[str, ModelSource]:
+    """The registered sources, by name."""
+    _ensure_builtin_sources()
+    return dict(sorted(_SOURCES.items()))
+
+
 def _ensure_builtin_sources() -> None:
-    # Imported lazily so that `import batchvision` stays cheap; the import registers.
-    from batchvision.models import torchvision as _tv  # noqa: F401
+    # Imported lazily so that `import batchvision` stays cheap; the import registers. The
+    # hf and timm modules import their optional packages only when a model is resolved.
+    for module in ("torchvision", "hf", "timm"):
+        importlib.import_module(f"batchvision.models.{module}")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from batchvision.config import PreprocessConfig
+from batchvision.config import PreprocessConfig, TaskName
 
-Task = Literal["classify"]
+Task = TaskName
 WeightsKind = Literal["pretrained", "random", "checkpoint"]
 
 
@@ -24,8 +24,12 @@ class ModelSpec:
         num_classes: size of the classifier output.
         labels: one name per class.
         preprocess: the resolved preprocessing (weights' own, with user overrides applied).
-        task: what the model does.
+        task: what this run asks of the model (``classify``, ``segment`` or ``embed``).
+        tasks: the tasks the model supports, its natural one first (the ``--task`` default).
         seed: seed for ``random`` initialisation.
+        source_config: what the source needs to build the model without a network (e.g. a
+            Hugging Face config as a dict); resolved on the driver, plain picklable data.
+        embedding_dim: size of the pooled features (``embed``), found on the driver.
     """
 
     source: str
@@ -37,6 +41,9 @@ class ModelSpec:
     preprocess: PreprocessConfig
     task: Task = "classify"
     seed: int = 0
+    tasks: tuple[Task, ...] = ("classify", "embed")
+    source_config: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    embedding_dim: int | None = None
 
     @property
     def name(self) -> str:

@@ -1,4 +1,4 @@
-"""torchvision classification models, through torchvision's own registry."""
+"""torchvision classification and segmentation models, through torchvision's own registry."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torchvision.models import WeightsEnum
 from batchvision.config import Interpolation, PreprocessConfig, PreprocessOverrides
 from batchvision.errors import ConfigError, ModelLoadError
 from batchvision.models.registry import ModelInfo, register_source
-from batchvision.models.spec import ModelSpec, WeightsKind
+from batchvision.models.spec import ModelSpec, Task, WeightsKind
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,13 @@ _V = TypeVar("_V")
 
 
 class TorchvisionSource:
-    """Classification architectures in ``torchvision.models``."""
+    """Classification and semantic segmentation architectures in ``torchvision.models``."""
 
     name = "torchvision"
+    naming = (
+        "NAME or torchvision:NAME, e.g. resnet50, deeplabv3_mobilenet_v3_large; "
+        "--weights DEFAULT, an enum name, random or a checkpoint file"
+    )
 
     def resolve(
         self,
@@ -69,6 +73,7 @@ class TorchvisionSource:
             labels = read_labels(labels_path, len(categories)) if labels_path else categories
             num_classes = len(labels)
             kind, desc = "pretrained", _qualname(w)
+        tasks = _tasks(arch)
         return ModelSpec(
             source=self.name,
             arch=arch,
@@ -78,6 +83,8 @@ class TorchvisionSource:
             labels=labels,
             preprocess=overrides.apply(base),
             seed=seed,
+            task=tasks[0],
+            tasks=tasks,
         )
 
     def load_state_dict(self, spec: ModelSpec) -> dict[str, torch.Tensor] | None:
@@ -93,49 +100,106 @@ class TorchvisionSource:
         self, spec: ModelSpec, state_dict: dict[str, torch.Tensor] | None = None
     ) -> torch.nn.Module:
         if state_dict is None and spec.weights_kind == "random":
-            logger.warning(
-                "RANDOM WEIGHTS (--weights random, seed %d): predictions are meaningless; "
-                "use this only for benchmarking and testing",
-                spec.seed,
-            )
+            if torch.get_default_device().type != "meta":  # not a shape probe
+                logger.warning(
+                    "RANDOM WEIGHTS (--weights random, seed %d): predictions are meaningless; "
+                    "use this only for benchmarking and testing",
+                    spec.seed,
+                )
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(spec.seed)
-                return tvm.get_model(spec.arch, weights=None, num_classes=spec.num_classes)
+                model = _get_model(spec.arch, spec.num_classes)
+            return for_task(model, spec)
         if state_dict is None:
             state_dict = self.load_state_dict(spec)
             assert state_dict is not None
-        model = tvm.get_model(
-            spec.arch,
-            weights=None,
-            num_classes=spec.num_classes,
-            **_builder_kwargs(spec, state_dict.keys()),
-        )
+        model = _get_model(spec.arch, spec.num_classes, **_builder_kwargs(spec, state_dict.keys()))
         _load_into(model, state_dict, spec.weights)
-        return model
+        return for_task(model, spec)
 
     def list_models(self) -> list[ModelInfo]:
         infos = []
-        for arch in tvm.list_models(module=tvm):
+        for arch in _all_archs():
             try:
                 names = tuple(_qualname(w) for w in tvm.get_model_weights(arch))
             except (ValueError, KeyError):
                 names = ()
-            infos.append(ModelInfo(name=arch, task="classify", weights=names))
+            infos.append(ModelInfo(name=arch, task="|".join(_tasks(arch)), weights=names))
         return infos
+
+
+def _segmentation_archs() -> list[str]:
+    return list(tvm.list_models(module=tvm.segmentation))
+
+
+def _all_archs() -> list[str]:
+    return list(tvm.list_models(module=tvm)) + _segmentation_archs()
+
+
+def _tasks(arch: str) -> tuple[Task, ...]:
+    return ("segment",) if arch in _segmentation_archs() else ("classify", "embed")
+
+
+def _get_model(arch: str, num_classes: int, **kwargs: Any) -> torch.nn.Module:
+    if arch in _segmentation_archs():
+        # Never fetch the ImageNet backbone the segmentation builders default to.
+        kwargs.setdefault("weights_backbone", None)
+    return tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+
+
+class _SegmentationLogits(torch.nn.Module):
+    """torchvision segmentation models return a dict; the predictor wants the logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x)["out"]
+        return out
+
+
+def for_task(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
+    """The module whose output is the task's tensor: logits, per-pixel logits or features.
+
+    For ``embed`` the classifier's last linear layer (the one producing the classes)
+    becomes the identity, so the output is the pooled feature vector it reads.
+    """
+    if spec.task == "segment":
+        return _SegmentationLogits(model)
+    if spec.task != "embed":
+        return model
+    parent, name = _head(model, spec)
+    setattr(parent, name, torch.nn.Identity())
+    return model
+
+
+def _head(model: torch.nn.Module, spec: ModelSpec) -> tuple[torch.nn.Module, str]:
+    heads = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m.out_features == spec.num_classes
+    ]
+    if not heads:
+        raise ConfigError(
+            f"--task embed: {spec.arch} has no linear classifier to take features from; "
+            "choose a model with one (e.g. resnet50, vit_b_16, convnext_tiny)"
+        )
+    name = heads[-1][0]
+    parent_name, _, attr = name.rpartition(".")
+    return model.get_submodule(parent_name), attr
 
 
 register_source(TorchvisionSource())
 
 
 def _check_arch(arch: str) -> str:
-    valid = tvm.list_models(module=tvm)
+    valid = _all_archs()
     if arch in valid:
         return arch
     close = difflib.get_close_matches(arch, valid, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ConfigError(
-        f"unknown torchvision classification model {arch!r}{hint}; valid: {', '.join(valid)}"
-    )
+    raise ConfigError(f"unknown torchvision model {arch!r}{hint}; valid: {', '.join(valid)}")
 
 
 def _default_weights(arch: str) -> WeightsEnum | None:
@@ -178,9 +242,22 @@ def parse_weights(arch: str, weights: str) -> WeightsEnum:
 
 
 def preprocess_from_weights(weights: WeightsEnum) -> PreprocessConfig:
-    """Read the weights' own ``transforms()`` (an ``ImageClassification``) into our config."""
+    """Read the weights' own ``transforms()`` into our config.
+
+    ``ImageClassification`` resizes the shorter side and crops; ``SemanticSegmentation``
+    resizes the shorter side only, so its inputs vary in size.
+    """
     t = weights.transforms()
     resize = list(t.resize_size)
+    if not hasattr(t, "crop_size"):
+        return PreprocessConfig(
+            resize_size=int(resize[0]),
+            crop_size=(int(resize[0]), int(resize[0])),
+            interpolation=_INTERPOLATIONS[t.interpolation.name],
+            mean=tuple(t.mean),
+            std=tuple(t.std),
+            resize_mode="shorter",
+        )
     crop = list(t.crop_size)
     return PreprocessConfig(
         resize_size=int(resize[0]),
@@ -290,11 +367,11 @@ def checkpoint_num_classes(arch: str, path: str) -> int:
     shapes = _checkpoint_shapes(path)
     try:
         with torch.device("meta"):
-            probe = tvm.get_model(arch, weights=None, num_classes=_HEAD_PROBE_CLASSES)
+            probe = _get_model(arch, _HEAD_PROBE_CLASSES, **_aux_kwargs(arch, shapes))
     except (NotImplementedError, RuntimeError):
         # Some builders compute their layout with real tensor math (RegNet's block widths),
         # which the meta device cannot run; build those for real, once.
-        probe = tvm.get_model(arch, weights=None, num_classes=_HEAD_PROBE_CLASSES)
+        probe = _get_model(arch, _HEAD_PROBE_CLASSES, **_aux_kwargs(arch, shapes))
     heads = [
         k
         for k, v in probe.state_dict().items()
@@ -314,6 +391,8 @@ def _builder_kwargs(spec: ModelSpec, state_keys: Iterable[str]) -> dict[str, Any
     Inception-style models switch on auxiliary heads and input re-scaling only when
     torchvision builds them with pretrained weights; a state_dict alone does not say so.
     """
+    if spec.arch in _segmentation_archs():
+        return _aux_kwargs(spec.arch, state_keys)
     if spec.arch not in ("inception_v3", "googlenet"):
         return {}
     return {
@@ -321,6 +400,13 @@ def _builder_kwargs(spec: ModelSpec, state_keys: Iterable[str]) -> dict[str, Any
         "transform_input": spec.weights_kind == "pretrained",
         "init_weights": False,
     }
+
+
+def _aux_kwargs(arch: str, state_keys: Iterable[str]) -> dict[str, Any]:
+    """Segmentation checkpoints may carry an auxiliary classifier (unused at inference)."""
+    if arch not in _segmentation_archs() or arch.startswith("lraspp"):
+        return {}
+    return {"aux_loss": any(k.startswith("aux_classifier.") for k in state_keys)}
 
 
 def _check_fits(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> None:
@@ -331,12 +417,7 @@ def _check_fits(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> None:
     """
     try:
         with torch.device("meta"):
-            model = tvm.get_model(
-                spec.arch,
-                weights=None,
-                num_classes=spec.num_classes,
-                **_builder_kwargs(spec, state.keys()),
-            )
+            model = _get_model(spec.arch, spec.num_classes, **_builder_kwargs(spec, state.keys()))
     except (NotImplementedError, RuntimeError):
         return
     with warnings.catch_warnings():

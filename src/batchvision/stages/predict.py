@@ -1,4 +1,8 @@
-"""The predictor: a callable class that loads its model once and classifies uint8 batches.
+"""The predictor: a callable class that loads its model once and runs it on uint8 batches.
+
+One predictor serves every task: ``classify`` adds top-k ids and probabilities,
+``embed`` adds pooled feature vectors, ``segment`` adds per-image class maps at each
+image's original size (logits upsampled bilinearly on the device, then argmax).
 
 Written in the shape Ray Data's batch inference expects (load in ``__init__``, infer under
 ``torch.inference_mode()`` in ``__call__``), so the local engine and ``map_batches`` run
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from batchvision.config import PRECISIONS, Precision, RunConfig
 from batchvision.errors import ConfigError
@@ -22,6 +27,8 @@ from batchvision.models.spec import ModelSpec
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Largest upsampled logits tensor (bytes) made at once; bigger images go in row bands.
+UPSAMPLE_BYTES = 256 * 2**20
 
 
 def resolve_device(device: str) -> torch.device:
@@ -84,6 +91,7 @@ class PredictOptions:
     precision: Precision = "auto"
     top_k: int = 5
     channels_last: bool = True
+    normalize: bool = False
 
     @classmethod
     def from_config(cls, config: RunConfig) -> PredictOptions:
@@ -93,11 +101,12 @@ class PredictOptions:
             precision=config.precision,
             top_k=config.top_k,
             channels_last=config.channels_last,
+            normalize=config.normalize,
         )
 
 
 class Predictor:
-    """Classify ``(N, H, W, 3)`` uint8 image batches; returns top-k ids and probabilities.
+    """Run ``spec``'s model for ``spec.task`` on ``(N, H, W, 3)`` uint8 image batches.
 
     Normalisation and dtype conversion happen on the device: the batch crosses to the
     device as uint8 (a quarter of float32's bytes), which in NHWC layout is already a
@@ -116,9 +125,13 @@ class Predictor:
         state_dict: dict[str, torch.Tensor] | None = None,
     ) -> None:
         options = options or PredictOptions()
-        check_top_k(options.top_k, spec)
+        if spec.task == "classify":
+            check_top_k(options.top_k, spec)
         self.spec = spec
+        self.task = spec.task
         self.top_k = options.top_k
+        self.normalize = options.normalize
+        self.upsample_bytes = UPSAMPLE_BYTES
         self.device = resolve_device(options.device)
         self.precision = resolve_precision(options.precision, self.device)
         self.channels_last = options.channels_last
@@ -128,8 +141,8 @@ class Predictor:
         self.model = model
         mean = torch.tensor(spec.preprocess.mean, dtype=torch.float32, device=self.device)
         std = torch.tensor(spec.preprocess.std, dtype=torch.float32, device=self.device)
-        # (x / 255 - mean) / std  ==  x * scale + shift, one fused multiply-add.
-        self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
+        # (x * rescale - mean) / std  ==  x * scale + shift, one fused multiply-add.
+        self._scale = (spec.preprocess.rescale_factor / std).view(1, 3, 1, 1)
         self._shift = (-mean / std).view(1, 3, 1, 1)
 
     def _autocast(self) -> torch.autocast | nullcontext[None]:
@@ -166,8 +179,37 @@ class Predictor:
         scores, ids = probs.topk(self.top_k, dim=1)
         return ids.to(torch.int32).cpu().numpy(), scores.cpu().numpy()
 
+    @torch.inference_mode()
+    def embed(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Pooled features ``(N, D)`` float32, L2-normalised when the options say so."""
+        feats = self.logits(images).reshape(len(images), -1)
+        if self.normalize:
+            feats = F.normalize(feats, dim=1)
+        return feats.cpu().numpy()
+
+    @torch.inference_mode()
+    def segment(
+        self, images: torch.Tensor | np.ndarray, sizes: list[tuple[int, int]]
+    ) -> list[np.ndarray]:
+        """Class maps at ``sizes`` ((height, width) per image): uint8, or uint16 past 256."""
+        logits = self.logits(images)
+        dtype = np.uint8 if self.spec.num_classes <= 256 else np.uint16
+        return [
+            upsample_argmax(logits[i], size, self.upsample_bytes).cpu().numpy().astype(dtype)
+            for i, size in enumerate(sizes)
+        ]
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Add ``topk_ids``/``topk_scores`` to a decoded batch; error rows get zeros."""
+        """Add the task's columns to a decoded batch and drop ``image``.
+
+        classify: ``topk_ids``/``topk_scores`` (zeros on error rows); embed: ``embedding``
+        ``(N, D)`` float32 (zeros on error rows); segment: ``class_map``, an object array
+        of 2-D class maps at each image's displayed size (empty ``(0, 0)`` on error rows).
+        """
+        if self.task == "embed":
+            return self._embed_batch(batch)
+        if self.task == "segment":
+            return self._segment_batch(batch)
         status = batch["status"]
         ok = np.flatnonzero(status == "ok")
         n = len(status)
@@ -178,7 +220,86 @@ class Predictor:
             if len(ok) < n:
                 images = images[ok]
             ids[ok], scores[ok] = self.topk(images)
-        out = {k: v for k, v in batch.items() if k != "image"}
+        out = _without_image(batch)
         out["topk_ids"] = ids
         out["topk_scores"] = scores
         return out
+
+    def _embed_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = np.flatnonzero(batch["status"] == "ok")
+        n = len(batch["status"])
+        out = _without_image(batch)
+        emb = np.zeros((n, self.spec.embedding_dim or 0), dtype=np.float32)
+        if len(ok):
+            feats = self.embed(batch["image"][ok] if len(ok) < n else batch["image"])
+            if emb.shape[1] != feats.shape[1]:
+                emb = np.zeros((n, feats.shape[1]), dtype=np.float32)
+            emb[ok] = feats
+        out["embedding"] = emb
+        return out
+
+    def _segment_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = np.flatnonzero(batch["status"] == "ok")
+        # Error rows get an empty map rather than None, so the column stays all arrays
+        # (Ray Data stores it as a variable-shaped tensor column).
+        empty = np.zeros((0, 0), np.uint8 if self.spec.num_classes <= 256 else np.uint16)
+        maps = np.empty(len(batch["status"]), dtype=object)
+        for i in range(len(maps)):
+            maps[i] = empty
+        images = batch["image"]
+        # Inputs of different sizes (no crop) run in groups of equal size, unpadded.
+        if "input_height" in batch:
+            keys = [(int(batch["input_height"][i]), int(batch["input_width"][i])) for i in ok]
+        else:
+            keys = [tuple(images.shape[1:3])] * len(ok)
+        for key in dict.fromkeys(keys):
+            idx = np.array([i for i, k in zip(ok, keys, strict=True) if k == key])
+            sizes = [(int(batch["height"][i]), int(batch["width"][i])) for i in idx]
+            for i, m in zip(idx, self.segment(images[idx, : key[0], : key[1]], sizes), strict=True):
+                maps[i] = m
+        out = _without_image(batch)
+        out["class_map"] = maps
+        return out
+
+
+def _without_image(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    drop = ("image", "input_height", "input_width")
+    return {k: v for k, v in batch.items() if k not in drop}
+
+
+def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], max_bytes: int) -> torch.Tensor:
+    """argmax over classes of ``logits`` ``(C, h, w)`` bilinearly upsampled to ``size``.
+
+    Same as ``F.interpolate(..., mode="bilinear", align_corners=False)`` then argmax (what
+    ``post_process_semantic_segmentation`` does); when the upsampled logits would exceed
+    ``max_bytes`` they are made in bands of output rows, as two matrix products with the
+    bilinear weights, so memory stays bounded for any image size and class count.
+    """
+    c, h, w = logits.shape
+    out_h, out_w = size
+    logits = logits.float()
+    if c * out_h * out_w * 4 <= max_bytes:
+        up = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)
+        return up[0].argmax(0)
+    wy = _bilinear_weights(h, out_h, logits.device)
+    wx = _bilinear_weights(w, out_w, logits.device)
+    band = max(1, max_bytes // (4 * c * out_w))
+    rows = []
+    for r0 in range(0, out_h, band):
+        u = torch.einsum("bh,chw->cbw", wy[r0 : r0 + band], logits)
+        rows.append(torch.einsum("cbw,Ww->cbW", u, wx).argmax(0))
+    return torch.cat(rows)
+
+
+def _bilinear_weights(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """``(n_out, n_in)`` matrix of 1-D bilinear weights (half-pixel centres, edge clamp)."""
+    dst = torch.arange(n_out, dtype=torch.float32, device=device)
+    src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    frac = src - i0.float()
+    weights = torch.zeros(n_out, n_in, dtype=torch.float32, device=device)
+    rows = torch.arange(n_out, device=device)
+    weights.index_put_((rows, i0), 1 - frac, accumulate=True)
+    weights.index_put_((rows, i1), frac, accumulate=True)
+    return weights

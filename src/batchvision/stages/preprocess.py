@@ -29,16 +29,31 @@ def resized_size(width: int, height: int, resize_size: int) -> tuple[int, int]:
     return int(resize_size * width / height), resize_size
 
 
+def output_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """``(w, h)`` of the resize, before any crop, for ``cfg.resize_mode``."""
+    if cfg.resize_mode == "squash_crop":
+        assert cfg.resize_hw is not None
+        return cfg.resize_hw[1], cfg.resize_hw[0]
+    return resized_size(width, height, cfg.resize_size)
+
+
 def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """Resize the shorter side and center-crop, as ``(crop_h, crop_w, 3)`` uint8."""
+    """Resize and center-crop as ``cfg`` says, as ``(h, w, 3)`` uint8.
+
+    ``(crop_h, crop_w)`` unless ``resize_mode`` is ``shorter`` (no crop).
+    """
     w, h = img.size
-    rw, rh = resized_size(w, h, cfg.resize_size)
-    ch, cw = cfg.crop_size
+    rw, rh = output_size(w, h, cfg)
     resample = _RESAMPLE[cfg.interpolation]
+    if cfg.resize_mode == "shorter":
+        return np.asarray(img.resize((rw, rh), resample))
+    ch, cw = cfg.crop_size
     if ch > rh or cw > rw:
         return _pad_crop(np.asarray(img.resize((rw, rh), resample)), ch, cw)
-    top = round((rh - ch) / 2.0)
-    left = round((rw - cw) / 2.0)
+    if cfg.crop_offset == "floor":  # Hugging Face image processors
+        top, left = (rh - ch) // 2, (rw - cw) // 2
+    else:  # torchvision's center_crop
+        top, left = round((rh - ch) / 2.0), round((rw - cw) / 2.0)
     sx, sy = w / rw, h / rh
     box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
     return np.asarray(img.resize((cw, ch), resample, box=box))
@@ -62,7 +77,12 @@ def draft_floor(cfg: PreprocessConfig) -> tuple[int, int]:
     ``resize_size``: the shorter side then still shrinks to ``resize_size``, so the
     resize filter sees at least as many pixels as it outputs.
     """
-    side = max(cfg.resize_size, *cfg.crop_size)
+    if cfg.resize_mode == "squash_crop":
+        assert cfg.resize_hw is not None
+        # Each side shrinks on its own; a draft must keep both at least their targets.
+        side = max(*cfg.resize_hw, *cfg.crop_size)
+    else:
+        side = max(cfg.resize_size, *cfg.crop_size)
     return side, side
 
 
@@ -85,10 +105,15 @@ def decode_batch(
     Returns:
         ``id``, ``path``, ``status`` ("ok"/"error"), ``error``, ``width``/``height`` (as
         displayed) and ``image``: ``(N, crop_h, crop_w, 3)`` uint8, zeros on error rows.
+        With ``resize_mode`` ``shorter`` (no crop) images differ in size: ``image`` is then
+        the batch's largest size, each image at the top left and zero-padded, and
+        ``input_height``/``input_width`` give each image's own size.
     """
     n = len(batch["id"])
     ch, cw = preprocess.crop_size
-    images = np.zeros((n, ch, cw, 3), dtype=np.uint8)
+    variable = preprocess.resize_mode == "shorter"
+    arrays: list[np.ndarray | None] = [None] * n
+    images = np.zeros((0 if variable else n, ch, cw, 3), dtype=np.uint8)
     width = np.zeros(n, dtype=np.int32)
     height = np.zeros(n, dtype=np.int32)
     errors = np.array(batch.get("error", np.full(n, None, dtype=object)), dtype=object)
@@ -98,7 +123,10 @@ def decode_batch(
             continue
         try:
             decoded = decode_image(data, max_pixels=max_pixels, min_size=floor)
-            images[i] = resize_crop(decoded.image, preprocess)
+            if variable:
+                arrays[i] = resize_crop(decoded.image, preprocess)
+            else:
+                images[i] = resize_crop(decoded.image, preprocess)
         except DecodeError as e:
             errors[i] = str(e)
             continue
@@ -107,6 +135,9 @@ def decode_batch(
             continue
         width[i], height[i] = decoded.width, decoded.height
     status = np.array(["ok" if e is None else "error" for e in errors], dtype=object)
+    extra: dict[str, np.ndarray] = {}
+    if variable:
+        images, extra["input_height"], extra["input_width"] = _pad_stack(arrays)
     return {
         "id": np.asarray(batch["id"], dtype=object),
         "path": np.asarray(batch["path"], dtype=object),
@@ -115,4 +146,18 @@ def decode_batch(
         "width": width,
         "height": height,
         "image": images,
+        **extra,
     }
+
+
+def _pad_stack(arrays: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Different-sized images in one zero-padded array, each at the top left."""
+    hs = np.array([0 if a is None else a.shape[0] for a in arrays], dtype=np.int32)
+    ws = np.array([0 if a is None else a.shape[1] for a in arrays], dtype=np.int32)
+    out = np.zeros(
+        (len(arrays), max(1, int(hs.max(initial=1))), max(1, int(ws.max(initial=1))), 3), np.uint8
+    )
+    for i, a in enumerate(arrays):
+        if a is not None:
+            out[i, : a.shape[0], : a.shape[1]] = a
+    return out, hs, ws

@@ -1,0 +1,358 @@
+"""Unit tests of the task pieces: masks, upsampling, mask file names, preprocessing maps."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from batchvision.config import PreprocessConfig, PreprocessOverrides, RunConfig
+from batchvision.errors import ConfigError
+from batchvision.io.sinks import (
+    EMBED_SCHEMA,
+    SEGMENT_FILES_SCHEMA,
+    SEGMENT_SCHEMA,
+    batch_to_table,
+    mask_file_name,
+    masks_to_files,
+)
+from batchvision.models.hf import preprocess_from_processor
+from batchvision.models.registry import resolve_model
+from batchvision.models.timm import preprocess_from_data_config
+from batchvision.stages.postprocess import decode_mask, encode_mask, mask_batch
+from batchvision.stages.predict import upsample_argmax
+from batchvision.stages.preprocess import decode_batch, resize_crop
+
+# ---------------------------------------------------------------------------------------
+# Masks
+
+
+@pytest.mark.parametrize("dtype, high", [(np.uint8, 256), (np.uint16, 3000)])
+def test_masks_decode_back_exactly(dtype: type, high: int) -> None:
+    rng = np.random.default_rng(0)
+    class_map = rng.integers(0, high, size=(37, 53)).astype(dtype)
+    data = encode_mask(class_map)
+    assert data.startswith(b"\x89PNG")
+    back = decode_mask(data)
+    assert back.dtype == dtype
+    np.testing.assert_array_equal(back, class_map)
+    with Image.open(__import__("io").BytesIO(data)) as img:
+        assert img.mode == ("L" if dtype == np.uint8 else "I;16")
+
+
+def _segment_batch() -> dict[str, np.ndarray]:
+    class_map = np.zeros((4, 5), np.uint8)
+    class_map[:, 3:] = 2
+    class_map[0, 0] = 1
+    return {
+        "id": np.array(["a/x.jpg", "b.jpg"], dtype=object),
+        "path": np.array(["/a/x.jpg", "/b.jpg"], dtype=object),
+        "status": np.array(["ok", "error"], dtype=object),
+        "error": np.array([None, "corrupt: bad"], dtype=object),
+        "width": np.array([5, 0], np.int32),
+        "height": np.array([4, 0], np.int32),
+        "class_map": np.array([class_map, np.zeros((0, 0), np.uint8)], dtype=object),
+    }
+
+
+def test_mask_batch_classes_sorted_by_fraction_and_nulls_on_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = mask_batch(_segment_batch(), ["sky", "cat", "road"])
+    table = batch_to_table(out)
+    assert table.schema == SEGMENT_SCHEMA
+    rows = table.to_pylist()
+    assert [c["label"] for c in rows[0]["classes"]] == ["sky", "road", "cat"]
+    assert [c["fraction"] for c in rows[0]["classes"]] == pytest.approx([11 / 20, 8 / 20, 1 / 20])
+    assert (rows[0]["mask_width"], rows[0]["mask_height"]) == (5, 4)
+    assert rows[1]["mask"] is None and rows[1]["classes"] is None
+    assert rows[1]["mask_width"] is None
+    files = masks_to_files(table, str(tmp_path))
+    assert files.schema == SEGMENT_FILES_SCHEMA
+    path = files.column("mask_path").to_pylist()[0]
+    assert path == str(tmp_path / "a" / "x.jpg.png")
+    with open(path, "rb") as f:
+        np.testing.assert_array_equal(decode_mask(f.read()), _segment_batch()["class_map"][0])
+    assert files.column("mask_path").to_pylist()[1] is None
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_embed_table_schema_and_error_nulls() -> None:
+    batch = {k: v for k, v in _segment_batch().items() if k != "class_map"}
+    batch["embedding"] = np.ones((2, 3), np.float32)
+    table = batch_to_table(batch)
+    assert table.schema == EMBED_SCHEMA
+    assert table.column("embedding").to_pylist() == [[1.0, 1.0, 1.0], None]
+
+
+def test_mask_file_names_are_safe_and_distinct() -> None:
+    ids = [
+        "a/b.jpg", "a/b.jpg.png", "a%2Fb.jpg", "../up.jpg", "./x.jpg", "/abs/p.jpg",
+        "abs/p.jpg", ".hidden.jpg", "a//b.jpg", "a\\b.jpg", "ü name?.jpg", "x" * 400 + ".jpg",
+        "y" * 400 + ".jpg",
+    ]  # fmt: skip
+    names = [mask_file_name(i) for i in ids]
+    assert len(set(names)) == len(names)
+    assert names[0] == "a/b.jpg.png"
+    for name in names:
+        parts = name.split("/")
+        assert all(p and p not in (".", "..") and not p.startswith(".") for p in parts), name
+        assert all(len(p.encode()) <= 255 for p in parts)
+        assert name.endswith(".png")
+
+
+# ---------------------------------------------------------------------------------------
+# Upsampling
+
+
+def test_banded_upsample_equals_interpolate() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(7, 9, 13)
+    size = (61, 45)
+    expected = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+    full = upsample_argmax(logits, size, max_bytes=1 << 30)
+    banded = upsample_argmax(logits, size, max_bytes=7 * 45 * 4 * 5)  # bands of 5 rows
+    np.testing.assert_array_equal(full.numpy(), expected.argmax(0).numpy())
+    agree = (banded == expected.argmax(0)).float().mean().item()
+    assert agree > 0.999  # the same math; only float rounding may flip a tie
+
+
+def test_downsample_too() -> None:
+    logits = torch.randn(3, 40, 40)
+    expected = F.interpolate(logits[None], size=(9, 11), mode="bilinear", align_corners=False)
+    banded = upsample_argmax(logits, (9, 11), max_bytes=3 * 11 * 4 * 2)
+    assert (banded == expected[0].argmax(0)).float().mean().item() > 0.99
+
+
+# ---------------------------------------------------------------------------------------
+# Preprocessing from Hugging Face and timm configs
+
+
+def test_hf_height_width_is_a_squash_resize() -> None:
+    cfg = preprocess_from_processor(
+        {
+            "image_processor_type": "SegformerImageProcessor",
+            "size": {"height": 512, "width": 384},
+            "resample": 2,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": [0.485, 0.456, 0.406],
+            "image_std": [0.229, 0.224, 0.225],
+        }
+    )
+    assert cfg.resize_mode == "squash_crop" and cfg.resize_hw == (512, 384)
+    assert cfg.crop_size == (512, 384) and cfg.interpolation == "bilinear"
+    arr = resize_crop(Image.new("RGB", (1000, 300)), cfg)
+    assert arr.shape == (512, 384, 3)
+
+
+def test_hf_convnext_crop_pct_and_no_normalize() -> None:
+    cfg = preprocess_from_processor(
+        {
+            "image_processor_type": "ConvNextImageProcessor",
+            "size": {"shortest_edge": 224},
+            "crop_pct": 0.875,
+            "resample": 3,
+            "do_normalize": False,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+        }
+    )
+    assert (cfg.resize_size, cfg.crop_size, cfg.resize_mode) == (256, (224, 224), "shorter_crop")
+    assert cfg.mean == (0.0, 0.0, 0.0) and cfg.std == (1.0, 1.0, 1.0)
+    assert cfg.interpolation == "bicubic" and cfg.crop_offset == "floor"
+
+
+def test_hf_poolformer_crop_pct() -> None:
+    cfg = preprocess_from_processor(
+        {"image_processor_type": "PoolFormerImageProcessor", "size": {"shortest_edge": 224},
+         "crop_pct": 0.9, "do_center_crop": True, "crop_size": {"height": 224, "width": 224},
+         "resample": 3}
+    )  # fmt: skip
+    assert (cfg.resize_size, cfg.crop_size, cfg.resize_mode) == (248, (224, 224), "shorter_crop")
+
+
+def test_hf_shortest_edge_with_crop_and_refusals() -> None:
+    base = {"image_processor_type": "X", "resample": 2, "image_mean": 0.5, "image_std": 0.5}
+    cfg = preprocess_from_processor(
+        {**base, "size": {"shortest_edge": 256}, "do_center_crop": True,
+         "crop_size": {"height": 224, "width": 224}}
+    )  # fmt: skip
+    assert (cfg.resize_size, cfg.crop_size, cfg.mean) == (256, (224, 224), (0.5, 0.5, 0.5))
+    with pytest.raises(ConfigError, match="resample=1"):
+        preprocess_from_processor({**base, "resample": 1, "size": {"height": 8, "width": 8}})
+    with pytest.raises(ConfigError, match="not supported"):
+        preprocess_from_processor({**base, "size": {"shortest_edge": 8, "longest_edge": 20}})
+    with pytest.raises(ConfigError, match="do_flip_channel_order"):
+        preprocess_from_processor(
+            {**base, "size": {"height": 8, "width": 8}, "do_flip_channel_order": True}
+        )
+
+
+def test_timm_center_and_squash() -> None:
+    data = {
+        "input_size": (3, 224, 224),
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "crop_pct": 0.95,
+        "crop_mode": "center",
+    }
+    cfg = preprocess_from_data_config(data)
+    assert (cfg.resize_size, cfg.crop_size, cfg.interpolation) == (235, (224, 224), "bicubic")
+    squash = preprocess_from_data_config({**data, "crop_mode": "squash", "crop_pct": 1.0})
+    assert squash.resize_mode == "squash_crop" and squash.resize_hw == (224, 224)
+    with pytest.raises(ConfigError, match="border"):
+        preprocess_from_data_config({**data, "crop_mode": "border"})
+
+
+def test_overrides_still_apply_to_squash() -> None:
+    base = PreprocessConfig(resize_mode="squash_crop", resize_hw=(64, 64), crop_size=(64, 64))
+    out = PreprocessOverrides(resize_size=80, crop_size=72).apply(base)
+    assert out.resize_hw == (80, 80) and out.crop_size == (72, 72)
+
+
+def test_variable_size_inputs_are_padded_with_their_sizes() -> None:
+    import io
+
+    cfg = PreprocessConfig(resize_size=32, crop_size=(32, 32), resize_mode="shorter")
+    blobs = []
+    for size in ((64, 32), (32, 96)):
+        buf = io.BytesIO()
+        Image.new("RGB", size, (200, 10, 10)).save(buf, "PNG")
+        blobs.append(buf.getvalue())
+    batch = {
+        "id": np.array(["a", "b", "c"], dtype=object),
+        "path": np.array(["a", "b", "c"], dtype=object),
+        "bytes": np.array([*blobs, None], dtype=object),
+        "error": np.array([None, None, "not_found: x"], dtype=object),
+    }
+    out = decode_batch(batch, cfg)
+    assert out["image"].shape == (3, 96, 64, 3)
+    assert out["input_height"].tolist() == [32, 96, 0] and out["input_width"].tolist() == [
+        64,
+        32,
+        0,
+    ]
+    assert out["image"][0, :32, :64].min() > 0 and out["image"][0, 32:].max() == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Tasks, options and optional packages
+
+
+def test_task_defaults_and_refusals() -> None:
+    assert resolve_model("mobilenet_v3_small", "random").task == "classify"
+    spec = resolve_model("mobilenet_v3_small", "random", task="embed")
+    assert spec.embedding_dim == 1024
+    seg = resolve_model("lraspp_mobilenet_v3_large", "random")
+    assert seg.task == "segment" and seg.preprocess.resize_mode == "shorter"
+    assert pickle.loads(pickle.dumps(seg)) == seg
+    with pytest.raises(ConfigError, match="supports segment"):
+        resolve_model("lraspp_mobilenet_v3_large", "random", task="classify")
+    with pytest.raises(ConfigError, match="--task 'detect' is not valid"):
+        RunConfig(inputs=("x",), output="o", model="m", task="detect")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--normalize applies to --task embed"):
+        RunConfig(inputs=("x",), output="o", model="m", task="classify", normalize=True)
+
+
+@pytest.mark.parametrize(
+    "model, package, extra",
+    [("hf:org/name", "transformers", "hf"), ("timm:resnet18", "timm", "timm")],
+)
+def test_missing_optional_package_is_one_line_with_install_command(
+    monkeypatch: pytest.MonkeyPatch, model: str, package: str, extra: str
+) -> None:
+    monkeypatch.setitem(sys.modules, package, None)  # makes `import package` fail
+    with pytest.raises(ConfigError) as info:
+        resolve_model(model)
+    msg = str(info.value)
+    assert "\n" not in msg and package in msg and f"pip install 'batchvision[{extra}]'" in msg
+
+
+def test_resume_accepts_a_manifest_from_before_resize_modes() -> None:
+    import json
+    from dataclasses import asdict
+
+    from batchvision.api import _RESUME_KEYS, _check_resumable
+    from batchvision.errors import OutputDirError
+
+    now = {key: None for key in _RESUME_KEYS}
+    now["preprocess"] = asdict(PreprocessConfig())
+    old = json.loads(json.dumps(now))
+    for key in ("resize_mode", "resize_hw", "crop_offset", "rescale_factor"):
+        del old["preprocess"][key]
+    _check_resumable(old, now)  # no error
+    now["preprocess"] = asdict(PreprocessConfig(crop_offset="floor"))
+    with pytest.raises(OutputDirError, match="preprocess differs"):
+        _check_resumable(old, now)
+
+
+def test_arrow_schema_names_are_stable() -> None:
+    assert SEGMENT_SCHEMA.names[-4:] == ["mask", "mask_width", "mask_height", "classes"]
+    assert SEGMENT_FILES_SCHEMA.field("mask_path").type == pa.string()
+    assert SEGMENT_SCHEMA.field("classes").type.value_type.names == ["id", "label", "fraction"]
+
+
+def test_segment_predictor_batched_equals_one_by_one() -> None:
+    import io
+
+    from batchvision.demo import synth
+    from batchvision.stages.predict import PredictOptions, Predictor
+
+    spec = resolve_model(
+        "lraspp_mobilenet_v3_large", "random", overrides=PreprocessOverrides(resize_size=48)
+    )
+    rng = np.random.default_rng(3)
+    blobs = []
+    for size in ((80, 60), (60, 80), (80, 60)):
+        buf = io.BytesIO()
+        synth.photo_like(rng, size).save(buf, "PNG")
+        blobs.append(buf.getvalue())
+    batch = {
+        "id": np.array(["a", "b", "c", "d"], dtype=object),
+        "path": np.array(["a", "b", "c", "d"], dtype=object),
+        "bytes": np.array([*blobs, b"junk"], dtype=object),
+        "error": np.full(4, None, dtype=object),
+    }
+    decoded = decode_batch(batch, spec.preprocess)
+    predictor = Predictor(spec, PredictOptions(device="cpu", precision="fp32"))
+    out = predictor(decoded)
+    assert "image" not in out and "input_height" not in out
+    assert [m.shape for m in out["class_map"]] == [(60, 80), (80, 60), (60, 80), (0, 0)]
+    for i in range(3):
+        one = {k: v[i : i + 1] for k, v in decoded.items()}
+        np.testing.assert_array_equal(predictor(one)["class_map"][0], out["class_map"][i])
+    assert pickle.loads(pickle.dumps(PredictOptions(normalize=True))).normalize
+
+
+def test_prepare_mask_dir_refuses_and_cleans(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from batchvision.errors import OutputDirError
+    from batchvision.io.sinks import prepare_mask_dir, write_mask_file
+
+    out, masks = tmp_path / "out", tmp_path / "masks"
+    prepare_mask_dir(str(masks), str(out), resume=False, overwrite=False, previous=None)
+    assert not masks.exists()  # made by the first mask written, not before
+    kept = write_mask_file(str(masks), "a/b.jpg", b"png")
+    (masks / "a" / ".c.jpg.png.tmp").write_bytes(b"half")  # a crash mid-write
+    with pytest.raises(OutputDirError, match="not empty"):
+        prepare_mask_dir(str(masks), str(out), resume=False, overwrite=False, previous=None)
+    with pytest.raises(OutputDirError, match="wrote its masks to"):
+        prepare_mask_dir(str(masks), str(out), resume=True, overwrite=False, previous=None)
+    with pytest.raises(OutputDirError, match="must not be the --output folder"):
+        prepare_mask_dir(str(out), str(out), resume=False, overwrite=False, previous=None)
+    prepare_mask_dir(str(masks), str(out), resume=True, overwrite=False, previous=str(masks))
+    assert Path(kept).read_bytes() == b"png" and not (masks / "a" / ".c.jpg.png.tmp").exists()
+    (masks / "mine.txt").write_text("x")
+    with pytest.raises(OutputDirError, match="did not write"):
+        prepare_mask_dir(str(masks), str(out), resume=False, overwrite=True, previous=str(masks))
+    assert Path(kept).exists()  # refused before deleting anything
+    (masks / "mine.txt").unlink()
+    prepare_mask_dir(str(masks), str(out), resume=False, overwrite=True, previous=str(masks))
+    assert not list(masks.rglob("*.png"))
