@@ -128,8 +128,35 @@ def cli() -> None:
     help="Commit a part once this many rows are buffered (parts end on batch boundaries; "
     "a part is also committed every 30 s).",
 )
+@click.option(
+    "--ray-address",
+    default=None,
+    help="--engine ray: the cluster to attach to (auto, HOST:PORT, ray://HOST:PORT) "
+    "[default: RAY_ADDRESS, else a local Ray instance].",
+)
+@click.option(
+    "--concurrency",
+    default=None,
+    metavar="N|MIN,MAX",
+    help="--engine ray: predictor actors, N (fixed) or MIN,MAX (autoscaling) "
+    "[default: 1..GPUs, or 1..CPUs/4 without GPUs].",
+)
+@click.option(
+    "--num-gpus",
+    type=float,
+    default=None,
+    help="--engine ray: GPUs per predictor actor [default: 1 where the cluster has GPUs, else 0].",
+)
+@click.option(
+    "--num-cpus",
+    type=float,
+    default=None,
+    help="--engine ray: CPUs per predictor actor (and its torch threads) [default: 1].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines.")
-@click.option("--verbose", "-v", is_flag=True, help="More log output.")
+@click.option(
+    "--verbose", "-v", is_flag=True, help="More log output (and Ray Data's own progress bars)."
+)
 def run_cmd(inputs: tuple[str, ...], quiet: bool, verbose: bool, **opts: Any) -> None:
     """Classify every image of INPUT (folders, globs, image files, .txt/.csv/.parquet manifests)."""
     from batchvision import api
@@ -144,7 +171,9 @@ def run_cmd(inputs: tuple[str, ...], quiet: bool, verbose: bool, **opts: Any) ->
         mean=opts.pop("mean"),
         std=opts.pop("std"),
     )
-    config = RunConfig(inputs=inputs, format=opts.pop("fmt"), preprocess=overrides, **opts)
+    config = RunConfig(
+        inputs=inputs, format=opts.pop("fmt"), preprocess=overrides, verbose=verbose, **opts
+    )
     display = ProgressDisplay.for_terminal(quiet)
     try:
         summary = api.run(config, progress=display)

@@ -10,7 +10,7 @@ from batchvision.errors import ConfigError
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 OutputFormat = Literal["parquet", "csv", "jsonl"]
-EngineName = Literal["local"]
+EngineName = Literal["local", "ray"]
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -111,6 +111,16 @@ class RunConfig:
     seed: int = 0
     part_rows: int = 10_000
     flush_seconds: float = 30.0
+    #: Ray engine only. ``None``: RAY_ADDRESS, else a local instance; or ``auto``, ``ray://h:p``.
+    ray_address: str | None = None
+    #: Ray engine only: predictor actors, ``(n, n)`` fixed or ``(min, max)`` autoscaling.
+    concurrency: tuple[int, int] | None = None
+    #: Ray engine only: GPUs per predictor actor (``None``: 1 where the cluster has GPUs).
+    num_gpus: float | None = None
+    #: Ray engine only: CPUs per predictor actor (``None``: 1).
+    num_cpus: float | None = None
+    #: Show the engine's own progress bars and logs (Ray Data's).
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, str):
@@ -136,6 +146,32 @@ class RunConfig:
             raise ConfigError(f"--max-error-rate must be in [0, 1], got {self.max_error_rate}")
         if self.flush_seconds <= 0:
             raise ConfigError(f"flush interval must be > 0 s, got {self.flush_seconds}")
+        self._check_ray_options()
+
+    def _check_ray_options(self) -> None:
+        given = [
+            flag
+            for flag, value in (
+                ("--ray-address", self.ray_address),
+                ("--concurrency", self.concurrency),
+                ("--num-gpus", self.num_gpus),
+                ("--num-cpus", self.num_cpus),
+            )
+            if value is not None
+        ]
+        if given and self.engine != "ray":
+            raise ConfigError(
+                f"{', '.join(given)} only apply to --engine ray, not --engine {self.engine!r}"
+            )
+        if self.concurrency is not None:
+            object.__setattr__(self, "concurrency", parse_concurrency(self.concurrency))
+        for flag, value in (("--num-gpus", self.num_gpus), ("--num-cpus", self.num_cpus)):
+            if value is not None and not value >= 0:
+                raise ConfigError(f"{flag} must be >= 0, got {value}")
+        if self.num_cpus == 0 and self.num_gpus == 0:
+            raise ConfigError("--num-cpus 0 with --num-gpus 0 gives the predictor no resources")
+        if self.ray_address is not None and not self.ray_address.strip():
+            raise ConfigError("--ray-address is empty; give auto, HOST:PORT or ray://HOST:PORT")
 
     @property
     def num_workers(self) -> int:
@@ -147,6 +183,29 @@ class RunConfig:
             if hasattr(os, "sched_getaffinity")
             else (os.cpu_count() or 1)
         )
+
+
+def parse_concurrency(value: str | int | tuple[int, ...] | list[int]) -> tuple[int, int]:
+    """``N`` (a fixed pool) or ``MIN,MAX`` (an autoscaling pool) as ``(min, max)``."""
+    parts: list[object]
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+    elif isinstance(value, int):
+        parts = [value]
+    else:
+        parts = list(value)
+    try:
+        nums = [int(p) for p in parts]  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        nums = []
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or nums[0] < 1 or nums[1] < nums[0]:
+        raise ConfigError(
+            f"--concurrency {value!r} is not valid; give N (a fixed pool of N >= 1 actors) "
+            "or MIN,MAX with 1 <= MIN <= MAX (an autoscaling pool), e.g. 2 or 1,4"
+        )
+    return nums[0], nums[1]
 
 
 def _positive(name: str, value: int) -> None:

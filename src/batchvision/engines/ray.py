@@ -1,0 +1,279 @@
+"""The Ray engine: the same stages on Ray Data, from a laptop to a cluster.
+
+The driver lists the inputs (the same streaming listing as the local engine, which skips
+ids a resumed run already wrote) into a dataset of ``(id, path)`` rows in Arrow blocks: the
+manifest as a dataset. Reading is then part of the decode stage, so a missing or corrupt
+file costs one error row, never a failed read task. Decode and preprocess run as CPU tasks,
+the model on an actor pool (restarted on failure, its batches retried: Ray Data's
+defaults), and the rows stream back to this process, where the same writer as the local
+engine's commits them as atomic part files. Nothing relies on order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from batchvision.config import RunConfig
+from batchvision.engines.base import Engine, EngineResult, Job, RunStats, defer_sigint
+from batchvision.errors import ConfigError
+from batchvision.io.sinks import batch_to_table
+from batchvision.io.sources import InputItem
+from batchvision.stages.postprocess import postprocess_batch
+from batchvision.stages.predict import PredictOptions, resolve_precision
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'batchvision[ray]'"
+# Decoded batches the driver's iterator may hold ahead of writing.
+PREFETCH_BATCHES = 2
+# Memory one image's decoding may take (a 24-megapixel RGB image is 72 MB).
+DECODE_WORKING_SET = 128 * 2**20
+
+
+def import_ray() -> Any:
+    """``ray`` and ``ray.data``, or a usage error with the install command."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as e:
+        raise ConfigError(
+            f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT}"
+        ) from e
+    return ray
+
+
+def manifest_blocks(items: Iterator[InputItem], rows_per_block: int) -> Iterator[Any]:
+    """The listing as Arrow tables of ``id``/``path`` rows, ``rows_per_block`` at a time."""
+    import pyarrow as pa
+
+    it = iter(items)
+    while chunk := list(itertools.islice(it, rows_per_block)):
+        yield pa.table(
+            {
+                "id": pa.array([i.id for i in chunk], pa.string()),
+                "path": pa.array([i.path for i in chunk], pa.string()),
+            }
+        )
+
+
+def _log_cluster(ray: Any) -> dict[str, float]:
+    resources: dict[str, float] = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    logger.info(
+        "ray cluster: %d node(s), %g CPU, %g GPU, %.1f GiB memory, %.1f GiB object store",
+        len(nodes),
+        resources.get("CPU", 0),
+        resources.get("GPU", 0),
+        resources.get("memory", 0) / 2**30,
+        resources.get("object_store_memory", 0) / 2**30,
+    )
+    return resources
+
+
+def actor_resources(cfg: RunConfig, resources: dict[str, float]) -> tuple[float, float]:
+    """``(num_gpus, num_cpus)`` per predictor actor: one GPU each where the cluster has GPUs."""
+    num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1.0 if resources.get("GPU") else 0.0)
+    if num_gpus > resources.get("GPU", 0):
+        raise ConfigError(
+            f"--num-gpus {num_gpus:g} per actor, but the cluster has "
+            f"{resources.get('GPU', 0):g} GPU(s); use --num-gpus 0 for CPU actors"
+        )
+    num_cpus = cfg.num_cpus if cfg.num_cpus is not None else 1.0
+    return num_gpus, num_cpus
+
+
+def pool_size(cfg: RunConfig, resources: dict[str, float], num_gpus: float) -> tuple[int, int]:
+    """Predictor actors ``(min, max)``: ``--concurrency``, else one per GPU (autoscaling),
+    else one per four CPUs, which leaves the other cores to decoding."""
+    if cfg.concurrency is not None:
+        return cfg.concurrency
+    if num_gpus > 0:
+        return 1, max(1, int(resources.get("GPU", 0) // num_gpus))
+    return 1, max(1, int(resources.get("CPU", 1) // 4))
+
+
+def decode_memory(batch_size: int, crop_size: tuple[int, int]) -> int:
+    """Bytes a decode task reserves: its uint8 output batch and a large decoded image."""
+    return batch_size * crop_size[0] * crop_size[1] * 3 + DECODE_WORKING_SET
+
+
+class RayEngine(Engine):
+    """Ray Data: decode as CPU tasks, the model on an actor pool, rows written here."""
+
+    name = "ray"
+
+    def __init__(self) -> None:
+        self.ray = import_ray()
+
+    def run(self, job: Job) -> EngineResult:
+        ray = self.ray
+        cfg = job.config
+        started = self._connect(cfg)
+        try:
+            return self._run(job)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _connect(self, cfg: RunConfig) -> bool:
+        """Attach to ``--ray-address`` (or RAY_ADDRESS), else start a local instance.
+
+        Returns whether this call started the connection (and so must end it).
+        """
+        ray = self.ray
+        if ray.is_initialized():
+            return False
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+        ray.init(
+            address=address,
+            include_dashboard=False if address is None else None,
+            log_to_driver=cfg.verbose,
+            logging_level=logging.INFO if cfg.verbose else logging.WARNING,
+            configure_logging=True,
+        )
+        logger.info("ray: %s", f"attached to {address}" if address else "local instance")
+        return True
+
+    def _run(self, job: Job) -> EngineResult:
+        ray = self.ray
+        from ray.data import ActorPoolStrategy, DataContext
+
+        from batchvision.ray import TIMING_COLUMNS, DecodeOptions, Decoder, Predictor
+
+        cfg = job.config
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = cfg.verbose
+        ctx.print_on_execution_start = cfg.verbose
+        logging.getLogger("ray.data").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
+        resources = _log_cluster(ray)
+        num_gpus, num_cpus = actor_resources(cfg, resources)
+        lo, hi = pool_size(cfg, resources, num_gpus)
+        logger.info(
+            "ray: predictor pool %d..%d actor(s), %g GPU and %g CPU each",
+            *(lo, hi, num_gpus, num_cpus),
+        )
+
+        stats = RunStats(job)
+        result = stats.result
+        seconds = dict.fromkeys(("read", "decode", "inference", "write"), 0.0)
+        opts = PredictOptions.from_config(cfg)
+        result.device = ("cuda" if num_gpus > 0 else "cpu") if cfg.device == "auto" else cfg.device
+        # Actors resolve "auto" on their own device; the driver can only tell for CPUs.
+        result.precision = (
+            resolve_precision(cfg.precision, torch.device("cpu"))
+            if result.device == "cpu"
+            else cfg.precision
+        )
+        result.workers = hi
+        try:
+            # The weights travel once, through the object store; actors never download.
+            weights_ref = ray.put(job.state_dict) if job.state_dict is not None else None
+            refs = [ray.put(t) for t in manifest_blocks(job.items, cfg.batch_size)]
+            stats.report(force=True)
+            if not refs:
+                return result
+            ds = ray.data.from_arrow_refs(refs)
+            ds = ds.map_batches(
+                Decoder(
+                    options=DecodeOptions(
+                        job.spec.preprocess, cfg.max_pixels, cfg.draft, timings=True
+                    )
+                ),
+                batch_size=cfg.batch_size,
+                batch_format="numpy",
+                zero_copy_batch=True,
+                num_cpus=1,
+                # A decode task's peak: its output batch plus one large image being decoded.
+                # Asking for it also keeps Ray Data from fusing decoding into the predictor
+                # actors (it fuses only equal resource requests): decoding then overlaps
+                # inference in its own tasks instead of running inside the model's process.
+                memory=decode_memory(cfg.batch_size, job.spec.preprocess.crop_size),
+            )
+            ds = ds.map_batches(
+                Predictor,
+                fn_constructor_kwargs={
+                    "spec": job.spec,
+                    "state_dict": weights_ref,
+                    "device": opts.device,
+                    "precision": opts.precision,
+                    "top_k": opts.top_k,
+                    "channels_last": opts.channels_last,
+                    "postprocess": False,
+                    "threads": max(1, int(num_cpus)),
+                    "timings": True,
+                    "fault_inject": os.environ.get("BATCHVISION_FAULT_INJECT"),
+                },
+                compute=ActorPoolStrategy(min_size=lo, max_size=hi),
+                batch_size=cfg.batch_size,
+                batch_format="numpy",
+                zero_copy_batch=True,
+                num_gpus=num_gpus,
+                num_cpus=num_cpus,
+            )
+            seen: set[str] = set()
+            for batch in ds.iter_batches(
+                batch_size=None, batch_format="numpy", prefetch_batches=PREFETCH_BATCHES
+            ):
+                for col, stage in zip(TIMING_COLUMNS, ("read", "decode", "inference"), strict=True):
+                    seconds[stage] += float(np.sum(batch.pop(col)))
+                batch = _drop_repeats(_from_blocks(batch), seen)
+                labelled = postprocess_batch(batch, job.spec)
+                table = batch_to_table(labelled)
+                with defer_sigint():  # a batch is written and counted, or neither
+                    job.writer.add(table)
+                    stats.observe(labelled)
+                    seen.update(labelled["id"].tolist())
+        except KeyboardInterrupt:
+            result.interrupted = True
+            logger.warning("interrupted: writing the rows completed so far")
+        finally:
+            job.writer.close()
+            seconds["write"] += job.writer.write_seconds
+            stats.report(force=True)
+        result.stage_seconds = seconds
+        return result
+
+
+def _from_blocks(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Undo Arrow's round trip: text columns as object arrays, missing errors as ``None``.
+
+    A block whose ``error`` column holds no string at all comes back as nulls, which numpy
+    shows as NaN.
+    """
+    out = dict(batch)
+    for col in ("id", "path", "status"):
+        out[col] = np.asarray(batch[col], dtype=object)
+    out["error"] = np.array(
+        [e if isinstance(e, str) else None for e in batch["error"].tolist()], dtype=object
+    )
+    return out
+
+
+def _drop_repeats(batch: dict[str, np.ndarray], seen: set[str]) -> dict[str, np.ndarray]:
+    """Defence in depth: a row whose id this run already wrote is logged and dropped.
+
+    Ray retries a lost batch rather than repeat a finished one, so this should never fire;
+    if it does, writing the row twice would break "every id exactly once".
+    """
+    ids = batch["id"]
+    repeat = np.fromiter((i in seen for i in ids.tolist()), dtype=bool, count=len(ids))
+    _, first = np.unique(ids.astype(str), return_index=True)
+    within = np.ones(len(ids), dtype=bool)
+    within[first] = False
+    drop = repeat | within
+    if not drop.any():
+        return batch
+    logger.error(
+        "ray returned %d row(s) this run already has (e.g. id %r); not writing them twice",
+        int(drop.sum()),
+        str(ids[np.flatnonzero(drop)[0]]),
+    )
+    keep = ~drop
+    return {k: v[keep] for k, v in batch.items()}
