@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,27 @@ def run_cli(*args: str, timeout: float = 300, **kwargs: object) -> subprocess.Co
         check=False,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[str]:
+    """A local Ray instance for one test module (2 CPUs, small object store); its address.
+
+    Tests in the module run the Ray engine in-process (it reuses this connection) or attach
+    CLI subprocesses to the address. Shut down when the module ends, so that a module with
+    its own cluster (the multi-node test) can start one.
+    """
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        num_cpus=2,
+        object_store_memory=256 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
