@@ -186,7 +186,12 @@ def test_public_callables_in_a_users_pipeline(
     ds = ds.map_batches(bvr.Decoder(spec.preprocess), batch_size=5)
     ds = ds.map_batches(
         bvr.Predictor,
-        fn_constructor_kwargs={"spec": spec, "state_dict": weights, "precision": "fp32", "top_k": 3},
+        fn_constructor_kwargs={
+            "spec": spec,
+            "state_dict": weights,
+            "precision": "fp32",
+            "top_k": 3,
+        },
         compute=ray.data.ActorPoolStrategy(size=1),
         batch_size=5,
     )
