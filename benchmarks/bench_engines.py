@@ -200,9 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result_path = work / f"{engine}.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", engine]
             cmd += [json.dumps(params), str(result_path)]
-            results[engine] = bl.run_measured(
-                engine, cmd, log_dir, result_path, args.mem_interval
-            )
+            results[engine] = bl.run_measured(engine, cmd, log_dir, result_path, args.mem_interval)
         if not args.skip_seed:
             result_path = work / "seed_ray.json"
             cmd = [sys.executable, str(HERE / "seed_pipeline.py"), str(image_dir)]
