@@ -11,6 +11,7 @@ engine's commits them as atomic part files. Nothing relies on order.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -117,7 +118,8 @@ class RayEngine(Engine):
         cfg = job.config
         started = self._connect(cfg)
         try:
-            return self._run(job)
+            with _ray_data_output(cfg.verbose):
+                return self._run(job)
         finally:
             if started:
                 ray.shutdown()
@@ -135,7 +137,8 @@ class RayEngine(Engine):
             address=address,
             include_dashboard=False if address is None else None,
             log_to_driver=cfg.verbose,
-            logging_level=logging.INFO if cfg.verbose else logging.WARNING,
+            # Ray's start-up notices (e.g. that token auth is on) only with --verbose.
+            logging_level=logging.INFO if cfg.verbose else logging.ERROR,
             configure_logging=True,
         )
         logger.info("ray: %s", f"attached to {address}" if address else "local instance")
@@ -143,15 +146,11 @@ class RayEngine(Engine):
 
     def _run(self, job: Job) -> EngineResult:
         ray = self.ray
-        from ray.data import ActorPoolStrategy, DataContext
+        from ray.data import ActorPoolStrategy
 
         from batchvision.ray import TIMING_COLUMNS, DecodeOptions, Decoder, Predictor
 
         cfg = job.config
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = cfg.verbose
-        ctx.print_on_execution_start = cfg.verbose
-        logging.getLogger("ray.data").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
         resources = _log_cluster(ray)
         num_gpus, num_cpus = actor_resources(cfg, resources)
         lo, hi = pool_size(cfg, resources, num_gpus)
@@ -239,6 +238,24 @@ class RayEngine(Engine):
             stats.report(force=True)
         result.stage_seconds = seconds
         return result
+
+
+@contextlib.contextmanager
+def _ray_data_output(verbose: bool) -> Iterator[None]:
+    """Ray Data's progress bars and logs only with ``--verbose``; restored afterwards, as the
+    DataContext and loggers belong to the user's process when batchvision runs inside it."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    log = logging.getLogger("ray.data")
+    saved = (ctx.enable_progress_bars, ctx.print_on_execution_start, log.level)
+    ctx.enable_progress_bars = ctx.print_on_execution_start = verbose
+    log.setLevel(logging.INFO if verbose else logging.ERROR)
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars, ctx.print_on_execution_start, level = saved
+        log.setLevel(level)
 
 
 def _from_blocks(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
