@@ -38,13 +38,12 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "batchvision.ray needs Ray Data; install it with: pip install 'batchvision[ray]'"
     ) from e
 
+# Only torch-free modules at import time: decode tasks unpickle Decoder, which imports this
+# module, and need not pay torch's import time and memory. Predictor imports torch itself.
 from batchvision.config import DEFAULT_MAX_PIXELS, Precision, PreprocessConfig
 from batchvision.io.sources import read_batch
-from batchvision.models.registry import load_state_dict, resolve_model
 from batchvision.models.spec import ModelSpec
 from batchvision.stages.postprocess import postprocess_batch
-from batchvision.stages.predict import PredictOptions
-from batchvision.stages.predict import Predictor as _StagePredictor
 from batchvision.stages.preprocess import decode_batch
 
 __all__ = ["FAULT_INJECT_ENV", "DecodeOptions", "Decoder", "Predictor", "resolve"]
@@ -80,6 +79,8 @@ def resolve(
     Pass both to :class:`Predictor` (``spec=``, ``state_dict=``) so that actors never
     download or read the weights themselves.
     """
+    from batchvision.models.registry import load_state_dict, resolve_model
+
     spec = resolve_model(model, weights, labels_path=labels)
     state_dict = load_state_dict(spec)
     return spec, (ray.put(state_dict) if state_dict is not None else None)
@@ -116,6 +117,8 @@ class Decoder:
             if preprocess is None:
                 if model is None:
                     raise ValueError("Decoder needs preprocess=, model= or options=")
+                from batchvision.models.registry import resolve_model
+
                 preprocess = resolve_model(model, weights).preprocess
             options = DecodeOptions(preprocess, max_pixels=max_pixels, draft=draft)
         self.options = options
@@ -178,6 +181,10 @@ class Predictor:
     ) -> None:
         import torch
 
+        from batchvision.models.registry import load_state_dict, resolve_model
+        from batchvision.stages.predict import PredictOptions
+        from batchvision.stages.predict import Predictor as StagePredictor
+
         if threads:
             torch.set_num_threads(threads)
         if spec is None:
@@ -192,7 +199,7 @@ class Predictor:
             device=device, precision=precision, top_k=top_k, channels_last=channels_last
         )
         self.spec = spec
-        self.predictor = _StagePredictor(spec, options, state_dict)
+        self.predictor = StagePredictor(spec, options, state_dict)
         self.postprocess = postprocess
         self.timings = timings
         self.fault_inject = fault_inject or os.environ.get(FAULT_INJECT_ENV)
