@@ -159,6 +159,11 @@ class RunConfig:
             )
             if value is not None
         ]
+        if self.engine == "ray" and self.workers is not None:
+            raise ConfigError(
+                f"--workers {self.workers} applies to --engine local only; with --engine ray, "
+                "decode tasks scale with the cluster's CPUs (see --concurrency for the model)"
+            )
         if given and self.engine != "ray":
             raise ConfigError(
                 f"{', '.join(given)} only apply to --engine ray, not --engine {self.engine!r}"

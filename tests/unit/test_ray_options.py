@@ -45,6 +45,8 @@ def test_ray_options_need_the_ray_engine() -> None:
         _cfg(num_cpus=2.0)
     cfg = _cfg(engine="ray", concurrency="1,3", num_gpus=0.5, ray_address="auto")
     assert cfg.concurrency == (1, 3) and cfg.num_gpus == 0.5
+    with pytest.raises(ConfigError, match="--workers 2 applies to --engine local only"):
+        _cfg(engine="ray", workers=2)
     with pytest.raises(ConfigError, match="no resources"):
         _cfg(engine="ray", num_cpus=0.0, num_gpus=0.0)
 
