@@ -131,7 +131,7 @@ class RayEngine(Engine):
         """
         ray = self.ray
         if ray.is_initialized():
-            logger.info("ray: using this process's Ray connection (--ray-address not used)")
+            logger.info("ray: already connected in this process: using that cluster")
             return False
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
         ray.init(
