@@ -236,3 +236,15 @@ def test_public_predictor_resolves_its_own_model(
     for r in rows:
         assert r["status"] == "ok" and r["label"] in names and len(r["topk_labels"]) == 2
         assert r["topk_scores"][0] >= r["topk_scores"][1] > 0
+
+
+def test_resume_of_a_finished_run_does_nothing(
+    ray_local: str, photo_dir: Path, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    first = batchvision.run(_config((str(photo_dir),), out, tiny_checkpoint, engine="ray"))
+    again = batchvision.run(
+        _config((str(photo_dir),), out, tiny_checkpoint, engine="ray", resume=True)
+    )
+    assert (first.ok, again.processed, again.already_done) == (24, 0, 24)
+    assert len(read_rows(out)) == 24

@@ -147,10 +147,6 @@ class RayEngine(Engine):
 
     def _run(self, job: Job) -> EngineResult:
         ray = self.ray
-        from ray.data import ActorPoolStrategy
-
-        from batchvision.ray import TIMING_COLUMNS, DecodeOptions, Decoder, Predictor
-
         cfg = job.config
         resources = _log_cluster(ray)
         num_gpus, num_cpus = actor_resources(cfg, resources)
@@ -163,7 +159,6 @@ class RayEngine(Engine):
         stats = RunStats(job)
         result = stats.result
         seconds = dict.fromkeys(("read", "decode", "inference", "write"), 0.0)
-        opts = PredictOptions.from_config(cfg)
         result.device = ("cuda" if num_gpus > 0 else "cpu") if cfg.device == "auto" else cfg.device
         # Actors resolve "auto" on their own device; the driver can only tell for CPUs.
         result.precision = (
@@ -177,59 +172,8 @@ class RayEngine(Engine):
             weights_ref = ray.put(job.state_dict) if job.state_dict is not None else None
             refs = [ray.put(t) for t in manifest_blocks(job.items, cfg.batch_size)]
             stats.report(force=True)
-            if not refs:
-                return result
-            ds = ray.data.from_arrow_refs(refs)
-            ds = ds.map_batches(
-                Decoder(
-                    options=DecodeOptions(
-                        job.spec.preprocess, cfg.max_pixels, cfg.draft, timings=True
-                    )
-                ),
-                batch_size=cfg.batch_size,
-                batch_format="numpy",
-                zero_copy_batch=True,
-                num_cpus=1,
-                # A decode task's peak: its output batch plus one large image being decoded.
-                # Asking for it also keeps Ray Data from fusing decoding into the predictor
-                # actors (it fuses only equal resource requests): decoding then overlaps
-                # inference in its own tasks instead of running inside the model's process.
-                memory=decode_memory(cfg.batch_size, job.spec.preprocess.crop_size),
-            )
-            ds = ds.map_batches(
-                Predictor,
-                fn_constructor_kwargs={
-                    "spec": job.spec,
-                    "state_dict": weights_ref,
-                    "device": opts.device,
-                    "precision": opts.precision,
-                    "top_k": opts.top_k,
-                    "channels_last": opts.channels_last,
-                    "postprocess": False,
-                    "threads": max(1, int(num_cpus)),
-                    "timings": True,
-                    "fault_inject": os.environ.get("BATCHVISION_FAULT_INJECT"),
-                },
-                compute=ActorPoolStrategy(min_size=lo, max_size=hi),
-                batch_size=cfg.batch_size,
-                batch_format="numpy",
-                zero_copy_batch=True,
-                num_gpus=num_gpus,
-                num_cpus=num_cpus,
-            )
-            seen: set[str] = set()
-            for batch in ds.iter_batches(
-                batch_size=None, batch_format="numpy", prefetch_batches=PREFETCH_BATCHES
-            ):
-                for col, stage in zip(TIMING_COLUMNS, ("read", "decode", "inference"), strict=True):
-                    seconds[stage] += float(np.sum(batch.pop(col)))
-                batch = _drop_repeats(_from_blocks(batch), seen)
-                labelled = postprocess_batch(batch, job.spec)
-                table = batch_to_table(labelled)
-                with defer_sigint():  # a batch is written and counted, or neither
-                    job.writer.add(table)
-                    stats.observe(labelled)
-                    seen.update(labelled["id"].tolist())
+            if refs:
+                self._stream(job, refs, weights_ref, stats, seconds, (lo, hi, num_gpus, num_cpus))
         except KeyboardInterrupt:
             result.interrupted = True
             logger.warning("interrupted: writing the rows completed so far")
@@ -239,6 +183,80 @@ class RayEngine(Engine):
             stats.report(force=True)
         result.stage_seconds = seconds
         return result
+
+    def _stream(
+        self,
+        job: Job,
+        refs: list[Any],
+        weights_ref: Any,
+        stats: RunStats,
+        seconds: dict[str, float],
+        pool: tuple[int, int, float, float],
+    ) -> None:
+        """Build the dataset over the manifest blocks and write its rows as they arrive."""
+        ray = self.ray
+        from ray.data import ActorPoolStrategy
+
+        from batchvision.ray import (
+            FAULT_INJECT_ENV,
+            TIMING_COLUMNS,
+            DecodeOptions,
+            Decoder,
+            Predictor,
+        )
+
+        cfg = job.config
+        opts = PredictOptions.from_config(cfg)
+        lo, hi, num_gpus, num_cpus = pool
+        ds = ray.data.from_arrow_refs(refs)
+        ds = ds.map_batches(
+            Decoder(
+                options=DecodeOptions(job.spec.preprocess, cfg.max_pixels, cfg.draft, timings=True)
+            ),
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            zero_copy_batch=True,
+            num_cpus=1,
+            # A decode task's peak: its output batch plus one large image being decoded.
+            # Asking for it also keeps Ray Data from fusing decoding into the predictor
+            # actors (it fuses only equal resource requests): decoding then overlaps
+            # inference in its own tasks instead of running inside the model's process.
+            memory=decode_memory(cfg.batch_size, job.spec.preprocess.crop_size),
+        )
+        ds = ds.map_batches(
+            Predictor,
+            fn_constructor_kwargs={
+                "spec": job.spec,
+                "state_dict": weights_ref,
+                "device": opts.device,
+                "precision": opts.precision,
+                "top_k": opts.top_k,
+                "channels_last": opts.channels_last,
+                "postprocess": False,
+                "threads": max(1, int(num_cpus)),
+                "timings": True,
+                "fault_inject": os.environ.get(FAULT_INJECT_ENV),
+            },
+            compute=ActorPoolStrategy(min_size=lo, max_size=hi),
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            zero_copy_batch=True,
+            num_gpus=num_gpus,
+            num_cpus=num_cpus,
+        )
+        seen: set[str] = set()
+        for batch in ds.iter_batches(
+            batch_size=None, batch_format="numpy", prefetch_batches=PREFETCH_BATCHES
+        ):
+            for col, stage in zip(TIMING_COLUMNS, ("read", "decode", "inference"), strict=True):
+                seconds[stage] += float(np.sum(batch.pop(col)))
+            batch = _drop_repeats(_from_blocks(batch), seen)
+            labelled = postprocess_batch(batch, job.spec)
+            table = batch_to_table(labelled)
+            with defer_sigint():  # a batch is written and counted, or neither
+                job.writer.add(table)
+                stats.observe(labelled)
+                seen.update(labelled["id"].tolist())
 
 
 @contextlib.contextmanager
