@@ -164,6 +164,8 @@ def run_cmd(inputs: tuple[str, ...], quiet: bool, verbose: bool, **opts: Any) ->
     from batchvision.progress import ProgressDisplay
 
     _setup_logging(verbose)
+    if not quiet:  # the Ray engine's start-up lines: where it runs, the cluster's resources
+        logging.getLogger("batchvision.engines.ray").setLevel(logging.INFO)
     overrides = PreprocessOverrides(
         resize_size=opts.pop("resize_size"),
         crop_size=opts.pop("crop_size"),

@@ -142,7 +142,7 @@ class RayEngine(Engine):
             logging_level=logging.INFO if cfg.verbose else logging.ERROR,
             configure_logging=True,
         )
-        logger.info("ray: %s", f"attached to {address}" if address else "local instance")
+        logger.info("ray: %s", f"attached to {address}" if address else "started a local instance")
         return True
 
     def _run(self, job: Job) -> EngineResult:
