@@ -117,3 +117,13 @@ def test_decoder_pickles_and_matches_decode_batch(photo_dir: Path) -> None:
     np.testing.assert_array_equal(got["image"], want["image"])
     assert got["status"].tolist() == ["ok"] * 3
     assert "_t_read" not in got  # timing columns only on request (the engine's)
+
+
+def test_a_pool_that_takes_every_cpu_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from batchvision.engines.ray import warn_if_no_cpu_left
+
+    with caplog.at_level(logging.WARNING):
+        warn_if_no_cpu_left(2, 1.0, {"CPU": 4})
+        assert not caplog.text
+        warn_if_no_cpu_left(4, 1.0, {"CPU": 4})
+    assert "4 predictor actor(s) x 1 CPU could take all 4 CPUs" in caplog.text

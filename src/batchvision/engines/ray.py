@@ -100,6 +100,18 @@ def pool_size(cfg: RunConfig, resources: dict[str, float], num_gpus: float) -> t
     return 1, max(1, int(resources.get("CPU", 1) // 4))
 
 
+def warn_if_no_cpu_left(actors: int, num_cpus: float, resources: dict[str, float]) -> None:
+    """Warn when the predictor pool alone may take every CPU of the cluster."""
+    cpus = resources.get("CPU", 0)
+    if actors * num_cpus >= cpus:
+        logger.warning(
+            "ray: %d predictor actor(s) x %g CPU could take all %g CPUs, leaving none to "
+            "decode (and after a lost node, restarted actors could wait forever for their "
+            "inputs to be decoded again); use a smaller --concurrency or --num-cpus",
+            *(actors, num_cpus, cpus),
+        )
+
+
 def decode_memory(batch_size: int, crop_size: tuple[int, int]) -> int:
     """Bytes a decode task reserves: its uint8 output batch and a large decoded image."""
     return batch_size * crop_size[0] * crop_size[1] * 3 + DECODE_WORKING_SET
@@ -156,6 +168,7 @@ class RayEngine(Engine):
             *(lo, hi, num_gpus, num_cpus),
         )
 
+        warn_if_no_cpu_left(hi, num_cpus, resources)
         stats = RunStats(job)
         result = stats.result
         seconds = dict.fromkeys(("read", "decode", "inference", "write"), 0.0)
