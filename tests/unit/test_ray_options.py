@@ -127,3 +127,16 @@ def test_a_pool_that_takes_every_cpu_is_warned_about(caplog: pytest.LogCaptureFi
         assert not caplog.text
         warn_if_no_cpu_left(4, 1.0, {"CPU": 4})
     assert "4 predictor actor(s) x 1 CPU could take all 4 CPUs" in caplog.text
+
+
+def test_an_unreachable_cluster_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray")
+    from batchvision.engines.ray import RayEngine
+
+    def refuse(**kwargs: object) -> None:
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(ConfigError, match=r"--ray-address 'auto': cannot attach to a Ray cluster"):
+        RayEngine()._connect(_cfg(engine="ray", ray_address="auto"))

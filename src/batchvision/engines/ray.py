@@ -146,14 +146,21 @@ class RayEngine(Engine):
             logger.info("ray: already connected in this process: using that cluster")
             return False
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
-        ray.init(
-            address=address,
-            include_dashboard=False if address is None else None,
-            log_to_driver=cfg.verbose,
-            # Ray's start-up notices (e.g. that token auth is on) only with --verbose.
-            logging_level=logging.INFO if cfg.verbose else logging.ERROR,
-            configure_logging=True,
-        )
+        try:
+            ray.init(
+                address=address,
+                include_dashboard=False if address is None else None,
+                log_to_driver=cfg.verbose,
+                # Ray's start-up notices (e.g. that token auth is on) only with --verbose.
+                logging_level=logging.INFO if cfg.verbose else logging.ERROR,
+                configure_logging=True,
+            )
+        except ConnectionError as e:
+            raise ConfigError(
+                f"--ray-address {address!r}: cannot attach to a Ray cluster ({e}); start one "
+                "(`ray start --head`) or leave --ray-address and RAY_ADDRESS unset for a "
+                "local instance"
+            ) from e
         logger.info("ray: %s", f"attached to {address}" if address else "started a local instance")
         return True
 
