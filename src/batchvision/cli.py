@@ -151,7 +151,8 @@ def cli() -> None:
     "--num-cpus",
     type=float,
     default=None,
-    help="--engine ray: CPUs per predictor actor (and its torch threads) [default: 1].",
+    help="--engine ray: CPUs reserved per predictor actor [default: 1]; a CPU actor runs "
+    "torch on the cores the pool leaves free, up to one node's.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines.")
 @click.option(

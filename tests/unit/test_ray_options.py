@@ -140,3 +140,13 @@ def test_an_unreachable_cluster_is_a_usage_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(ray, "init", refuse)
     with pytest.raises(ConfigError, match=r"--ray-address 'auto': cannot attach to a Ray cluster"):
         RayEngine()._connect(_cfg(engine="ray", ray_address="auto"))
+
+
+def test_actor_threads() -> None:
+    from batchvision.engines.ray import actor_threads
+
+    assert actor_threads(1, 0, 1, {"CPU": 2}, 2) == 2  # 2-core local instance, one actor
+    assert actor_threads(1, 0, 4, {"CPU": 16}, 16) == 4
+    assert actor_threads(1, 0, 1, {"CPU": 64}, 8) == 8  # no more than one node has
+    assert actor_threads(1, 1, 1, {"CPU": 64, "GPU": 1}, 64) == 1  # GPU actors: their share
+    assert actor_threads(3, 0, 8, {"CPU": 8}, 8) == 3
