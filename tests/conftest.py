@@ -162,3 +162,27 @@ def s3_server() -> Iterator[S3Server]:
             yield S3Server(f"http://{host}:{port}")
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[str]:
+    """A local Ray instance for one test module (2 CPUs, small object store); its address.
+
+    Tests in the module run the Ray engine in-process (it reuses this connection) or attach
+    CLI subprocesses to the address. Shut down when the module ends, so that a module with
+    its own cluster (the multi-node test) can start one.
+    """
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        num_cpus=2,
+        object_store_memory=256 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

@@ -80,6 +80,7 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         BatchvisionError: (exit code 2) for anything the user must fix.
     """
     start = time.perf_counter()
+    engine = get_engine(config.engine)  # e.g. a missing optional dependency: fail first
     storage = config.storage
     kinds = sources.check_inputs(config.inputs, storage)
     known_total = _check_duplicates(config, kinds)
@@ -140,7 +141,7 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         known_total=None if known_total is None else max(0, known_total - len(done)),
         progress=progress,
     )
-    result = get_engine(config.engine).run(job)
+    result = engine.run(job)
     summary = Summary(
         output=config.output,
         ok=result.ok,

@@ -164,8 +164,36 @@ def cli() -> None:
     help="Tries per S3 request before a read becomes an error row "
     "[default: AWS_MAX_ATTEMPTS, else 5].",
 )
+@click.option(
+    "--ray-address",
+    default=None,
+    help="--engine ray: the cluster to attach to (auto, HOST:PORT, ray://HOST:PORT) "
+    "[default: RAY_ADDRESS, else a local Ray instance].",
+)
+@click.option(
+    "--concurrency",
+    default=None,
+    metavar="N|MIN,MAX",
+    help="--engine ray: predictor actors, N (fixed) or MIN,MAX (autoscaling) "
+    "[default: 1..GPUs, or 1..CPUs/4 without GPUs].",
+)
+@click.option(
+    "--num-gpus",
+    type=float,
+    default=None,
+    help="--engine ray: GPUs per predictor actor [default: 1 where the cluster has GPUs, else 0].",
+)
+@click.option(
+    "--num-cpus",
+    type=float,
+    default=None,
+    help="--engine ray: CPUs reserved per predictor actor [default: 1]; a CPU actor runs "
+    "torch on the cores the pool leaves free, up to one node's.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines.")
-@click.option("--verbose", "-v", is_flag=True, help="More log output.")
+@click.option(
+    "--verbose", "-v", is_flag=True, help="More log output (and Ray Data's own progress bars)."
+)
 def run_cmd(inputs: tuple[str, ...], quiet: bool, verbose: bool, **opts: Any) -> None:
     """Classify, segment or embed every image of INPUT (folders, globs, image files,
     .txt/.csv/.parquet manifests).
@@ -178,6 +206,8 @@ def run_cmd(inputs: tuple[str, ...], quiet: bool, verbose: bool, **opts: Any) ->
     from batchvision.progress import ProgressDisplay
 
     _setup_logging(verbose)
+    if not quiet:  # the Ray engine's start-up lines: where it runs, the cluster's resources
+        logging.getLogger("batchvision.engines.ray").setLevel(logging.INFO)
     overrides = PreprocessOverrides(
         resize_size=opts.pop("resize_size"),
         crop_size=opts.pop("crop_size"),
@@ -188,7 +218,9 @@ def run_cmd(inputs: tuple[str, ...], quiet: bool, verbose: bool, **opts: Any) ->
     for name in ("s3_endpoint", "s3_max_attempts"):  # unset: RunConfig reads the environment
         if opts[name] is None:
             del opts[name]
-    config = RunConfig(inputs=inputs, format=opts.pop("fmt"), preprocess=overrides, **opts)
+    config = RunConfig(
+        inputs=inputs, format=opts.pop("fmt"), preprocess=overrides, verbose=verbose, **opts
+    )
     display = ProgressDisplay.for_terminal(quiet)
     try:
         summary = api.run(config, progress=display)

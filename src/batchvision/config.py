@@ -11,7 +11,7 @@ from batchvision.io.storage import StorageOptions, env_endpoint, env_max_attempt
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 OutputFormat = Literal["parquet", "csv", "jsonl"]
-EngineName = Literal["local"]
+EngineName = Literal["local", "ray"]
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
 ResizeMode = Literal["shorter_crop", "squash_crop", "shorter"]
 CropOffset = Literal["round", "floor"]
@@ -155,6 +155,16 @@ class RunConfig:
     task: TaskName | None = None
     normalize: bool = False
     mask_dir: str | None = None
+    #: Ray engine only. ``None``: RAY_ADDRESS, else a local instance; or ``auto``, ``ray://h:p``.
+    ray_address: str | None = None
+    #: Ray engine only: predictor actors, ``(n, n)`` fixed or ``(min, max)`` autoscaling.
+    concurrency: tuple[int, int] | None = None
+    #: Ray engine only: GPUs per predictor actor (``None``: 1 where the cluster has GPUs).
+    num_gpus: float | None = None
+    #: Ray engine only: CPUs per predictor actor (``None``: 1).
+    num_cpus: float | None = None
+    #: Show the engine's own progress bars and logs (Ray Data's).
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, str):
@@ -196,11 +206,42 @@ class RunConfig:
         if self.s3_endpoint == "":
             object.__setattr__(self, "s3_endpoint", None)
         self.storage  # noqa: B018 - validates the endpoint and attempts now, not mid-run
+        self._check_ray_options()
 
     @property
     def storage(self) -> StorageOptions:
         """How to reach ``s3://`` inputs and output: what engines pass to their workers."""
         return StorageOptions(endpoint=self.s3_endpoint, max_attempts=self.s3_max_attempts)
+
+    def _check_ray_options(self) -> None:
+        given = [
+            flag
+            for flag, value in (
+                ("--ray-address", self.ray_address),
+                ("--concurrency", self.concurrency),
+                ("--num-gpus", self.num_gpus),
+                ("--num-cpus", self.num_cpus),
+            )
+            if value is not None
+        ]
+        if self.engine == "ray" and self.workers is not None:
+            raise ConfigError(
+                f"--workers {self.workers} applies to --engine local only; with --engine ray, "
+                "decode tasks scale with the cluster's CPUs (see --concurrency for the model)"
+            )
+        if given and self.engine != "ray":
+            raise ConfigError(
+                f"{', '.join(given)} only apply to --engine ray, not --engine {self.engine!r}"
+            )
+        if self.concurrency is not None:
+            object.__setattr__(self, "concurrency", parse_concurrency(self.concurrency))
+        for flag, value in (("--num-gpus", self.num_gpus), ("--num-cpus", self.num_cpus)):
+            if value is not None and not value >= 0:
+                raise ConfigError(f"{flag} must be >= 0, got {value}")
+        if self.num_cpus == 0 and self.num_gpus == 0:
+            raise ConfigError("--num-cpus 0 with --num-gpus 0 gives the predictor no resources")
+        if self.ray_address is not None and not self.ray_address.strip():
+            raise ConfigError("--ray-address is empty; give auto, HOST:PORT or ray://HOST:PORT")
 
     @property
     def num_workers(self) -> int:
@@ -212,6 +253,29 @@ class RunConfig:
             if hasattr(os, "sched_getaffinity")
             else (os.cpu_count() or 1)
         )
+
+
+def parse_concurrency(value: str | int | tuple[int, ...] | list[int]) -> tuple[int, int]:
+    """``N`` (a fixed pool) or ``MIN,MAX`` (an autoscaling pool) as ``(min, max)``."""
+    parts: list[object]
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+    elif isinstance(value, int):
+        parts = [value]
+    else:
+        parts = list(value)
+    try:
+        nums = [int(p) for p in parts]  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        nums = []
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or nums[0] < 1 or nums[1] < nums[0]:
+        raise ConfigError(
+            f"--concurrency {value!r} is not valid; give N (a fixed pool of N >= 1 actors) "
+            "or MIN,MAX with 1 <= MIN <= MAX (an autoscaling pool), e.g. 2 or 1,4"
+        )
+    return nums[0], nums[1]
 
 
 def _positive(name: str, value: int) -> None:

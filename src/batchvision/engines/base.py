@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -97,6 +100,29 @@ class RunStats:
         )
 
 
+@contextlib.contextmanager
+def defer_sigint() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, so the rows of a batch are written and counted together.
+
+    Without it, an interrupt between committing a part and resetting the buffer writes those
+    rows twice, and one between writing and counting under-reports the run in its summary.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is None  # a handler set outside Python: leave it
+    ):
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 class Engine(ABC):
     """Runs a Job's stages somewhere: this process and its workers, or a cluster."""
 
@@ -113,6 +139,11 @@ def get_engine(name: str) -> Engine:
         from batchvision.engines.local import LocalEngine
 
         return LocalEngine()
+    if name == "ray":
+        from batchvision.engines.ray import RayEngine
+
+        return RayEngine()
+    from batchvision.config import ENGINES
     from batchvision.errors import ConfigError
 
-    raise ConfigError(f"--engine {name!r} is not valid; choose one of: local")
+    raise ConfigError(f"--engine {name!r} is not valid; choose one of: {', '.join(ENGINES)}")

@@ -8,11 +8,8 @@ come back through shared memory as uint8 tensors; inference and writing run here
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
-import signal
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -21,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from batchvision.config import DEFAULT_MAX_PIXELS, PreprocessConfig
-from batchvision.engines.base import Engine, EngineResult, Job, RunStats
+from batchvision.engines.base import Engine, EngineResult, Job, RunStats, defer_sigint
 from batchvision.errors import StorageAuthError
 from batchvision.io.sinks import batch_to_table
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
@@ -83,29 +80,6 @@ def _identity(x: Any) -> Any:
     return x
 
 
-@contextlib.contextmanager
-def _defer_sigint() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, so the rows of a batch are written and counted together.
-
-    Without it, an interrupt between committing a part and resetting the buffer writes those
-    rows twice, and one between writing and counting under-reports the run in its summary.
-    """
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is None  # a handler set outside Python: leave it
-    ):
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-
-
 class LocalEngine(Engine):
     """Everything on this machine: ``--workers`` decode processes and one model."""
 
@@ -147,7 +121,7 @@ class LocalEngine(Engine):
                     seconds[stage] += s
                 labelled = postprocess_batch(predictor(batch), job.spec)
                 t2 = time.perf_counter()
-                with _defer_sigint():  # a batch is written and counted, or neither
+                with defer_sigint():  # a batch is written and counted, or neither
                     job.writer.add(batch_to_table(labelled))
                     t3 = time.perf_counter()
                     seconds["wait"] += t1 - t0

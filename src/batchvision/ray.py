@@ -1,0 +1,304 @@
+"""batchvision's stages as Ray Data callables, for your own ``ray.data`` pipelines.
+
+The Ray engine (``--engine ray``) is built from these very classes, so a pipeline of your
+own gives the same rows as ``batchvision run``::
+
+    import ray
+    import batchvision.ray as bvr
+
+    ds = ray.data.from_items([{"id": p, "path": p} for p in paths])
+    ds = ds.map_batches(bvr.Decoder(model="resnet50"), batch_size=32)  # CPU tasks
+    ds = ds.map_batches(
+        bvr.Predictor,  # a class: an actor pool, one model per actor
+        fn_constructor_kwargs={"model": "resnet50", "top_k": 5},
+        compute=ray.data.ActorPoolStrategy(size=2),
+        batch_size=32,
+    )
+
+Rows need a ``path`` column (and an ``id`` column; ``path`` is used where it is missing).
+A file that cannot be read or decoded becomes an error row (``status`` "error", ``error``
+"code: message"), never a failed task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+try:
+    import ray
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "batchvision.ray needs Ray Data; install it with: pip install 'batchvision[ray]'"
+    ) from e
+
+# Only torch-free modules at import time: decode tasks unpickle Decoder, which imports this
+# module, and need not pay torch's import time and memory. Predictor imports torch itself.
+from batchvision.config import DEFAULT_MAX_PIXELS, Precision, PreprocessConfig, TaskName
+from batchvision.errors import StorageAuthError
+from batchvision.io.sinks import batch_to_table
+from batchvision.io.sources import read_batch
+from batchvision.io.storage import StorageOptions
+from batchvision.models.spec import ModelSpec
+from batchvision.stages.postprocess import postprocess_batch
+from batchvision.stages.preprocess import decode_batch
+
+__all__ = ["FAULT_INJECT_ENV", "DecodeOptions", "Decoder", "Predictor", "resolve"]
+
+logger = logging.getLogger(__name__)
+
+#: Test hook: ``predictor_exit_once:<marker path>`` makes the first predictor actor that
+#: sees it create the marker file and exit its process (``os._exit(1)``) in the middle of a
+#: batch, once per marker. The fault-tolerance tests use it to check that Ray replaces the
+#: actor and retries its batch. Never set it in production.
+FAULT_INJECT_ENV = "BATCHVISION_FAULT_INJECT"
+
+#: The error code of rows whose read hit an authentication failure: never written, the
+#: driver stops the run with it (:func:`fatal_error`).
+FATAL_CODE = "storage_auth"
+
+#: Per-row timing columns the engine asks for (seconds of the batch / rows); dropped before
+#: writing.
+TIMING_COLUMNS = ("_t_read", "_t_decode", "_t_inference")
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Everything the decode stage needs, in one small picklable object Ray ships to tasks."""
+
+    preprocess: PreprocessConfig
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    draft: bool = True
+    timings: bool = False
+    #: How to reach ``s3://`` paths (endpoint, retries); ``None``: AWS defaults.
+    storage: StorageOptions | None = None
+
+
+def resolve(
+    model: str,
+    weights: str = "DEFAULT",
+    *,
+    labels: str | None = None,
+    task: TaskName | None = None,
+) -> tuple[ModelSpec, Any]:
+    """Resolve a model once on the driver: its spec and its weights in the object store.
+
+    Pass both to :class:`Predictor` (``spec=``, ``state_dict=``) so that actors never
+    download or read the weights themselves.
+    """
+    from batchvision.models.registry import load_state_dict, resolve_model
+
+    spec = resolve_model(model, weights, labels_path=labels, task=task)
+    state_dict = load_state_dict(spec)
+    return spec, (ray.put(state_dict) if state_dict is not None else None)
+
+
+class Decoder:
+    """Reads, decodes and preprocesses a batch of rows with ``path``; a stateless callable.
+
+    Pass an instance to ``map_batches`` (it runs as Ray tasks, on CPUs). Output columns:
+    ``id``, ``path``, ``status``, ``error``, ``width``, ``height`` and ``image``
+    (``(N, H, W, 3)`` uint8; zeros on error rows).
+
+    Args:
+        preprocess: the preprocessing to apply; or give ``model`` (and ``weights``) to use
+            that model's own.
+        model: a model name, e.g. ``resnet50``.
+        weights: as ``--weights``.
+        max_pixels: larger images are error rows (decided from the header).
+        draft: allow reduced-size JPEG decoding for large images.
+        options: a ready :class:`DecodeOptions` (the engine's way in).
+    """
+
+    def __init__(
+        self,
+        preprocess: PreprocessConfig | None = None,
+        *,
+        model: str | None = None,
+        weights: str = "DEFAULT",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        draft: bool = True,
+        options: DecodeOptions | None = None,
+    ) -> None:
+        if options is None:
+            if preprocess is None:
+                if model is None:
+                    raise ValueError("Decoder needs preprocess=, model= or options=")
+                from batchvision.models.registry import resolve_model
+
+                preprocess = resolve_model(model, weights).preprocess
+            options = DecodeOptions(preprocess, max_pixels=max_pixels, draft=draft)
+        self.options = options
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        opts = self.options
+        if "id" not in batch:
+            batch = {**batch, "id": batch["path"]}
+        t0 = time.perf_counter()
+        try:
+            read = read_batch({"id": batch["id"], "path": batch["path"]}, opts.storage)
+        except StorageAuthError as e:
+            # Ray would wrap the exception and lose its type on the way back; as rows it
+            # reaches the driver intact, which stops the run with it (see fatal_error).
+            n = len(batch["path"])
+            read = {
+                "id": batch["id"],
+                "path": batch["path"],
+                "bytes": np.full(n, None, dtype=object),
+                "error": np.full(n, f"{FATAL_CODE}: {e}", dtype=object),
+            }
+        t1 = time.perf_counter()
+        out = decode_batch(read, opts.preprocess, max_pixels=opts.max_pixels, draft=opts.draft)
+        if opts.timings:
+            n = max(1, len(out["id"]))
+            out["_t_read"] = np.full(len(out["id"]), (t1 - t0) / n)
+            out["_t_decode"] = np.full(len(out["id"]), (time.perf_counter() - t1) / n)
+        return out
+
+
+class Predictor:
+    """Runs the model on decoded batches (the :class:`Decoder`'s output) on an actor pool.
+
+    Give it to ``map_batches`` as a class, with ``fn_constructor_kwargs``; each actor loads
+    the model once. Output: the input columns without ``image``, plus the task's columns:
+    classify: ``topk_ids`` and ``topk_scores`` and, with ``postprocess`` (the default),
+    ``label``, ``score`` and ``topk_labels``; segment: ``mask`` (PNG), ``mask_width``,
+    ``mask_height``, ``classes``; embed: ``embedding``. Error rows get no prediction.
+
+    Args:
+        model: a model name (resolved and loaded in each actor); or pass ``spec``.
+        weights: as ``--weights``.
+        labels: class names file, for checkpoints.
+        task: ``classify``, ``segment`` or ``embed`` (default: the model's own).
+        device: ``auto``, ``cpu``, ``cuda``; ``auto`` uses the actor's GPU when it has one.
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16``.
+        top_k: predictions per image.
+        channels_last: run the model in channels-last memory format.
+        normalize: embed: L2-normalise the embeddings.
+        spec: a spec resolved on the driver (see :func:`resolve`).
+        state_dict: the weights resolved on the driver, or an object ref to them.
+        postprocess: add the task's output columns (``label``, ``score``, ``topk_labels``;
+            ``mask``, ``classes``; ``embedding``) in the actor.
+        table: return the output table itself (``batchvision run``'s exact schema, plus the
+            timing columns): what the engine writes. Implies ``postprocess``.
+        threads: torch threads in this actor (default: Ray's, one per CPU reserved).
+        timings: add the ``_t_inference`` column (the engine's stage timings).
+        fault_inject: the test hook (see ``FAULT_INJECT_ENV``); defaults to that variable.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        weights: str = "DEFAULT",
+        *,
+        labels: str | None = None,
+        task: TaskName | None = None,
+        device: str = "auto",
+        precision: Precision = "auto",
+        top_k: int = 5,
+        channels_last: bool = True,
+        normalize: bool = False,
+        spec: ModelSpec | None = None,
+        state_dict: Any = None,
+        postprocess: bool = True,
+        table: bool = False,
+        threads: int | None = None,
+        timings: bool = False,
+        fault_inject: str | None = None,
+    ) -> None:
+        import torch
+
+        from batchvision.models.registry import load_state_dict, resolve_model
+        from batchvision.stages.predict import PredictOptions
+        from batchvision.stages.predict import Predictor as StagePredictor
+
+        if threads:
+            torch.set_num_threads(threads)
+        if spec is None:
+            if model is None:
+                raise ValueError("Predictor needs model= or spec=")
+            spec = resolve_model(model, weights, labels_path=labels, task=task)
+            if state_dict is None:
+                state_dict = load_state_dict(spec)
+        if isinstance(state_dict, ray.ObjectRef):
+            state_dict = ray.get(state_dict)
+        options = PredictOptions(
+            device=device,
+            precision=precision,
+            top_k=top_k,
+            channels_last=channels_last,
+            normalize=normalize,
+        )
+        self.spec = spec
+        self.predictor = StagePredictor(spec, options, state_dict)
+        self.postprocess = postprocess or table
+        self.table = table
+        self.timings = timings
+        self.fault_inject = fault_inject or os.environ.get(FAULT_INJECT_ENV)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray] | pa.Table:
+        self._maybe_fault()
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            # Ray hands zero-copy, read-only views of its blocks; the model never writes them.
+            warnings.filterwarnings("ignore", message=".*not writable.*")
+            out = self.predictor(batch)
+        if self.timings:
+            n = len(out["id"])
+            out["_t_inference"] = np.full(n, (time.perf_counter() - t0) / max(1, n))
+        if self.postprocess:
+            out = postprocess_batch(out, self.spec)
+            if self.table:
+                # Encoded here, in parallel across actors: masks never cross as arrays.
+                table = batch_to_table(_text_columns(out))
+                for col in TIMING_COLUMNS:
+                    if col in out:
+                        table = table.append_column(col, pa.array(out[col], pa.float64()))
+                return table
+            if "topk_labels" in out:
+                # A 1-D column of lists: Arrow stores list<string> where a 2-D object array
+                # would be pickled.
+                labels = np.empty(len(out["topk_labels"]), dtype=object)
+                labels[:] = [list(row) for row in out["topk_labels"]]
+                out["topk_labels"] = labels
+        return out
+
+    def _maybe_fault(self) -> None:
+        hook = self.fault_inject
+        if not hook or not hook.startswith("predictor_exit_once:"):
+            return
+        marker = hook.split(":", 1)[1]
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+        logger.warning("%s: exiting this actor process once (test hook)", FAULT_INJECT_ENV)
+        os._exit(1)
+
+
+def _text_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Undo Arrow's round trip between tasks: a block whose ``error`` column held no string
+    comes back as nulls that numpy shows as NaN; the sink wants ``None``."""
+    out = dict(batch)
+    out["error"] = np.array(
+        [e if isinstance(e, str) else None for e in batch["error"].tolist()], dtype=object
+    )
+    return out
+
+
+def fatal_error(errors: list[str | None]) -> StorageAuthError | None:
+    """The error that must stop the run, if one of these rows' errors carries it."""
+    prefix = f"{FATAL_CODE}: "
+    for e in errors:
+        if e is not None and e.startswith(prefix):
+            return StorageAuthError(e[len(prefix) :])
+    return None
