@@ -160,14 +160,8 @@ def mask_file_name(item_id: str) -> str:
 def write_mask_file(mask_dir: str, item_id: str, data: bytes) -> str:
     """Write one mask PNG atomically (hidden temporary, fsync, rename); returns its path."""
     final = os.path.join(mask_dir, *mask_file_name(item_id).split("/"))
-    folder, name = os.path.split(final)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    _replace_file(final, data)
     return final
 
 
@@ -274,8 +268,13 @@ def _write_atomic(out_dir: str, name: str, data: bytes, options: StorageOptions)
         except OSError as e:  # still failing after the SDK's retries: the run cannot go on
             raise OutputDirError(f"cannot write {uri}: {storage.describe(e)}") from e
         return
-    final = os.path.join(out_dir, name)
-    tmp = os.path.join(out_dir, f".{name}.tmp")
+    _replace_file(os.path.join(out_dir, name), data)
+
+
+def _replace_file(final: str, data: bytes) -> None:
+    """Write ``final`` all or nothing: a hidden ``.NAME.tmp`` beside it, fsynced, renamed."""
+    folder, name = os.path.split(final)
+    tmp = os.path.join(folder, f".{name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -26,7 +26,6 @@ _INTERPOLATIONS: dict[str, Interpolation] = {
     "bicubic": "bicubic",
     "nearest": "nearest",
 }
-_HEAD_PROBE_CLASSES = 1000
 
 
 def require_timm() -> Any:
@@ -214,19 +213,13 @@ def _labels(timm: Any, model: torch.nn.Module, num_classes: int) -> tuple[str, .
 
 
 def _checkpoint_num_classes(timm: Any, arch: str, path: str) -> int:
-    from batchvision.models.torchvision import _checkpoint_shapes
+    from batchvision.models.torchvision import (
+        _HEAD_PROBE_CLASSES,
+        _checkpoint_shapes,
+        head_classes,
+    )
 
     shapes = _checkpoint_shapes(path)
     with torch.device("meta"):
         probe = timm.create_model(arch, pretrained=False, num_classes=_HEAD_PROBE_CLASSES)
-    heads = [
-        k
-        for k, v in probe.state_dict().items()
-        if v.ndim >= 1 and v.shape[0] == _HEAD_PROBE_CLASSES and k in shapes
-    ]
-    if not heads:
-        raise ModelLoadError(
-            f"checkpoint {path!r} has no classifier head for timm {arch!r}; "
-            "is it a state_dict of this architecture?"
-        )
-    return int(shapes[heads[-1]][0])
+    return head_classes(probe, shapes, path, f"timm {arch!r}")

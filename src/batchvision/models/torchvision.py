@@ -372,6 +372,15 @@ def checkpoint_num_classes(arch: str, path: str) -> int:
         # Some builders compute their layout with real tensor math (RegNet's block widths),
         # which the meta device cannot run; build those for real, once.
         probe = _get_model(arch, _HEAD_PROBE_CLASSES, **_aux_kwargs(arch, shapes))
+    return head_classes(probe, shapes, path, repr(arch))
+
+
+def head_classes(
+    probe: torch.nn.Module, shapes: dict[str, tuple[int, ...]], path: str, what: str
+) -> int:
+    """A checkpoint's class count: its size of the last tensor whose leading dimension in
+    ``probe`` (the architecture built with ``_HEAD_PROBE_CLASSES`` classes on the meta
+    device) is the class count, i.e. the classifier head's output."""
     heads = [
         k
         for k, v in probe.state_dict().items()
@@ -379,7 +388,7 @@ def checkpoint_num_classes(arch: str, path: str) -> int:
     ]
     if not heads:
         raise ModelLoadError(
-            f"checkpoint {path!r} has no classifier head for {arch!r}; "
+            f"checkpoint {path!r} has no classifier head for {what}; "
             "is it a state_dict of this architecture?"
         )
     return int(shapes[heads[-1]][0])
