@@ -245,3 +245,36 @@ def test_inline_masks_are_sampled_from_few_row_groups(tmp_path: Path) -> None:
     ids = [int(i) for i in re.findall(r'alt="mask of (\d+)"', html)]
     assert result.sampled == len(ids) == 30 and result.placeholders == 0
     assert len({i // 100 for i in ids}) <= 3  # 30 rows from at most 3 of the 30 row groups
+
+
+def test_report_of_a_real_segmentation_run(
+    photo_dir: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """A real run of a (tiny, random) SegFormer, inline masks and with --mask-dir: every ok
+    image gets its overlay, and the legend names the classes its row lists."""
+    import batchvision
+    from batchvision.config import RunConfig
+    from tests.task_models import save_tiny_segformer
+
+    model = tmp_path_factory.mktemp("segformer")
+    save_tiny_segformer(model, size=64)
+    for mask_dir in (None, str(tmp_path / "masks")):
+        out = tmp_path / f"seg-{mask_dir is None}"
+        summary = batchvision.run(
+            RunConfig(
+                inputs=(str(photo_dir / "a"),),
+                output=str(out),
+                model=f"hf:{model}",
+                workers=0,
+                mask_dir=mask_dir,
+            )
+        )
+        assert summary.ok == 12
+        result = build_report(ReportConfig(str(out), html=str(tmp_path / "r.html"), sample=5))
+        html = (tmp_path / "r.html").read_text()
+        assert (result.task, result.sampled, result.placeholders) == ("segment", 5, 0)
+        assert html.count('<img class="overlay" src="data:image/png;base64,') == 5
+        rows = pq.read_table(out).to_pylist()
+        present = {c["label"] for r in rows for c in r["classes"]}
+        legend = set(re.findall(r'class="swatch"[^>]*></span>([^<]+?) <span', html))
+        assert legend and legend <= present
