@@ -335,12 +335,21 @@ def demo_cmd(output: str, per_class: int, quiet: bool) -> None:
     help="Gallery of error rows instead of ok rows (errors are always listed by code).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
+@click.option(
+    "--s3-endpoint",
+    default=None,
+    metavar="URL",
+    help="S3-compatible store for an s3:// OUTPUT_DIR and images "
+    "[default: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS].",
+)
 @click.option("--verbose", "-v", is_flag=True, help="More log output.")
 def report_cmd(output_dir: str, verbose: bool, **opts: Any) -> None:
     """Write a self-contained HTML report of OUTPUT_DIR (a folder `batchvision run` wrote)."""
     from batchvision.report import ReportConfig, build_report
 
     _setup_logging(verbose)
+    if opts["s3_endpoint"] is None:  # unset: ReportConfig reads the environment
+        del opts["s3_endpoint"]
     result = build_report(ReportConfig(output_dir=output_dir, **opts))
     click.echo(
         f"{result.rows} rows (ok {result.ok}, error {result.error}), {result.sampled} sampled, "

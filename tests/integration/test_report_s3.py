@@ -1,76 +1,54 @@
-"""A report of an output folder in S3 (a real moto server on loopback, started here)."""
+"""A report of an output folder in S3 whose images are in S3 too (moto on loopback)."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import batchvision
+from batchvision.config import RunConfig
 from batchvision.errors import OutputDirError
 from batchvision.report import ReportConfig, build_report
-from tests import report_fixtures
-from tests.report_fixtures import BAD, GOOD
+from tests.conftest import S3Server
 
-classify_outputs = report_fixtures.classify_outputs
-boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("moto server did not start within 30 s")
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def test_report_of_s3_output(
-    s3_endpoint: str,
-    classify_outputs: dict[str, Path],
+def test_report_of_s3_output_with_s3_images(
+    s3_server: S3Server,
+    photo_dir: Path,
+    tiny_checkpoint: tuple[Path, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key, value in {
-        "AWS_ENDPOINT_URL": s3_endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    s3.create_bucket(Bucket="bv-report")
-    local = classify_outputs["parquet"]
-    for f in local.iterdir():
-        s3.upload_file(str(f), "bv-report", f"runs/one/{f.name}")
-    result = build_report(ReportConfig("s3://bv-report/runs/one", html=str(tmp_path / "r.html")))
-    assert (result.rows, result.ok, result.error) == (GOOD + 1 + len(BAD), GOOD + 1, len(BAD))
-    assert result.sampled == GOOD + 1 and "mobilenet_v3_small" in (tmp_path / "r.html").read_text()
+    bucket = s3_server.new_bucket("report")
+    s3_server.upload_dir(photo_dir / "a", f"s3://{bucket}/in")
+    s3_server.put(f"s3://{bucket}/in/broken.jpg", b"not an image")
+    ckpt, labels = tiny_checkpoint
+    out = f"s3://{bucket}/runs/one"
+    summary = batchvision.run(
+        RunConfig(
+            inputs=(f"s3://{bucket}/in",),
+            output=out,
+            model="mobilenet_v3_small",
+            weights=str(ckpt),
+            labels=str(labels),
+            workers=0,
+            s3_endpoint=s3_server.endpoint,
+        )
+    )
+    assert (summary.ok, summary.error) == (12, 1)
+    html = tmp_path / "r.html"
+    result = build_report(ReportConfig(out, html=str(html), s3_endpoint=s3_server.endpoint))
+    assert (result.rows, result.ok, result.error, result.sampled) == (13, 12, 1, 12)
+    # Every sampled image was read from S3: a thumbnail each, no placeholder.
+    assert result.placeholders == 0
+    page = html.read_text()
+    assert page.count('src="data:image/jpeg;base64,') >= 12 and "not_image" in page
+    # The endpoint may also come from the AWS environment, as for a run.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    again = build_report(ReportConfig(out, html=str(tmp_path / "env.html")))
+    assert (again.rows, again.placeholders) == (13, 0)
     with pytest.raises(OutputDirError, match="does not exist"):
-        build_report(ReportConfig("s3://bv-report/runs/none", html=str(tmp_path / "x.html")))
+        build_report(ReportConfig(f"s3://{bucket}/runs/none", html=str(tmp_path / "x.html")))

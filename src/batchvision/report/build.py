@@ -13,6 +13,7 @@ import numpy as np
 
 from batchvision.errors import ConfigError, OutputDirError, RowError
 from batchvision.io import sinks
+from batchvision.io.storage import StorageOptions, env_endpoint
 from batchvision.report import data, images, reading, render
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class ReportConfig:
     workers: int = 8
     error_paths: int = 20
     top_labels: int = 15
+    #: S3-compatible endpoint for ``s3://`` folders and images (default: the AWS environment).
+    s3_endpoint: str | None = field(default_factory=env_endpoint)
 
     def __post_init__(self) -> None:
         for name in ("thumb_size", "workers", "error_paths", "top_labels"):
@@ -54,6 +57,12 @@ class ReportConfig:
             raise ConfigError(f"--sample must be 0 or more, got {self.sample}")
         if self.label is not None and self.errors:
             raise ConfigError("--label and --errors exclude each other: error rows have no label")
+        self.storage  # noqa: B018 - validates the endpoint now
+
+    @property
+    def storage(self) -> StorageOptions:
+        """How to reach ``s3://`` paths: the output folder and the images its rows name."""
+        return StorageOptions(endpoint=self.s3_endpoint or None)
 
     def html_path(self) -> str:
         """Where the report goes: ``html``, or ``report.html`` inside a local output folder."""
@@ -94,7 +103,7 @@ def build_report(config: ReportConfig) -> ReportResult:
     """
     t0 = time.perf_counter()
     html_path = config.html_path()
-    out = reading.open_output(config.output_dir)
+    out = reading.open_output(config.output_dir, config.storage)
     task = data.infer_task(out.manifest, out.columns)
     light = reading.read_columns(out, data.light_columns(task))
     counts = data.status_counts(light)
@@ -113,7 +122,7 @@ def build_report(config: ReportConfig) -> ReportResult:
         for g in groups
     ]
     with ThreadPoolExecutor(max_workers=config.workers) as pool_:
-        cards = list(pool_.map(lambda r: _card(out, task, r, config.thumb_size), rows))
+        cards = list(pool_.map(lambda r: _card(out, task, r, config), rows))
     page = render.render_html(
         task=task,
         manifest=out.manifest,
@@ -175,7 +184,9 @@ def _write(path: str, page: str) -> None:
         ) from e
 
 
-def _card(out: reading.OutputFolder, task: str, row: dict[str, Any], size: int) -> dict[str, Any]:
+def _card(
+    out: reading.OutputFolder, task: str, row: dict[str, Any], config: ReportConfig
+) -> dict[str, Any]:
     """One gallery card: the row's fields, its thumbnail (or why there is none), its overlay."""
     card: dict[str, Any] = {
         "id": row.get("id") or "",
@@ -192,7 +203,8 @@ def _card(out: reading.OutputFolder, task: str, row: dict[str, Any], size: int) 
     }
     base = None
     try:
-        base = images.thumbnail(reading.read_image_bytes(card["path"]), size)
+        data = reading.read_image_bytes(card["path"], config.storage)
+        base = images.thumbnail(data, config.thumb_size)
         card["thumb"] = images.data_uri(base)
     except RowError as e:
         card["missing"] = str(e)
@@ -200,7 +212,7 @@ def _card(out: reading.OutputFolder, task: str, row: dict[str, Any], size: int) 
         logger.warning("thumbnail of %s failed: %s", card["path"], e)
         card["missing"] = f"unreadable: {e}"
     if task == "segment" and card["status"] == "ok":
-        _add_mask(out, row, card, base, size)
+        _add_mask(out, row, card, base, config)
     return card
 
 
@@ -209,7 +221,7 @@ def _add_mask(
     row: dict[str, Any],
     card: dict[str, Any],
     base: Any,
-    size: int,
+    config: ReportConfig,
 ) -> None:
     classes = sorted(row.get("classes") or [], key=lambda c: -(c.get("fraction") or 0.0))
     card["legend"] = [
@@ -226,10 +238,11 @@ def _add_mask(
         if row.get("mask") is not None:
             mask = images.decode_mask(row["mask"])
         elif row.get("mask_path"):
-            mask = images.decode_mask(reading.read_mask_bytes(out, row["mask_path"]))
+            data = reading.read_mask_bytes(out, row["mask_path"], config.storage)
+            mask = images.decode_mask(data)
         else:
             card["mask_missing"] = "row has no mask"
             return
-        card["overlay"] = images.data_uri(images.overlay(base, mask, size), "PNG")
+        card["overlay"] = images.data_uri(images.overlay(base, mask, config.thumb_size), "PNG")
     except (RowError, ValueError) as e:
         card["mask_missing"] = str(e)

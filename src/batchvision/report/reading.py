@@ -21,7 +21,8 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from batchvision.errors import OutputDirError
-from batchvision.io import sinks
+from batchvision.io import sinks, storage
+from batchvision.io.storage import StorageOptions
 
 logger = logging.getLogger(__name__)
 
@@ -81,14 +82,19 @@ class OutputFolder:
         return os.path.join(self.root, path)
 
 
-def open_output(uri: str) -> OutputFolder:
+def open_output(uri: str, options: StorageOptions | None = None) -> OutputFolder:
     """Open ``uri`` (a folder written by ``batchvision run``) for reading.
+
+    ``options`` say how to reach an ``s3://`` folder (endpoint, retries), as for a run.
 
     Raises:
         OutputDirError: the folder does not exist, or holds neither a manifest nor parts.
     """
     try:
-        if "://" in uri:
+        if storage.is_uri(uri):
+            fs, loc = storage.filesystem(uri, options or StorageOptions())
+            root = loc.path.rstrip("/")
+        elif "://" in uri:
             fs, root = pafs.FileSystem.from_uri(uri)
         else:
             fs, root = pafs.LocalFileSystem(), os.path.abspath(uri)
@@ -241,7 +247,7 @@ def _parse_json_text(column: str, value: Any) -> Any:
     return value
 
 
-def read_image_bytes(path: str) -> bytes:
+def read_image_bytes(path: str, options: StorageOptions | None = None) -> bytes:
     """An image's bytes through ``io.sources.read_bytes`` (local paths and ``s3://`` URIs).
 
     Relative image paths are taken as the run stored them (relative to where it ran).
@@ -251,9 +257,11 @@ def read_image_bytes(path: str) -> bytes:
     """
     from batchvision.io.sources import read_bytes
 
-    return read_bytes(path)
+    return read_bytes(path, options)
 
 
-def read_mask_bytes(out: OutputFolder, mask_path: str) -> bytes:
+def read_mask_bytes(
+    out: OutputFolder, mask_path: str, options: StorageOptions | None = None
+) -> bytes:
     """A ``mask_path`` PNG's bytes; a relative path is relative to the output folder."""
-    return read_image_bytes(out.resolve(mask_path))
+    return read_image_bytes(out.resolve(mask_path), options)
