@@ -69,6 +69,14 @@ RUN_FIELDS: dict[str, str] = {
     "device": "Device used, e.g. `cpu`, `cuda:0`.",
     "precision": "`fp32`, `bf16` or `fp16`.",
     "workers": "Decode workers.",
+    "batch_size": "Batch size the model finally ran at: `--batch-size`, the size "
+    "`--batch-size auto` chose, or less where a batch ran out of device memory and was "
+    "split in halves (the Ray engine: the smallest any predictor actor kept).",
+    "batch_size_search": "`--batch-size auto` only (else `null`): the chosen `size`, the "
+    "`trials` (`batch_size`, `images_per_second` on synthetic input on the device; 0 where "
+    "memory ran out) and the search's `seconds`.",
+    "decode_device": "Where images were decoded and resized: `cpu`, or the model's CUDA "
+    "device (`--decode-device`).",
     "ok": "Rows with status ok written by this run.",
     "error": "Error rows written by this run.",
     "skipped": "Files skipped while listing (hidden, or not an image name).",

@@ -12,17 +12,20 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from batchvision.config import DEFAULT_MAX_PIXELS, PreprocessConfig
+from batchvision.config import DEFAULT_MAX_PIXELS, DecodeDevice, PreprocessConfig, RunConfig
 from batchvision.engines.base import Engine, EngineResult, Job, RunStats, defer_sigint
-from batchvision.errors import StorageAuthError
+from batchvision.engines.prefetch import prefetch_to_device
+from batchvision.errors import ConfigError, StorageAuthError
 from batchvision.io.sinks import batch_to_table
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
 from batchvision.io.storage import StorageOptions
+from batchvision.stages.device_decode import decode_batch_device
 from batchvision.stages.postprocess import postprocess_batch
 from batchvision.stages.predict import PredictOptions, Predictor
 from batchvision.stages.preprocess import decode_batch
@@ -34,7 +37,11 @@ PREFETCH_PER_WORKER = 2
 
 
 class DecodeDataset(Dataset[dict[str, Any]]):
-    """Maps a chunk of inputs to its decoded batch: read, then decode and preprocess."""
+    """Maps a chunk of inputs to its decoded batch: read, then decode and preprocess.
+
+    With ``decode=False`` it only reads (the bytes are decoded on the device, in the main
+    process).
+    """
 
     def __init__(
         self,
@@ -42,11 +49,13 @@ class DecodeDataset(Dataset[dict[str, Any]]):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         draft: bool = True,
         storage_options: StorageOptions | None = None,
+        decode: bool = True,
     ) -> None:
         self.preprocess = preprocess
         self.max_pixels = max_pixels
         self.draft = draft
         self.storage_options = storage_options or StorageOptions()
+        self.decode = decode
 
     def __getitem__(self, chunk: list[InputItem]) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -57,6 +66,8 @@ class DecodeDataset(Dataset[dict[str, Any]]):
             # traceback as its message; handed back, the main process raises it as it is.
             return {"_fatal": e}
         t1 = time.perf_counter()
+        if not self.decode:
+            return {**batch, "_seconds": {"read": t1 - t0}}
         out: dict[str, Any] = decode_batch(
             batch, self.preprocess, max_pixels=self.max_pixels, draft=self.draft
         )
@@ -80,6 +91,27 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def decode_target(setting: DecodeDevice, model_device: torch.device) -> torch.device | None:
+    """The device JPEGs are decoded on, or ``None`` for the CPU worker processes."""
+    if setting == "cpu" or (setting == "auto" and model_device.type != "cuda"):
+        return None
+    if model_device.type != "cuda":
+        raise ConfigError(
+            f"--decode-device {setting!r} needs the model on CUDA, but it runs on "
+            f"{model_device}; choose cpu or auto"
+        )
+    return model_device
+
+
+def resolve_batch_size(cfg: RunConfig, predictor: Predictor, result: EngineResult) -> int:
+    """``--batch-size``, or for ``auto`` the size the predictor measures (kept in ``result``)."""
+    if cfg.batch_size != "auto":
+        return int(cfg.batch_size)
+    search = predictor.find_batch_size()
+    result.batch_search = search.as_record()
+    return search.size
+
+
 class LocalEngine(Engine):
     """Everything on this machine: ``--workers`` decode processes and one model."""
 
@@ -90,25 +122,43 @@ class LocalEngine(Engine):
         stats = RunStats(job)
         seconds = dict.fromkeys(("read", "decode", "wait", "inference", "write"), 0.0)
         predictor = Predictor(job.spec, PredictOptions.from_config(cfg), job.state_dict)
+        result = stats.result
+        batch_size = resolve_batch_size(cfg, predictor, result)
+        on_device = decode_target(cfg.decode_device, predictor.device)
+        # CPU decoding in this process, on threads, between model batches (workers only read).
+        pool = (
+            ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode")
+            if on_device is None and cfg.decode_threads
+            else None
+        )
         workers = cfg.num_workers
         loader = DataLoader(
-            DecodeDataset(job.spec.preprocess, cfg.max_pixels, cfg.draft, cfg.storage),
+            DecodeDataset(
+                job.spec.preprocess,
+                cfg.max_pixels,
+                cfg.draft,
+                cfg.storage,
+                decode=on_device is None and pool is None,
+            ),
             batch_size=None,
-            sampler=chunked(job.items, cfg.batch_size),
+            sampler=chunked(job.items, batch_size),
             num_workers=workers,
             prefetch_factor=PREFETCH_PER_WORKER if workers else None,
             pin_memory=predictor.device.type == "cuda",
             collate_fn=_identity,
             in_order=False,
         )
-        result = stats.result
         result.device, result.precision, result.workers = (
             str(predictor.device),
             predictor.precision,
             workers,
         )
+        result.decode_device = "cpu" if on_device is None else str(on_device)
         try:
-            it = iter(loader)
+            batches: Iterator[dict[str, Any]] = iter(loader)
+            if predictor.device.type == "cuda" and on_device is None:
+                batches = prefetch_to_device(batches, predictor.device)  # copy overlaps compute
+            it = batches
             while True:
                 t0 = time.perf_counter()
                 batch = next(it, None)
@@ -119,19 +169,45 @@ class LocalEngine(Engine):
                     raise batch["_fatal"]
                 for stage, s in batch.pop("_seconds").items():
                     seconds[stage] += s
-                labelled = postprocess_batch(predictor(batch), job.spec)
+                t_infer = t1
+                if on_device is not None:
+                    t = time.perf_counter()
+                    batch = decode_batch_device(
+                        batch,
+                        job.spec.preprocess,
+                        on_device,
+                        max_pixels=cfg.max_pixels,
+                        draft=cfg.draft,
+                    )
+                    t_infer = time.perf_counter()
+                    seconds["decode"] += t_infer - t
+                elif pool is not None:
+                    t = time.perf_counter()
+                    batch = decode_batch(
+                        batch,
+                        job.spec.preprocess,
+                        max_pixels=cfg.max_pixels,
+                        draft=cfg.draft,
+                        pool=pool,
+                    )
+                    t_infer = time.perf_counter()
+                    seconds["decode"] += t_infer - t
+                labelled = postprocess_batch(predictor(batch), job.spec)  # type: ignore[arg-type]
                 t2 = time.perf_counter()
                 with defer_sigint():  # a batch is written and counted, or neither
                     job.writer.add(batch_to_table(labelled))
                     t3 = time.perf_counter()
                     seconds["wait"] += t1 - t0
-                    seconds["inference"] += t2 - t1
+                    seconds["inference"] += t2 - t_infer
                     seconds["write"] += t3 - t2
                     stats.observe(labelled)
         except KeyboardInterrupt:
             result.interrupted = True
             logger.warning("interrupted: writing the rows completed so far")
         finally:
+            if pool is not None:
+                pool.shutdown()
+            result.batch_size = predictor.batch_size_used(batch_size)
             t = time.perf_counter()
             job.writer.close()
             seconds["write"] += time.perf_counter() - t
