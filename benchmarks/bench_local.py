@@ -252,7 +252,7 @@ def _run_options(p: dict[str, Any]) -> dict[str, Any]:
     return {
         "compile": p.get("compile", False),
         "decode_device": p.get("decode_device", "cpu"),
-        "decode_threads": p.get("decode_threads", 0),
+        "decode_threads": p.get("decode_threads"),
     }
 
 
@@ -607,7 +607,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--decode-device", default="cpu", choices=("cpu", "cuda", "auto"), help="end-to-end"
     )
     p.add_argument(
-        "--decode-threads", type=int, default=0, help="batchvision --decode-threads (e2e)"
+        "--decode-threads", type=int, default=None, help="batchvision --decode-threads (e2e)"
     )
     p.add_argument("--warmup", type=int, default=2, help="warm-up batches for model-only")
     p.add_argument("--top-k", type=int, default=5, help="top-k for the speed runs")

@@ -322,6 +322,7 @@ def _finish_manifest(
             "batch_size": result.batch_size,
             "batch_size_search": result.batch_search,
             "decode_device": result.decode_device,
+            "decode_threads": result.decode_threads,
             "ok": summary.ok,
             "error": summary.error,
             "skipped": summary.skipped,

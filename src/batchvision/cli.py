@@ -42,7 +42,7 @@ def _batch_size(ctx: click.Context, param: click.Parameter, value: str) -> Any:
     except ValueError:
         size = 0
     if size < 1:
-        raise click.BadParameter(f"{value!r} is not valid; choose a positive integer or auto")
+        raise click.BadParameter(f"{value} is not valid; choose an integer x>=1 or auto")
     return size
 
 
@@ -175,10 +175,10 @@ def cli() -> None:
 @click.option(
     "--decode-threads",
     type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
+    default=None,
     help="Local engine, CPU decoding: N decodes in the model's process on N threads between "
-    "model batches (the workers only read files); 0 decodes in the worker processes.",
+    "model batches (the workers only read files); 0 decodes in the worker processes "
+    "[default: one per core when the model runs on the CPU, else 0].",
 )
 @click.option(
     "--compile/--no-compile",

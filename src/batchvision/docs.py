@@ -77,6 +77,8 @@ RUN_FIELDS: dict[str, str] = {
     "memory ran out) and the search's `seconds`.",
     "decode_device": "Where images were decoded and resized: `cpu`, or the model's CUDA "
     "device (`--decode-device`).",
+    "decode_threads": "Threads that decoded on the CPU in the model's process between model "
+    "batches (`--decode-threads`); 0: decoded in the worker processes (or Ray tasks).",
     "ok": "Rows with status ok written by this run.",
     "error": "Error rows written by this run.",
     "skipped": "Files skipped while listing (hidden, or not an image name).",

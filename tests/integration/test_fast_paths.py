@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import batchvision
-from batchvision.config import PreprocessOverrides, RunConfig
+from batchvision.config import PreprocessOverrides, RunConfig, usable_cores
 from batchvision.engines import local
 from batchvision.errors import ConfigError
 from batchvision.stages.batching import INJECT_OOM_ENV
@@ -76,8 +76,9 @@ def _last_run(out: Path) -> dict[str, Any]:
 def baseline(mixed_dir: Path, tiny_checkpoint, tmp_path_factory) -> dict[str, dict[str, Any]]:
     out = tmp_path_factory.mktemp("baseline") / "out"
     # Full-size decoding: what the device decoder does (it has no reduced-size decoding).
-    batchvision.run(_config(mixed_dir, out, tiny_checkpoint, draft=False))
+    batchvision.run(_config(mixed_dir, out, tiny_checkpoint, draft=False, decode_threads=0))
     assert _last_run(out)["batch_size"] == 8
+    assert _last_run(out)["decode_threads"] == 0
     assert _last_run(out)["batch_size_search"] is None
     assert _last_run(out)["decode_device"] == "cpu"
     return _rows(out)
@@ -189,7 +190,7 @@ def test_config_validation_names_value_and_choices() -> None:
 def test_cli_errors(photo_dir: Path, tmp_path: Path) -> None:
     res = run_cli("run", str(photo_dir), "-m", "resnet18", "-o", str(tmp_path / "o"), "-b", "x")
     assert res.returncode == 2
-    assert "'x' is not valid; choose a positive integer or auto" in res.stderr
+    assert "x is not valid; choose an integer x>=1 or auto" in res.stderr
     res = run_cli(
         "run",
         str(photo_dir),
@@ -216,5 +217,11 @@ def test_decode_threads_in_the_main_process_give_the_same_rows(
             assert row[col] == want[col], (key, col)
     np.testing.assert_allclose(_scores(rows), _scores(baseline), atol=1e-5)
     assert summary.stage_seconds["decode"] > 0
+    assert _last_run(out)["decode_threads"] == 2
+    # The default on CPU: one decode thread per core.
+    cfg = _config(mixed_dir, out, tiny_checkpoint)
+    assert cfg.decode_threads is None
+    assert cfg.num_decode_threads("cpu") == usable_cores()
+    assert cfg.num_decode_threads("cuda") == 0
     with pytest.raises(ConfigError, match="--decode-threads must be >= 0, got -1"):
         _config(mixed_dir, out, tiny_checkpoint, decode_threads=-1)

@@ -67,6 +67,8 @@ class EngineResult:
     batch_search: dict[str, Any] | None = None
     #: Where images were decoded: ``cpu`` or the model's CUDA device.
     decode_device: str = "cpu"
+    #: CPU decode threads in the model's process (0: decoded in worker processes or tasks).
+    decode_threads: int = 0
 
 
 class RunStats:

@@ -126,11 +126,8 @@ class LocalEngine(Engine):
         batch_size = resolve_batch_size(cfg, predictor, result)
         on_device = decode_target(cfg.decode_device, predictor.device)
         # CPU decoding in this process, on threads, between model batches (workers only read).
-        pool = (
-            ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode")
-            if on_device is None and cfg.decode_threads
-            else None
-        )
+        threads = cfg.num_decode_threads(predictor.device.type) if on_device is None else 0
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads else None
         workers = cfg.num_workers
         loader = DataLoader(
             DecodeDataset(
@@ -154,6 +151,7 @@ class LocalEngine(Engine):
             workers,
         )
         result.decode_device = "cpu" if on_device is None else str(on_device)
+        result.decode_threads = threads
         try:
             batches: Iterator[dict[str, Any]] = iter(loader)
             if predictor.device.type == "cuda" and on_device is None:
