@@ -294,7 +294,7 @@ def format_summary(s: Any) -> str:
     ]
     if s.error_codes:
         lines.append("  errors: " + ", ".join(f"{k} {v}" for k, v in s.error_codes.items()))
-    lines.append(f"  stages: {stages} (read/decode are summed over workers)")
+    lines.append(f"  stages: {stages} (read, and decode in worker processes, summed over workers)")
     lines.append(f"  output: {s.output}")
     return "\n".join(lines)
 

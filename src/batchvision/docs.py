@@ -87,7 +87,8 @@ RUN_FIELDS: dict[str, str] = {
     "parts_written": "Part files this run committed.",
     "wall_seconds": "Wall time of the run.",
     "images_per_second": "(ok + error) / wall_seconds.",
-    "stage_seconds": "Time per stage (read/decode summed over workers).",
+    "stage_seconds": "Time per stage: read, and decode when done in worker processes, summed "
+    "over workers; decode on the model process's threads or on the device is wall time.",
     "error_codes": "Error rows by code.",
 }
 
