@@ -1,16 +1,19 @@
 """Batched JPEG decoding and resizing on the model's device, with a per-image CPU fallback.
 
 ``torchvision.io.decode_jpeg`` decodes a list of JPEG byte tensors in one call on the GPU
-(nvjpeg) or, with ``device="cpu"``, through the same batched code path on libjpeg-turbo,
-which is how the tests run this module. Each image is then resized with antialiasing and
-center-cropped as a float tensor on the device (torchvision's ``ImageClassification`` on
-tensors) and rounded back to uint8, so the predictor normalises it on the device as usual.
+(nvjpeg's batched decoder); with ``device="cpu"`` the same call decodes them one by one
+with libjpeg-turbo, which is how the tests run this module: everything around the
+decoder (selection, fallback, EXIF orientation, resize, crop, padding) is the same code
+on both. Each image is then turned upright, resized with antialiasing and center-cropped
+as a float tensor on the device (torchvision's ``ImageClassification`` on tensors) and
+rounded back to uint8, so the predictor normalises it on the device as usual.
 
-Only what the device decoder reads exactly as the CPU path does goes to it: baseline or
-progressive RGB JPEGs (3 components, no CMYK/grayscale), without an EXIF rotation, within
-``max_pixels``. Everything else, and every image the batched decoder fails on, goes through
-the CPU path (``decode_image`` + ``resize_crop``) one image at a time, so error rows carry
-the very same status and error code as with ``--decode-device cpu``.
+Only what the device decoder reads as the CPU path does goes to it: RGB or grayscale
+JPEGs (no CMYK/YCCK) within ``max_pixels``; the EXIF orientation is applied on the device
+with flips and rotations, as Pillow's ``exif_transpose`` does. Everything else, and every
+image the batched decoder fails on, goes through the CPU path (``decode_image`` +
+``resize_crop``) one image at a time, so error rows carry the very same status and error
+code as with ``--decode-device cpu``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from batchvision.config import DEFAULT_MAX_PIXELS, PreprocessConfig
-from batchvision.stages.decode import _ORIENTATION, DecodeError, decode_image
+from batchvision.stages.decode import _ORIENTATION, _TRANSPOSED, DecodeError, decode_image
 from batchvision.stages.preprocess import draft_floor, output_size, resize_crop
 
 logger = logging.getLogger(__name__)
@@ -33,12 +36,13 @@ logger = logging.getLogger(__name__)
 _MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
 
 
-def device_decodable(data: bytes | None, max_pixels: int) -> tuple[int, int] | None:
-    """``(width, height)`` when ``data`` is an upright RGB JPEG the device decoder can take.
+def device_decodable(data: bytes | None, max_pixels: int) -> tuple[int, int, int] | None:
+    """``(width, height, orientation)`` when the device decoder can take ``data``.
 
-    Reads the header only. Anything else (other formats, CMYK or grayscale JPEGs, an EXIF
-    orientation other than 1, too many pixels, an unreadable header) returns ``None`` and
-    goes to the CPU path, which decides its row exactly as ``--decode-device cpu`` does.
+    ``width``/``height`` are as displayed (after the EXIF orientation), as the CPU path
+    reports them. Reads the header only. Anything else (other formats, CMYK JPEGs, too
+    many pixels, an unreadable header or EXIF block) returns ``None`` and goes to the CPU
+    path, which decides its row exactly as ``--decode-device cpu`` does.
     """
     if not data:
         return None
@@ -46,15 +50,14 @@ def device_decodable(data: bytes | None, max_pixels: int) -> tuple[int, int] | N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-        if img.format != "JPEG" or img.mode != "RGB":
+        if img.format != "JPEG" or img.mode not in ("RGB", "L"):
             return None
         w, h = img.size
         if w < 1 or h < 1 or w * h > max_pixels:
             return None
-        orientation = img.getexif().get(_ORIENTATION)
-        if orientation not in (None, 1):
-            return None
-        return w, h
+        value = img.getexif().get(_ORIENTATION)
+        orientation = int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+        return (h, w, orientation) if orientation in _TRANSPOSED else (w, h, orientation)
     except Exception:  # the CPU path reports it as its error row
         return None
 
@@ -78,6 +81,25 @@ def _decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor
             except RuntimeError:
                 out.append(None)
         return out
+
+
+def upright(img: torch.Tensor, orientation: int) -> torch.Tensor:
+    """``(C, H, W)`` as displayed under EXIF ``orientation`` (Pillow's ``exif_transpose``)."""
+    if orientation == 2:  # FLIP_LEFT_RIGHT
+        return img.flip(2)
+    if orientation == 3:  # ROTATE_180
+        return img.flip(1, 2)
+    if orientation == 4:  # FLIP_TOP_BOTTOM
+        return img.flip(1)
+    if orientation == 5:  # TRANSPOSE
+        return img.transpose(1, 2)
+    if orientation == 6:  # ROTATE_270 (clockwise)
+        return torch.rot90(img, -1, (1, 2))
+    if orientation == 7:  # TRANSVERSE
+        return img.transpose(1, 2).flip(1, 2)
+    if orientation == 8:  # ROTATE_90 (counter-clockwise)
+        return torch.rot90(img, 1, (1, 2))
+    return img
 
 
 def resize_crop_tensor(img: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
@@ -135,18 +157,19 @@ def decode_batch_device(
     errors = np.array(batch.get("error", np.full(n, None, dtype=object)), dtype=object)
     width = np.zeros(n, dtype=np.int32)
     height = np.zeros(n, dtype=np.int32)
-    sizes = {
-        i: wh
+    headers = {
+        i: header
         for i, data in enumerate(batch["bytes"])
-        if errors[i] is None and (wh := device_decodable(data, max_pixels)) is not None
+        if errors[i] is None and (header := device_decodable(data, max_pixels)) is not None
     }
-    on_device = list(sizes)
+    on_device = list(headers)
     decoded = _decode_jpegs([batch["bytes"][i] for i in on_device], device) if on_device else []
     images: list[torch.Tensor | None] = [None] * n
     for i, img in zip(on_device, decoded, strict=True):
         if img is not None:
-            images[i] = resize_crop_tensor(img, preprocess)
-            width[i], height[i] = sizes[i]
+            w, h, orientation = headers[i]
+            images[i] = resize_crop_tensor(upright(img, orientation), preprocess)
+            width[i], height[i] = w, h
     floor = draft_floor(preprocess) if draft else None
     fallback = [i for i in range(n) if errors[i] is None and images[i] is None]
     for i in fallback:
