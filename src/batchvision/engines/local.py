@@ -1,17 +1,25 @@
-"""The local engine: decode in worker processes, infer in this one, overlapped.
+"""The local engine: read (and decode) in worker processes, infer in this one.
 
-Decoding runs in a torch ``DataLoader``'s worker processes. The "sampler" is the lazy
+Reading runs in a torch ``DataLoader``'s worker processes. The "sampler" is the lazy
 stream of input chunks, so the listing feeds workers while it is still walking, and the
-loader's bounded prefetch keeps memory flat for any number of images. Decoded batches
-come back through shared memory as uint8 tensors; inference and writing run here.
+loader's bounded prefetch keeps memory flat for any number of images. Where images are
+decoded depends on the device (``--decode-device``, ``--decode-threads``):
+
+- model on the CPU (default): here, on one thread per core, between model batches, so
+  inference never shares the cores with decoders;
+- model on CUDA (default): in the workers, overlapping the GPU's work; decoded batches
+  come back through shared (pinned) memory and the next one is copied to the GPU while
+  the model runs on this one;
+- ``--decode-device cuda``: here, batched on the GPU, with a per-image CPU fallback.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -113,7 +121,7 @@ def resolve_batch_size(cfg: RunConfig, predictor: Predictor, result: EngineResul
 
 
 class LocalEngine(Engine):
-    """Everything on this machine: ``--workers`` decode processes and one model."""
+    """Everything on this machine: ``--workers`` reader/decoder processes and one model."""
 
     name = "local"
 
@@ -152,6 +160,23 @@ class LocalEngine(Engine):
         )
         result.decode_device = "cpu" if on_device is None else str(on_device)
         result.decode_threads = threads
+        decode_here: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        if on_device is not None:  # batched on the model's device
+            decode_here = functools.partial(
+                decode_batch_device,
+                preprocess=job.spec.preprocess,
+                device=on_device,
+                max_pixels=cfg.max_pixels,
+                draft=cfg.draft,
+            )
+        elif pool is not None:  # on this process's threads, between model batches
+            decode_here = functools.partial(
+                decode_batch,
+                preprocess=job.spec.preprocess,
+                max_pixels=cfg.max_pixels,
+                draft=cfg.draft,
+                pool=pool,
+            )
         try:
             batches: Iterator[dict[str, Any]] = iter(loader)
             if predictor.device.type == "cuda" and on_device is None:
@@ -168,29 +193,11 @@ class LocalEngine(Engine):
                 for stage, s in batch.pop("_seconds").items():
                     seconds[stage] += s
                 t_infer = t1
-                if on_device is not None:
-                    t = time.perf_counter()
-                    batch = decode_batch_device(
-                        batch,
-                        job.spec.preprocess,
-                        on_device,
-                        max_pixels=cfg.max_pixels,
-                        draft=cfg.draft,
-                    )
+                if decode_here is not None:
+                    batch = decode_here(batch)
                     t_infer = time.perf_counter()
-                    seconds["decode"] += t_infer - t
-                elif pool is not None:
-                    t = time.perf_counter()
-                    batch = decode_batch(
-                        batch,
-                        job.spec.preprocess,
-                        max_pixels=cfg.max_pixels,
-                        draft=cfg.draft,
-                        pool=pool,
-                    )
-                    t_infer = time.perf_counter()
-                    seconds["decode"] += t_infer - t
-                labelled = postprocess_batch(predictor(batch), job.spec)  # type: ignore[arg-type]
+                    seconds["decode"] += t_infer - t1
+                labelled = postprocess_batch(predictor(batch), job.spec)
                 t2 = time.perf_counter()
                 with defer_sigint():  # a batch is written and counted, or neither
                     job.writer.add(batch_to_table(labelled))
