@@ -197,9 +197,15 @@ def child_model_only(p: dict[str, Any]) -> dict[str, Any]:
     from batchvision.stages.predict import PredictOptions, Predictor
 
     spec = resolve_model(p["model"], p["weights"], seed=p["seed"])
+    _set_threads(p)
     predictor = Predictor(
         spec,
-        PredictOptions(device=p["device"], precision=p["precision"], top_k=p["top_k"]),
+        PredictOptions(
+            device=p["device"],
+            precision=p["precision"],
+            top_k=p["top_k"],
+            compile=p.get("compile", False),
+        ),
         load_state_dict(spec),
     )
     images = torch.from_numpy(_decoded_images(p["image_dir"], spec))
@@ -233,6 +239,23 @@ def child_model_only(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _set_threads(p: dict[str, Any]) -> None:
+    """``--threads``: torch threads of the process that runs the model."""
+    import torch
+
+    if p.get("threads"):
+        torch.set_num_threads(p["threads"])
+
+
+def _run_options(p: dict[str, Any]) -> dict[str, Any]:
+    """The fast-path RunConfig options under test (``--compile``, ``--decode-device``)."""
+    return {
+        "compile": p.get("compile", False),
+        "decode_device": p.get("decode_device", "cpu"),
+        "decode_threads": p.get("decode_threads"),
+    }
+
+
 def child_end_to_end(p: dict[str, Any]) -> dict[str, Any]:
     """``batchvision.run`` over the image folder, timed around the call."""
     import torch
@@ -240,6 +263,7 @@ def child_end_to_end(p: dict[str, Any]) -> dict[str, Any]:
     import batchvision
     from batchvision import RunConfig
 
+    _set_threads(p)
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         cfg = RunConfig(
             inputs=(p["image_dir"],),
@@ -252,6 +276,7 @@ def child_end_to_end(p: dict[str, Any]) -> dict[str, Any]:
             workers=p["workers"],
             top_k=p["top_k"],
             seed=p["seed"],
+            **_run_options(p),
         )
         start = time.perf_counter()
         summary = batchvision.run(cfg)
@@ -304,7 +329,9 @@ def _batchvision_probs(p: dict[str, Any], paths: list[str], precision: str) -> t
             workers=p["workers"],
             top_k=p["num_classes"],
             seed=p["seed"],
+            **_run_options(p),
         )
+        _set_threads(p)
         summary = batchvision.run(cfg)
         table = pads.dataset(cfg.output, format="parquet").to_table()
     rows = {r["id"]: r for r in table.to_pylist()}
@@ -574,6 +601,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=None, help="batchvision decode workers")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of the model's process")
+    p.add_argument("--compile", action="store_true", help="batchvision --compile (both runs)")
+    p.add_argument(
+        "--decode-device", default="cpu", choices=("cpu", "cuda", "auto"), help="end-to-end"
+    )
+    p.add_argument(
+        "--decode-threads", type=int, default=None, help="batchvision --decode-threads (e2e)"
+    )
     p.add_argument("--warmup", type=int, default=2, help="warm-up batches for model-only")
     p.add_argument("--top-k", type=int, default=5, help="top-k for the speed runs")
     p.add_argument("--seed", type=int, default=0, help="image and random-weights seed")
@@ -608,6 +643,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "precision": args.precision,
         "batch_size": args.batch_size,
         "workers": args.workers,
+        "threads": args.threads,
+        "compile": args.compile,
+        "decode_device": args.decode_device,
+        "decode_threads": args.decode_threads,
         "warmup": args.warmup,
         "top_k": args.top_k,
         "seed": args.seed,
@@ -673,6 +712,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "device": results["batchvision"]["device"],
         "workers": results["batchvision"]["workers"],
         "torch_threads": results["batchvision"]["torch_threads"],
+        "compile": args.compile,
+        "decode_device": args.decode_device,
+        "decode_threads": args.decode_threads,
         "top_k": args.top_k,
         "seed": args.seed,
     }

@@ -94,7 +94,12 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     )
     _check_task_options(config, spec)
     # A bad --device (e.g. cuda on a GPU-less machine) must fail before the output exists.
-    resolve_device(config.device)
+    device = resolve_device(config.device)
+    if config.decode_device == "cuda" and device.type != "cuda":
+        raise ConfigError(
+            f"--decode-device cuda needs the model on CUDA, but --device {config.device!r} "
+            f"runs it on {device}; choose cpu or auto"
+        )
     state_dict = load_state_dict(spec)
 
     reusing = config.resume or config.overwrite
@@ -314,6 +319,10 @@ def _finish_manifest(
             "device": result.device,
             "precision": result.precision,
             "workers": result.workers,
+            "batch_size": result.batch_size,
+            "batch_size_search": result.batch_search,
+            "decode_device": result.decode_device,
+            "decode_threads": result.decode_threads,
             "ok": summary.ok,
             "error": summary.error,
             "skipped": summary.skipped,

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from batchvision.config import (
+    DECODE_DEVICES,
     DEFAULT_MAX_PIXELS,
     ENGINES,
     INTERPOLATIONS,
@@ -31,6 +32,18 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> An
         raise click.BadParameter(
             f"{value!r} is not comma-separated numbers, e.g. 0.5,0.5,0.5"
         ) from None
+
+
+def _batch_size(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise click.BadParameter(f"{value} is not valid; choose an integer x>=1 or auto")
+    return size
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,7 +99,16 @@ def cli() -> None:
     show_default=True,
     help="auto: bf16 where the device runs it natively, else fp32.",
 )
-@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--batch-size",
+    "-b",
+    callback=_batch_size,
+    default="32",
+    show_default=True,
+    metavar="N|auto",
+    help="Images per batch; auto: the size with the best throughput that fits the device, "
+    "measured once per run. Out of device memory, a batch is split in halves and retried.",
+)
 @click.option(
     "--workers",
     "-j",
@@ -141,6 +163,29 @@ def cli() -> None:
     help="Decode large JPEGs at reduced size when the model input is much smaller.",
 )
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
+@click.option(
+    "--decode-device",
+    type=click.Choice(DECODE_DEVICES),
+    default="cpu",
+    show_default=True,
+    help="Where JPEGs are decoded and resized: cpu (worker processes), cuda (batched on the "
+    "GPU; what it cannot read falls back to the CPU decoder per image), auto (cuda when the "
+    "model runs on CUDA). --engine local only.",
+)
+@click.option(
+    "--decode-threads",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Local engine, CPU decoding: N decodes in the model's process on N threads between "
+    "model batches (the workers only read files); 0 decodes in the worker processes "
+    "[default: one per core when the model runs on the CPU, else 0].",
+)
+@click.option(
+    "--compile/--no-compile",
+    default=False,
+    show_default=True,
+    help="Run the model through torch.compile (compiles on the first batch).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
 @click.option(
     "--part-rows",
@@ -249,7 +294,7 @@ def format_summary(s: Any) -> str:
     ]
     if s.error_codes:
         lines.append("  errors: " + ", ".join(f"{k} {v}" for k, v in s.error_codes.items()))
-    lines.append(f"  stages: {stages} (read/decode are summed over workers)")
+    lines.append(f"  stages: {stages} (read, and decode in worker processes, summed over workers)")
     lines.append(f"  output: {s.output}")
     return "\n".join(lines)
 

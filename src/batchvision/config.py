@@ -16,6 +16,8 @@ Interpolation = Literal["bilinear", "bicubic", "nearest"]
 ResizeMode = Literal["shorter_crop", "squash_crop", "shorter"]
 CropOffset = Literal["round", "floor"]
 TaskName = Literal["classify", "segment", "embed"]
+DecodeDevice = Literal["cpu", "cuda", "auto"]
+BatchSize = int | Literal["auto"]
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
@@ -23,6 +25,7 @@ ENGINES: tuple[str, ...] = get_args(EngineName)
 INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
 RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 TASKS: tuple[str, ...] = get_args(TaskName)
+DECODE_DEVICES: tuple[str, ...] = get_args(DecodeDevice)
 
 #: Pillow's own warning threshold for decompression bombs.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -133,7 +136,8 @@ class RunConfig:
     engine: EngineName = "local"
     device: str = "auto"
     precision: Precision = "auto"
-    batch_size: int = 32
+    #: Images per batch, or ``auto``: the best-throughput size that fits, measured per run.
+    batch_size: BatchSize = 32
     workers: int | None = None
     top_k: int = 5
     format: OutputFormat = "parquet"
@@ -144,6 +148,15 @@ class RunConfig:
     preprocess: PreprocessOverrides = field(default_factory=PreprocessOverrides)
     draft: bool = True
     channels_last: bool = True
+    #: Where JPEGs are decoded and resized: ``cpu`` (worker processes), ``cuda`` (batched on
+    #: the GPU, with per-image CPU fallback) or ``auto`` (cuda when the model runs on CUDA).
+    decode_device: DecodeDevice = "cpu"
+    #: Local engine, CPU decoding: ``N`` decodes in the model's process on N threads between
+    #: model batches (the workers only read bytes); ``0`` decodes in the worker processes;
+    #: ``None``: one thread per core when the model runs on the CPU, else 0.
+    decode_threads: int | None = None
+    #: Run the model through ``torch.compile``.
+    compile: bool = False
     seed: int = 0
     part_rows: int = 10_000
     flush_seconds: float = 30.0
@@ -193,10 +206,13 @@ class RunConfig:
                 )
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other; pick one")
-        _positive("--batch-size", self.batch_size)
+        _check_batch_size(self.batch_size)
+        _choice("--decode-device", self.decode_device, DECODE_DEVICES)
         _positive("--top-k", self.top_k)
         _positive("--max-pixels", self.max_pixels)
         _positive("--part-rows", self.part_rows)
+        if self.decode_threads is not None and self.decode_threads < 0:
+            raise ConfigError(f"--decode-threads must be >= 0, got {self.decode_threads}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if not 0.0 <= self.max_error_rate <= 1.0:
@@ -224,6 +240,16 @@ class RunConfig:
             )
             if value is not None
         ]
+        if self.engine == "ray" and self.decode_device == "cuda":
+            raise ConfigError(
+                "--decode-device cuda applies to --engine local only; the Ray engine decodes "
+                "in CPU tasks (use cpu or auto)"
+            )
+        if self.engine == "ray" and self.decode_threads is not None:
+            raise ConfigError(
+                f"--decode-threads {self.decode_threads} applies to --engine local only; with "
+                "--engine ray, decoding runs in Ray tasks"
+            )
         if self.engine == "ray" and self.workers is not None:
             raise ConfigError(
                 f"--workers {self.workers} applies to --engine local only; with --engine ray, "
@@ -248,11 +274,26 @@ class RunConfig:
         """Decode workers: ``--workers`` or the number of usable cores."""
         if self.workers is not None:
             return self.workers
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else (os.cpu_count() or 1)
-        )
+        return usable_cores()
+
+    def num_decode_threads(self, model_device: str) -> int:
+        """``--decode-threads``, or its default for a model on ``model_device`` (``cpu``...).
+
+        On the CPU, decoding between model batches on every core beat decoding in worker
+        processes alongside inference: the model's threads no longer wait for a core taken
+        by a decoder at every layer (resnet50 on 2 cores: +4% images/s, -6% CPU per image;
+        docs/benchmarks.md). On a GPU the workers' decoding overlaps the device's work.
+        """
+        if self.decode_threads is not None:
+            return self.decode_threads
+        return usable_cores() if model_device == "cpu" else 0
+
+
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 def parse_concurrency(value: str | int | tuple[int, ...] | list[int]) -> tuple[int, int]:
@@ -276,6 +317,13 @@ def parse_concurrency(value: str | int | tuple[int, ...] | list[int]) -> tuple[i
             "or MIN,MAX with 1 <= MIN <= MAX (an autoscaling pool), e.g. 2 or 1,4"
         )
     return nums[0], nums[1]
+
+
+def _check_batch_size(value: object) -> None:
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"--batch-size {value!r} is not valid; choose a positive integer or auto")
 
 
 def _positive(name: str, value: int) -> None:

@@ -69,6 +69,16 @@ RUN_FIELDS: dict[str, str] = {
     "device": "Device used, e.g. `cpu`, `cuda:0`.",
     "precision": "`fp32`, `bf16` or `fp16`.",
     "workers": "Decode workers.",
+    "batch_size": "Batch size the model finally ran at: `--batch-size`, the size "
+    "`--batch-size auto` chose, or less where a batch ran out of device memory and was "
+    "split in halves (the Ray engine: the smallest any predictor actor kept).",
+    "batch_size_search": "`--batch-size auto` only (else `null`): the chosen `size`, the "
+    "`trials` (`batch_size`, `images_per_second` on synthetic input on the device; 0 where "
+    "memory ran out) and the search's `seconds`.",
+    "decode_device": "Where images were decoded and resized: `cpu`, or the model's CUDA "
+    "device (`--decode-device`).",
+    "decode_threads": "Threads that decoded on the CPU in the model's process between model "
+    "batches (`--decode-threads`); 0: decoded in the worker processes (or Ray tasks).",
     "ok": "Rows with status ok written by this run.",
     "error": "Error rows written by this run.",
     "skipped": "Files skipped while listing (hidden, or not an image name).",
@@ -77,7 +87,8 @@ RUN_FIELDS: dict[str, str] = {
     "parts_written": "Part files this run committed.",
     "wall_seconds": "Wall time of the run.",
     "images_per_second": "(ok + error) / wall_seconds.",
-    "stage_seconds": "Time per stage (read/decode summed over workers).",
+    "stage_seconds": "Time per stage: read, and decode when done in worker processes, summed "
+    "over workers; decode on the model process's threads or on the device is wall time.",
     "error_codes": "Error rows by code.",
 }
 

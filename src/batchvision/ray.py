@@ -50,7 +50,14 @@ from batchvision.models.spec import ModelSpec
 from batchvision.stages.postprocess import postprocess_batch
 from batchvision.stages.preprocess import decode_batch
 
-__all__ = ["FAULT_INJECT_ENV", "DecodeOptions", "Decoder", "Predictor", "resolve"]
+__all__ = [
+    "FAULT_INJECT_ENV",
+    "DecodeOptions",
+    "Decoder",
+    "Predictor",
+    "find_batch_size",
+    "resolve",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +74,9 @@ FATAL_CODE = "storage_auth"
 #: Per-row timing columns the engine asks for (seconds of the batch / rows); dropped before
 #: writing.
 TIMING_COLUMNS = ("_t_read", "_t_decode", "_t_inference")
+#: With timings: the largest batch the actor's model now runs at (0: whole batches, no OOM
+#: yet), so the driver can record the size finally used; dropped before writing.
+BATCH_LIMIT_COLUMN = "_batch_limit"
 
 
 @dataclass(frozen=True)
@@ -189,8 +199,11 @@ class Predictor:
         table: return the output table itself (``batchvision run``'s exact schema, plus the
             timing columns): what the engine writes. Implies ``postprocess``.
         threads: torch threads in this actor (default: Ray's, one per CPU reserved).
-        timings: add the ``_t_inference`` column (the engine's stage timings).
+        timings: add the ``_t_inference`` and ``_batch_limit`` columns (the engine's stage
+            timings, and the batch size after any out-of-memory halving).
         fault_inject: the test hook (see ``FAULT_INJECT_ENV``); defaults to that variable.
+        compile: run the model through ``torch.compile``.
+        inject_oom_above: test hook (see ``batchvision.stages.batching.INJECT_OOM_ENV``).
     """
 
     def __init__(
@@ -212,6 +225,8 @@ class Predictor:
         threads: int | None = None,
         timings: bool = False,
         fault_inject: str | None = None,
+        compile: bool = False,
+        inject_oom_above: int | None = None,
     ) -> None:
         import torch
 
@@ -235,6 +250,8 @@ class Predictor:
             top_k=top_k,
             channels_last=channels_last,
             normalize=normalize,
+            compile=compile,
+            inject_oom_above=inject_oom_above,
         )
         self.spec = spec
         self.predictor = StagePredictor(spec, options, state_dict)
@@ -253,6 +270,7 @@ class Predictor:
         if self.timings:
             n = len(out["id"])
             out["_t_inference"] = np.full(n, (time.perf_counter() - t0) / max(1, n))
+            out[BATCH_LIMIT_COLUMN] = np.full(n, self.predictor.batch_limit or 0, np.int64)
         if self.postprocess:
             out = postprocess_batch(out, self.spec)
             if self.table:
@@ -261,6 +279,9 @@ class Predictor:
                 for col in TIMING_COLUMNS:
                     if col in out:
                         table = table.append_column(col, pa.array(out[col], pa.float64()))
+                if BATCH_LIMIT_COLUMN in out:
+                    limits = pa.array(out[BATCH_LIMIT_COLUMN], pa.int64())
+                    table = table.append_column(BATCH_LIMIT_COLUMN, limits)
                 return table
             if "topk_labels" in out:
                 # A 1-D column of lists: Arrow stores list<string> where a 2-D object array
@@ -283,6 +304,25 @@ class Predictor:
         os.close(fd)
         logger.warning("%s: exiting this actor process once (test hook)", FAULT_INJECT_ENV)
         os._exit(1)
+
+
+def find_batch_size(
+    spec: ModelSpec, state_dict: Any, options: Any, threads: int | None = None
+) -> Any:
+    """``--batch-size auto`` where the predictors run: a :class:`BatchSearch`.
+
+    Run it as a Ray task with the predictor actors' resources (``num_gpus``/``num_cpus``),
+    so it measures the device they get.
+    """
+    import torch
+
+    from batchvision.stages.predict import Predictor as StagePredictor
+
+    if threads:
+        torch.set_num_threads(threads)
+    if isinstance(state_dict, ray.ObjectRef):
+        state_dict = ray.get(state_dict)
+    return StagePredictor(spec, options, state_dict).find_batch_size()
 
 
 def _text_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -250,3 +250,40 @@ def test_resume_of_a_finished_run_does_nothing(
     )
     assert (first.ok, again.processed, again.already_done) == (24, 0, 24)
     assert len(read_rows(out)) == 24
+
+
+def test_oom_halving_and_batch_size_auto(
+    ray_local: str,
+    engine_runs: dict[str, Any],
+    mixed_dir: Path,
+    photo_dir: Path,
+    tiny_checkpoint: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An (injected) OOM in the actors halves their batches and loses no row; ``auto`` is
+    resolved once, in a task with the actors' resources; both are in the manifest."""
+    import json
+
+    from batchvision.stages.batching import INJECT_OOM_ENV
+
+    _, local_rows = engine_runs["local"]
+    monkeypatch.setenv(INJECT_OOM_ENV, "3")
+    out = tmp_path / "oom"
+    summary = batchvision.run(_config((str(mixed_dir),), out, tiny_checkpoint, engine="ray"))
+    rows = read_rows(out)
+    assert (summary.ok, summary.error) == (24, len(BAD_FILES))
+    assert_same_rows(local_rows, rows)  # every id once, the same predictions
+    run = json.loads((out / "_manifest.json").read_text())["runs"][-1]
+    assert run["batch_size"] == 2  # 8 -> 4 -> 2 in the actors
+    assert run["batch_size_search"] is None
+
+    monkeypatch.setenv(INJECT_OOM_ENV, "16")
+    out = tmp_path / "auto"
+    cfg = _config((str(photo_dir),), out, tiny_checkpoint, engine="ray", batch_size="auto")
+    summary = batchvision.run(cfg)
+    expected = {p.relative_to(photo_dir).as_posix() for p in photo_dir.rglob("*.jpg")}
+    assert set(read_rows(out)) == expected and summary.ok == 24
+    run = json.loads((out / "_manifest.json").read_text())["runs"][-1]
+    assert run["batch_size"] == run["batch_size_search"]["size"]
+    assert 8 <= run["batch_size"] <= 16

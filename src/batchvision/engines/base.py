@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,6 +61,14 @@ class EngineResult:
     device: str = ""
     precision: str = ""
     workers: int = 0
+    #: Batch size the model finally ran at (after ``auto`` and any out-of-memory halving).
+    batch_size: int = 0
+    #: ``--batch-size auto``'s measurements (``BatchSearch.as_record``), else ``None``.
+    batch_search: dict[str, Any] | None = None
+    #: Where images were decoded: ``cpu`` or the model's CUDA device.
+    decode_device: str = "cpu"
+    #: CPU decode threads in the model's process (0: decoded in worker processes or tasks).
+    decode_threads: int = 0
 
 
 class RunStats:

@@ -1,28 +1,39 @@
-"""The local engine: decode in worker processes, infer in this one, overlapped.
+"""The local engine: read (and decode) in worker processes, infer in this one.
 
-Decoding runs in a torch ``DataLoader``'s worker processes. The "sampler" is the lazy
+Reading runs in a torch ``DataLoader``'s worker processes. The "sampler" is the lazy
 stream of input chunks, so the listing feeds workers while it is still walking, and the
-loader's bounded prefetch keeps memory flat for any number of images. Decoded batches
-come back through shared memory as uint8 tensors; inference and writing run here.
+loader's bounded prefetch keeps memory flat for any number of images. Where images are
+decoded depends on the device (``--decode-device``, ``--decode-threads``):
+
+- model on the CPU (default): here, on one thread per core, between model batches, so
+  inference never shares the cores with decoders;
+- model on CUDA (default): in the workers, overlapping the GPU's work; decoded batches
+  come back through shared (pinned) memory and the next one is copied to the GPU while
+  the model runs on this one;
+- ``--decode-device cuda``: here, batched on the GPU, with a per-image CPU fallback.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from batchvision.config import DEFAULT_MAX_PIXELS, PreprocessConfig
+from batchvision.config import DEFAULT_MAX_PIXELS, DecodeDevice, PreprocessConfig, RunConfig
 from batchvision.engines.base import Engine, EngineResult, Job, RunStats, defer_sigint
-from batchvision.errors import StorageAuthError
+from batchvision.engines.prefetch import prefetch_to_device
+from batchvision.errors import ConfigError, StorageAuthError
 from batchvision.io.sinks import batch_to_table
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
 from batchvision.io.storage import StorageOptions
+from batchvision.stages.device_decode import decode_batch_device
 from batchvision.stages.postprocess import postprocess_batch
 from batchvision.stages.predict import PredictOptions, Predictor
 from batchvision.stages.preprocess import decode_batch
@@ -34,7 +45,11 @@ PREFETCH_PER_WORKER = 2
 
 
 class DecodeDataset(Dataset[dict[str, Any]]):
-    """Maps a chunk of inputs to its decoded batch: read, then decode and preprocess."""
+    """Maps a chunk of inputs to its decoded batch: read, then decode and preprocess.
+
+    With ``decode=False`` it only reads (the bytes are decoded on the device, in the main
+    process).
+    """
 
     def __init__(
         self,
@@ -42,11 +57,13 @@ class DecodeDataset(Dataset[dict[str, Any]]):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         draft: bool = True,
         storage_options: StorageOptions | None = None,
+        decode: bool = True,
     ) -> None:
         self.preprocess = preprocess
         self.max_pixels = max_pixels
         self.draft = draft
         self.storage_options = storage_options or StorageOptions()
+        self.decode = decode
 
     def __getitem__(self, chunk: list[InputItem]) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -57,6 +74,8 @@ class DecodeDataset(Dataset[dict[str, Any]]):
             # traceback as its message; handed back, the main process raises it as it is.
             return {"_fatal": e}
         t1 = time.perf_counter()
+        if not self.decode:
+            return {**batch, "_seconds": {"read": t1 - t0}}
         out: dict[str, Any] = decode_batch(
             batch, self.preprocess, max_pixels=self.max_pixels, draft=self.draft
         )
@@ -80,8 +99,29 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def decode_target(setting: DecodeDevice, model_device: torch.device) -> torch.device | None:
+    """The device JPEGs are decoded on, or ``None`` for the CPU worker processes."""
+    if setting == "cpu" or (setting == "auto" and model_device.type != "cuda"):
+        return None
+    if model_device.type != "cuda":
+        raise ConfigError(
+            f"--decode-device {setting!r} needs the model on CUDA, but it runs on "
+            f"{model_device}; choose cpu or auto"
+        )
+    return model_device
+
+
+def resolve_batch_size(cfg: RunConfig, predictor: Predictor, result: EngineResult) -> int:
+    """``--batch-size``, or for ``auto`` the size the predictor measures (kept in ``result``)."""
+    if cfg.batch_size != "auto":
+        return int(cfg.batch_size)
+    search = predictor.find_batch_size()
+    result.batch_search = search.as_record()
+    return search.size
+
+
 class LocalEngine(Engine):
-    """Everything on this machine: ``--workers`` decode processes and one model."""
+    """Everything on this machine: ``--workers`` reader/decoder processes and one model."""
 
     name = "local"
 
@@ -90,25 +130,58 @@ class LocalEngine(Engine):
         stats = RunStats(job)
         seconds = dict.fromkeys(("read", "decode", "wait", "inference", "write"), 0.0)
         predictor = Predictor(job.spec, PredictOptions.from_config(cfg), job.state_dict)
+        result = stats.result
+        batch_size = resolve_batch_size(cfg, predictor, result)
+        on_device = decode_target(cfg.decode_device, predictor.device)
+        # CPU decoding in this process, on threads, between model batches (workers only read).
+        threads = cfg.num_decode_threads(predictor.device.type) if on_device is None else 0
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads else None
         workers = cfg.num_workers
         loader = DataLoader(
-            DecodeDataset(job.spec.preprocess, cfg.max_pixels, cfg.draft, cfg.storage),
+            DecodeDataset(
+                job.spec.preprocess,
+                cfg.max_pixels,
+                cfg.draft,
+                cfg.storage,
+                decode=on_device is None and pool is None,
+            ),
             batch_size=None,
-            sampler=chunked(job.items, cfg.batch_size),
+            sampler=chunked(job.items, batch_size),
             num_workers=workers,
             prefetch_factor=PREFETCH_PER_WORKER if workers else None,
             pin_memory=predictor.device.type == "cuda",
             collate_fn=_identity,
             in_order=False,
         )
-        result = stats.result
         result.device, result.precision, result.workers = (
             str(predictor.device),
             predictor.precision,
             workers,
         )
+        result.decode_device = "cpu" if on_device is None else str(on_device)
+        result.decode_threads = threads
+        decode_here: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        if on_device is not None:  # batched on the model's device
+            decode_here = functools.partial(
+                decode_batch_device,
+                preprocess=job.spec.preprocess,
+                device=on_device,
+                max_pixels=cfg.max_pixels,
+                draft=cfg.draft,
+            )
+        elif pool is not None:  # on this process's threads, between model batches
+            decode_here = functools.partial(
+                decode_batch,
+                preprocess=job.spec.preprocess,
+                max_pixels=cfg.max_pixels,
+                draft=cfg.draft,
+                pool=pool,
+            )
         try:
-            it = iter(loader)
+            batches: Iterator[dict[str, Any]] = iter(loader)
+            if predictor.device.type == "cuda" and on_device is None:
+                batches = prefetch_to_device(batches, predictor.device)  # copy overlaps compute
+            it = batches
             while True:
                 t0 = time.perf_counter()
                 batch = next(it, None)
@@ -119,19 +192,27 @@ class LocalEngine(Engine):
                     raise batch["_fatal"]
                 for stage, s in batch.pop("_seconds").items():
                     seconds[stage] += s
+                t_infer = t1
+                if decode_here is not None:
+                    batch = decode_here(batch)
+                    t_infer = time.perf_counter()
+                    seconds["decode"] += t_infer - t1
                 labelled = postprocess_batch(predictor(batch), job.spec)
                 t2 = time.perf_counter()
                 with defer_sigint():  # a batch is written and counted, or neither
                     job.writer.add(batch_to_table(labelled))
                     t3 = time.perf_counter()
                     seconds["wait"] += t1 - t0
-                    seconds["inference"] += t2 - t1
+                    seconds["inference"] += t2 - t_infer
                     seconds["write"] += t3 - t2
                     stats.observe(labelled)
         except KeyboardInterrupt:
             result.interrupted = True
             logger.warning("interrupted: writing the rows completed so far")
         finally:
+            if pool is not None:
+                pool.shutdown()
+            result.batch_size = predictor.batch_size_used(batch_size)
             t = time.perf_counter()
             job.writer.close()
             seconds["write"] += time.perf_counter() - t

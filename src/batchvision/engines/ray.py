@@ -210,13 +210,17 @@ class RayEngine(Engine):
             else cfg.precision
         )
         result.workers = hi
+        threads = actor_threads(num_cpus, num_gpus, hi, resources, _max_node_cpus(ray))
         try:
             # The weights travel once, through the object store; actors never download.
             weights_ref = ray.put(job.state_dict) if job.state_dict is not None else None
-            refs = [ray.put(t) for t in manifest_blocks(job.items, cfg.batch_size)]
+            batch_size = self._batch_size(job, weights_ref, num_gpus, num_cpus, threads, result)
+            result.batch_size = batch_size
+            refs = [ray.put(t) for t in manifest_blocks(job.items, batch_size)]
             stats.report(force=True)
             if refs:
-                self._stream(job, refs, weights_ref, stats, seconds, (lo, hi, num_gpus, num_cpus))
+                pool = (lo, hi, num_gpus, num_cpus, threads, batch_size)
+                self._stream(job, refs, weights_ref, stats, seconds, pool)
         except KeyboardInterrupt:
             result.interrupted = True
             logger.warning("interrupted: writing the rows completed so far")
@@ -227,6 +231,28 @@ class RayEngine(Engine):
         result.stage_seconds = seconds
         return result
 
+    def _batch_size(
+        self,
+        job: Job,
+        weights_ref: Any,
+        num_gpus: float,
+        num_cpus: float,
+        threads: int,
+        result: EngineResult,
+    ) -> int:
+        """``--batch-size``, or ``auto`` resolved once, in a task shaped like a predictor actor."""
+        cfg = job.config
+        if cfg.batch_size != "auto":
+            return int(cfg.batch_size)
+        from batchvision.ray import find_batch_size
+
+        task = self.ray.remote(num_gpus=num_gpus, num_cpus=num_cpus)(find_batch_size)
+        opts = PredictOptions.from_config(cfg)
+        search = self.ray.get(task.remote(job.spec, weights_ref, opts, threads))
+        logger.info("ray: --batch-size auto chose %d", search.size)
+        result.batch_search = search.as_record()
+        return int(search.size)
+
     def _stream(
         self,
         job: Job,
@@ -234,13 +260,14 @@ class RayEngine(Engine):
         weights_ref: Any,
         stats: RunStats,
         seconds: dict[str, float],
-        pool: tuple[int, int, float, float],
+        pool: tuple[int, int, float, float, int, int],
     ) -> None:
         """Build the dataset over the manifest blocks and write its rows as they arrive."""
         ray = self.ray
         from ray.data import ActorPoolStrategy
 
         from batchvision.ray import (
+            BATCH_LIMIT_COLUMN,
             FAULT_INJECT_ENV,
             TIMING_COLUMNS,
             DecodeOptions,
@@ -251,9 +278,7 @@ class RayEngine(Engine):
 
         cfg = job.config
         opts = PredictOptions.from_config(cfg)
-        lo, hi, num_gpus, num_cpus = pool
-        resources, node_cpus = ray.cluster_resources(), _max_node_cpus(ray)
-        threads = actor_threads(num_cpus, num_gpus, hi, resources, node_cpus)
+        lo, hi, num_gpus, num_cpus, threads, batch_size = pool
         logger.info("ray: %d torch thread(s) per predictor actor", threads)
         ds = ray.data.from_arrow_refs(refs)
         ds = ds.map_batches(
@@ -266,7 +291,7 @@ class RayEngine(Engine):
                     storage=cfg.storage,
                 )
             ),
-            batch_size=cfg.batch_size,
+            batch_size=batch_size,
             batch_format="numpy",
             zero_copy_batch=True,
             num_cpus=1,
@@ -274,7 +299,7 @@ class RayEngine(Engine):
             # Asking for it also keeps Ray Data from fusing decoding into the predictor
             # actors (it fuses only equal resource requests): decoding then overlaps
             # inference in its own tasks instead of running inside the model's process.
-            memory=decode_memory(cfg.batch_size, job.spec.preprocess.crop_size),
+            memory=decode_memory(batch_size, job.spec.preprocess.crop_size),
         )
         ds = ds.map_batches(
             Predictor,
@@ -290,9 +315,11 @@ class RayEngine(Engine):
                 "threads": threads,
                 "timings": True,
                 "fault_inject": os.environ.get(FAULT_INJECT_ENV),
+                "compile": opts.compile,
+                "inject_oom_above": opts.inject_oom_above,
             },
             compute=ActorPoolStrategy(min_size=lo, max_size=hi),
-            batch_size=cfg.batch_size,
+            batch_size=batch_size,
             batch_format="numpy",
             zero_copy_batch=True,
             num_gpus=num_gpus,
@@ -304,7 +331,11 @@ class RayEngine(Engine):
         ):
             for col, stage in zip(TIMING_COLUMNS, ("read", "decode", "inference"), strict=True):
                 seconds[stage] += float(pc.sum(table.column(col)).as_py() or 0.0)
-            table = _drop_repeats(table.drop_columns(list(TIMING_COLUMNS)), seen)
+            limits = [v for v in table.column(BATCH_LIMIT_COLUMN).to_pylist() if v]
+            if limits:  # an actor ran out of memory and halved its batches
+                stats.result.batch_size = min(stats.result.batch_size, *limits)
+            dropped = [*TIMING_COLUMNS, BATCH_LIMIT_COLUMN]
+            table = _drop_repeats(table.drop_columns(dropped), seen)
             errors = table.column("error").to_pylist()
             fatal = fatal_error(errors)
             if fatal is not None:

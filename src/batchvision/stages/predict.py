@@ -23,6 +23,16 @@ from batchvision.config import PRECISIONS, Precision, RunConfig
 from batchvision.errors import ConfigError
 from batchvision.models.registry import build_model
 from batchvision.models.spec import ModelSpec
+from batchvision.stages.batching import (
+    SEARCH_BUDGET_S,
+    SEARCH_LIMIT,
+    SEARCH_START,
+    BatchSearch,
+    free_cached_memory,
+    injected_oom_limit,
+    is_out_of_memory,
+    search_batch_size,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +102,11 @@ class PredictOptions:
     top_k: int = 5
     channels_last: bool = True
     normalize: bool = False
+    #: Run the model through ``torch.compile`` (compiled on the first batch).
+    compile: bool = False
+    #: Test hook (``BATCHVISION_INJECT_OOM_ABOVE``): model calls on more images than this
+    #: raise ``torch.cuda.OutOfMemoryError``, on any device.
+    inject_oom_above: int | None = None
 
     @classmethod
     def from_config(cls, config: RunConfig) -> PredictOptions:
@@ -102,6 +117,8 @@ class PredictOptions:
             top_k=config.top_k,
             channels_last=config.channels_last,
             normalize=config.normalize,
+            compile=config.compile,
+            inject_oom_above=injected_oom_limit(),
         )
 
 
@@ -111,6 +128,10 @@ class Predictor:
     Normalisation and dtype conversion happen on the device: the batch crosses to the
     device as uint8 (a quarter of float32's bytes), which in NHWC layout is already a
     channels-last tensor once permuted, so no copy is made for channels_last.
+
+    A model call that runs out of device memory is retried on the same rows in halves, down
+    to one image (then the error is real), and the smaller size is kept for later batches:
+    ``batch_limit`` is then the largest batch the model is run on.
 
     Args:
         spec: the resolved model.
@@ -139,6 +160,10 @@ class Predictor:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        self._forward = torch.compile(model) if options.compile else model
+        self.inject_oom_above = options.inject_oom_above
+        #: Largest batch given to the model at once; ``None``: whole batches (no OOM yet).
+        self.batch_limit: int | None = None
         mean = torch.tensor(spec.preprocess.mean, dtype=torch.float32, device=self.device)
         std = torch.tensor(spec.preprocess.std, dtype=torch.float32, device=self.device)
         # (x * rescale - mean) / std  ==  x * scale + shift, one fused multiply-add.
@@ -160,14 +185,107 @@ class Predictor:
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """fp32 logits for a uint8 NHWC batch."""
+        """fp32 logits for a uint8 NHWC batch, in pieces of ``batch_limit`` after an OOM."""
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(images)
+        n = len(images)
+        limit = self.batch_limit or n
+        if n <= limit:
+            try:
+                return self._logits(images)
+            except Exception as e:
+                if n <= 1 or not is_out_of_memory(e):
+                    raise
+                limit = self._shrink(n, e)
+        outs = []
+        start = 0
+        while start < n:
+            chunk = images[start : start + limit]
+            try:
+                outs.append(self._logits(chunk))
+            except Exception as e:
+                if len(chunk) <= 1 or not is_out_of_memory(e):
+                    raise
+                limit = self._shrink(len(chunk), e)
+                continue
+            start += len(chunk)
+        return torch.cat(outs)
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        if self.inject_oom_above is not None and len(images) > self.inject_oom_above:
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory (injected by the test hook: batch of {len(images)} > "
+                f"{self.inject_oom_above})"
+            )
         with self._autocast():
-            out = self.model(self.to_input(images))
+            out = self._forward(self.to_input(images))
         if not isinstance(out, torch.Tensor):  # e.g. GoogLeNet/Inception named tuples
             out = out[0]
         return out.float()
+
+    def _shrink(self, n: int, error: BaseException) -> int:
+        """Halve the batch after an out-of-memory error on ``n`` images; keep the new size."""
+        free_cached_memory(self.device)
+        self.batch_limit = max(1, n // 2)
+        logger.warning(
+            "out of memory on %s with a batch of %d (%s): retrying the same rows in batches "
+            "of %d, and keeping that size",
+            *(self.device, n, str(error).splitlines()[0][:120], self.batch_limit),
+        )
+        return self.batch_limit
+
+    def batch_size_used(self, requested: int) -> int:
+        """The batch size the model ran at: ``requested``, or less after an OOM."""
+        return min(requested, self.batch_limit or requested)
+
+    def input_size(self) -> tuple[int, int]:
+        """``(h, w)`` of a model input: the crop, or the resize for uncropped inputs."""
+        pre = self.spec.preprocess
+        if pre.resize_mode == "shorter":
+            return pre.resize_size, pre.resize_size
+        return pre.crop_size
+
+    @torch.inference_mode()
+    def find_batch_size(
+        self,
+        start: int | None = None,
+        limit: int | None = None,
+        budget_s: float | None = None,
+    ) -> BatchSearch:
+        """``--batch-size auto``: the batch size with the best throughput that fits.
+
+        Times the model on synthetic uint8 input of the model's input size, on the device,
+        at doubling sizes (see :func:`search_batch_size`); defaults depend on the device type.
+        """
+        kind = self.device.type if self.device.type in SEARCH_START else "cpu"
+        h, w = self.input_size()
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        sample = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8, generator=gen)
+        sample = sample.to(self.device)
+
+        def run(n: int) -> None:
+            self._logits(sample.expand(n, h, w, 3).contiguous())
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+
+        search = search_batch_size(
+            run,
+            start=start or SEARCH_START[kind],
+            limit=limit or SEARCH_LIMIT[kind],
+            budget_s=SEARCH_BUDGET_S[kind] if budget_s is None else budget_s,
+            on_oom=lambda: free_cached_memory(self.device),
+        )
+        free_cached_memory(self.device)
+        logger.info(
+            "--batch-size auto: %d on %s (%s) in %.1f s",
+            search.size,
+            self.device,
+            ", ".join(
+                f"{b}: {r:.0f} img/s" if r else f"{b}: out of memory" for b, r in search.trials
+            ),
+            search.seconds,
+        )
+        return search
 
     @torch.inference_mode()
     def topk(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

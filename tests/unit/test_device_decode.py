@@ -1,0 +1,236 @@
+"""The device decode path (``--decode-device``), run on CPU: torchvision's batched
+``decode_jpeg`` with ``device="cpu"`` takes the same code path as on a GPU.
+
+Rows (status, error code, width, height) must equal the CPU path's exactly, including the
+fallbacks; images must agree within resize rounding, and the model's centered
+log-probabilities within a cosine of 0.99.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from batchvision.config import PreprocessConfig
+from batchvision.stages.device_decode import (
+    decode_batch_device,
+    device_decodable,
+    resize_crop_tensor,
+)
+from batchvision.stages.preprocess import decode_batch, resize_crop
+from tests.unit import odd_images as oi
+
+CPU = torch.device("cpu")
+BIG = 10**9
+
+
+def _inputs() -> dict[str, bytes | None]:
+    photo = oi.photo(500, 375, seed=1)
+    return {
+        "plain.jpg": oi.encode(photo, "JPEG", quality=90),
+        "portrait.jpg": oi.encode(oi.photo(300, 520, seed=2), "JPEG", quality=85),
+        "progressive.jpg": oi.encode(oi.photo(640, 480, seed=3), "JPEG", progressive=True),
+        "small.jpg": oi.encode(oi.photo(150, 120, seed=4), "JPEG"),  # upscaled
+        "large.jpg": oi.large_jpeg(2000, 1500),
+        "png.png": oi.encode(oi.photo(320, 240, seed=5), "PNG"),
+        "cmyk.jpg": oi.encode(oi.photo(300, 260, seed=6).convert("CMYK"), "JPEG"),
+        "gray.jpg": oi.encode(oi.photo(280, 300, seed=7).convert("L"), "JPEG"),
+        "rotated.jpg": oi.with_orientation(oi.photo(400, 300, seed=8), 6),
+        "truncated.jpg": oi.truncated(oi.encode(oi.photo(300, 300, seed=9), "JPEG")),
+        "random_scan.jpg": oi.jpeg_random_scan(),
+        "not_image.jpg": b"definitely not an image",
+        "empty.jpg": b"",
+        "missing.jpg": None,  # a read error
+    }
+
+
+def _batch(inputs: dict[str, bytes | None]) -> dict[str, np.ndarray]:
+    n = len(inputs)
+    data = np.empty(n, dtype=object)
+    data[:] = list(inputs.values())
+    return {
+        "id": np.array(list(inputs), dtype=object),
+        "path": np.array([f"/in/{k}" for k in inputs], dtype=object),
+        "bytes": data,
+        "error": np.array(
+            [None if v is not None else "not_found: no such file" for v in inputs.values()],
+            dtype=object,
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def both() -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    batch = _batch(_inputs())
+    pre = PreprocessConfig()
+    return decode_batch(batch, pre), decode_batch_device(batch, pre, CPU)
+
+
+def test_rows_equal_the_cpu_path(both) -> None:
+    cpu, dev = both
+    for col in ("id", "path", "status", "error", "width", "height"):
+        assert list(dev[col]) == list(cpu[col]), col
+    codes = {i: (e or "").split(":")[0] for i, e in zip(cpu["id"], cpu["error"], strict=True)}
+    assert codes["truncated.jpg"] == "truncated"
+    assert codes["random_scan.jpg"] == "corrupt"
+    assert codes["not_image.jpg"] == "not_image"
+    assert codes["empty.jpg"] == "empty"
+    assert codes["missing.jpg"] == "not_found"
+    assert codes["rotated.jpg"] == ""  # ok, and upright: 300x400
+    i = list(cpu["id"]).index("rotated.jpg")
+    assert (dev["width"][i], dev["height"][i]) == (300, 400)
+
+
+def test_images_agree_within_rounding(both) -> None:
+    cpu, dev = both
+    image = dev["image"]
+    assert isinstance(image, torch.Tensor) and image.device == CPU
+    assert image.dtype == torch.uint8 and tuple(image.shape) == cpu["image"].shape
+    got = image.numpy().astype(np.int16)
+    want = cpu["image"].astype(np.int16)
+    for i, name in enumerate(cpu["id"]):
+        diff = np.abs(got[i] - want[i])
+        if cpu["status"][i] == "error":
+            assert not got[i].any(), name
+        elif name in ("png.png", "cmyk.jpg"):
+            assert not diff.any(), f"{name}: the CPU fallback must give the same pixels"
+        else:
+            # The antialiased tensor resize vs Pillow's: rounding-level differences;
+            # large.jpg also differs by Pillow's reduced-size (draft) decoding.
+            assert diff.mean() < (2.5 if name == "large.jpg" else 1.0), (name, diff.mean())
+
+
+def test_model_parity_centered_cosine(both) -> None:
+    cpu, dev = both
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=50).eval()
+    ok = np.flatnonzero(cpu["status"] == "ok")
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def logp(images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        with torch.no_grad():
+            return torch.log_softmax(model((x - mean) / std), 1).numpy()
+
+    a = logp(dev["image"].numpy()[ok])  # type: ignore[union-attr]
+    b = logp(cpu["image"][ok])
+    centre = b.mean(0, keepdims=True)
+    a, b = a - centre, b - centre
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() >= 0.99, cos
+
+
+@pytest.mark.parametrize(
+    ("name", "expect"),
+    [
+        ("plain.jpg", (500, 375, 1)),
+        ("progressive.jpg", (640, 480, 1)),
+        ("gray.jpg", (280, 300, 1)),
+        ("rotated.jpg", (300, 400, 6)),  # as displayed
+        ("png.png", None),
+        ("cmyk.jpg", None),
+        ("not_image.jpg", None),
+        ("empty.jpg", None),
+        ("missing.jpg", None),
+    ],
+)
+def test_device_decodable(name: str, expect: tuple[int, int, int] | None) -> None:
+    assert device_decodable(_inputs()[name], BIG) == expect
+
+
+def test_too_large_goes_to_the_cpu_path_and_is_an_error_row() -> None:
+    batch = _batch({"a.jpg": oi.encode(oi.photo(300, 200), "JPEG")})
+    assert device_decodable(batch["bytes"][0], 300 * 200 - 1) is None
+    dev = decode_batch_device(batch, PreprocessConfig(), CPU, max_pixels=300 * 200 - 1)
+    cpu = decode_batch(batch, PreprocessConfig(), max_pixels=300 * 200 - 1)
+    assert list(dev["error"]) == list(cpu["error"])
+    assert str(dev["error"][0]).startswith("too_large:")
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        PreprocessConfig(),
+        PreprocessConfig(resize_size=232, crop_size=(224, 224), interpolation="bicubic"),
+        PreprocessConfig(resize_mode="squash_crop", resize_hw=(240, 240), crop_size=(224, 224)),
+        PreprocessConfig(resize_size=100, crop_size=(90, 96), crop_offset="floor"),
+        PreprocessConfig(resize_size=64, crop_size=(80, 80)),  # crop larger than the image
+        PreprocessConfig(resize_size=128, resize_mode="shorter"),
+    ],
+    ids=["default", "bicubic", "squash", "floor", "pad", "shorter"],
+)
+def test_resize_crop_tensor_matches_pillow(cfg: PreprocessConfig) -> None:
+    img = oi.photo(333, 250, seed=11)
+    want = resize_crop(img, cfg).astype(np.int16)
+    tensor = torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
+    got = resize_crop_tensor(tensor, cfg).numpy().astype(np.int16)
+    assert got.shape == want.shape
+    assert np.abs(got - want).mean() < 1.0
+
+
+def test_shorter_mode_pads_like_the_cpu_path() -> None:
+    batch = _batch(
+        {
+            "a.jpg": oi.encode(oi.photo(300, 200, seed=1), "JPEG"),
+            "b.jpg": oi.encode(oi.photo(200, 300, seed=2), "JPEG"),
+            "c.png": oi.encode(oi.photo(250, 250, seed=3), "PNG"),
+        }
+    )
+    cfg = PreprocessConfig(resize_size=64, resize_mode="shorter")
+    cpu = decode_batch(batch, cfg)
+    dev = decode_batch_device(batch, cfg, CPU)
+    assert dev["image"].shape == cpu["image"].shape  # type: ignore[union-attr]
+    assert list(dev["input_height"]) == list(cpu["input_height"]) == [64, 96, 64]
+    assert list(dev["input_width"]) == list(cpu["input_width"]) == [96, 64, 64]
+
+
+def test_empty_batch() -> None:
+    out = decode_batch_device(_batch({}), PreprocessConfig(), CPU)
+    assert out["image"].shape == (0, 224, 224, 3)  # type: ignore[union-attr]
+    assert len(out["status"]) == 0
+
+
+def test_input_batch_is_not_modified() -> None:
+    batch = _batch({"a.jpg": b"junk", "b.jpg": oi.encode(oi.photo(100, 100), "JPEG")})
+    before = list(batch["error"])
+    decode_batch_device(batch, PreprocessConfig(), CPU)
+    assert list(batch["error"]) == before
+
+
+def test_grayscale_jpeg_is_read_as_rgb_by_both_paths() -> None:
+    data = oi.encode(Image.new("L", (260, 260), 90), "JPEG")
+    batch = _batch({"g.jpg": data})
+    dev = decode_batch_device(batch, PreprocessConfig(), CPU)
+    assert dev["status"][0] == "ok"
+    img = dev["image"][0].numpy()  # type: ignore[index]
+    assert np.all(np.abs(img.astype(int) - 90) <= 1)
+
+
+def test_cpu_decode_on_a_thread_pool_equals_one_by_one() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    batch = _batch(_inputs())
+    want = decode_batch(batch, PreprocessConfig())
+    with ThreadPoolExecutor(3) as pool:
+        got = decode_batch(batch, PreprocessConfig(), pool=pool)
+    for col in ("id", "status", "error", "width", "height"):
+        assert list(got[col]) == list(want[col]), col
+    np.testing.assert_array_equal(got["image"], want["image"])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_on_the_device(orientation: int) -> None:
+    # Distinct quadrant colours: a wrong flip or rotation moves them.
+    data = oi.with_orientation(oi.quadrants(300, 240), orientation, quality=95)
+    batch = _batch({"q.jpg": data})
+    cfg = PreprocessConfig(resize_size=120, crop_size=(120, 120))
+    cpu = decode_batch(batch, cfg)
+    dev = decode_batch_device(batch, cfg, CPU)
+    assert device_decodable(data, BIG) is not None  # really the device path
+    assert (dev["width"][0], dev["height"][0]) == (cpu["width"][0], cpu["height"][0])
+    diff = np.abs(dev["image"][0].numpy().astype(int) - cpu["image"][0].astype(int))  # type: ignore[index]
+    assert diff.mean() < 1.0, diff.mean()
