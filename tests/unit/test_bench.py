@@ -48,6 +48,7 @@ def test_smoke_defaults_are_small_and_yield_to_explicit_options() -> None:
     assert cfg.image_size == (320, 240) and cfg.parity_images == 8
     cfg = bo.make_config(smoke=True, model="m", engines=("local", "ray"), synthetic=5)
     assert cfg.engines == ("local", "ray") and cfg.synthetic == 5
+    assert bo.make_config(smoke=True, model="m", input="/data").images == 24
     sequential_only = bo.make_config(smoke=True, model="m", strategies=("sequential",))
     assert not sequential_only.uses_ray
 

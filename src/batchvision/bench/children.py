@@ -50,8 +50,9 @@ def measure_decode(p: dict[str, Any]) -> dict[str, Any]:
     from batchvision.config import RunConfig
     from batchvision.engines.local import PREFETCH_PER_WORKER, DecodeDataset, chunked
     from batchvision.io.sources import iter_inputs
+    from batchvision.models.registry import resolve_model
 
-    spec, _ = _spec_and_weights(p)
+    spec = resolve_model(p["model"], p["weights"], labels_path=p["labels"], seed=p["seed"])
     cfg = RunConfig(
         inputs=(p["manifest"],), output="unused", model=p["model"], workers=p["workers"]
     )

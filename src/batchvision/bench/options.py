@@ -174,6 +174,8 @@ def make_config(*, smoke: bool = False, **options: Any) -> BenchConfig:
         if key == "synthetic" and given.get("input") is not None:
             continue
         given.setdefault(key, value)
+    if smoke and given.get("input") is not None:
+        given.setdefault("images", SMOKE_DEFAULTS["synthetic"])
     return BenchConfig(smoke=smoke, **given)
 
 
