@@ -59,9 +59,10 @@ def test_bench_smoke_measures_every_row(tmp_path: Path, tiny_checkpoint: tuple[P
     assert rows["ray_data"]["ratios"]["to_seed"] == 1.0
     assert rows["local"]["ratios"]["to_model_only"] > 0
     # The Ray Data seed starts Ray's own processes: the sampler saw the whole tree.
-    assert rows["ray_data"]["memory"]["peak_processes"] > rows["sequential"]["memory"][
-        "peak_processes"
-    ]
+    assert (
+        rows["ray_data"]["memory"]["peak_processes"]
+        > rows["sequential"]["memory"]["peak_processes"]
+    )
 
     parity = report["parity"]
     assert parity["images"] == 8

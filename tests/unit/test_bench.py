@@ -221,6 +221,13 @@ def test_table_names_every_row_with_its_figures() -> None:
     assert "2 cores, Test CPU, 24.0 GB RAM, no GPU" in table
     assert "mean centered cosine 0.99876" in table and "at fp32 0.99991" in table
     assert "precision bf16" in table
+    assert "not meaningful" not in table
+
+
+def test_table_flags_a_parity_figure_that_is_noise() -> None:
+    report = _report([make_row("local", 8, _result(80.0))])
+    report["parity"]["reference_spread"] = 1e-6
+    assert "not meaningful here" in format_table(report)
 
 
 def test_table_row_values_are_aligned_columns() -> None:
@@ -277,6 +284,7 @@ def test_parity_scores_of_identical_and_of_unrelated_outputs() -> None:
     same = parity_scores(np.exp(ref), ref)
     assert same["mean_centered_cosine"] == pytest.approx(1.0, abs=1e-9)
     assert same["top1_agreement"] == 1.0 and same["top5_overlap"] == 1.0
+    assert same["reference_spread"] > 0.5
     other = rng.normal(size=(16, 10))
     other = other - np.log(np.exp(other).sum(1, keepdims=True))
     far = parity_scores(np.exp(other), ref)

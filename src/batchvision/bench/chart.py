@@ -70,7 +70,7 @@ def _by_batch_size(ax: Any, rows: list[dict[str, Any]]) -> None:
             [r["images_per_second"] for r in mine],
             marker="o",
             label=mine[0]["title"],
-            color=None if mine[0]["kind"] != "stage" else COLOURS["stage"],
+            color={"decode": "#8c8c8c", "model": "#000000"}.get(name),
             linestyle="--" if mine[0]["kind"] == "seed" else "-",
         )
     ax.set_xscale("log", base=2)

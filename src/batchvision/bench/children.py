@@ -61,7 +61,7 @@ def measure_decode(p: dict[str, Any]) -> dict[str, Any]:
     loader = DataLoader(
         DecodeDataset(spec.preprocess, cfg.max_pixels, cfg.draft),
         batch_size=None,
-        sampler=chunked(iter_inputs([p["manifest"]]), p["batch_size"]),  # type: ignore[arg-type]
+        sampler=chunked(iter_inputs([p["manifest"]]), p["batch_size"]),
         num_workers=workers,
         prefetch_factor=PREFETCH_PER_WORKER if workers else None,
         collate_fn=_identity,
@@ -145,10 +145,12 @@ def measure_engine(p: dict[str, Any]) -> dict[str, Any]:
     engine = p["engine"]
     init_seconds = 0.0
     if engine == "ray":
+        import logging
+
         import ray
 
         t = time.perf_counter()
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         init_seconds = time.perf_counter() - t
     n = len(read_paths(p["manifest"]))
     try:

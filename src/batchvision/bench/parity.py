@@ -40,6 +40,9 @@ def parity_scores(probs: np.ndarray, ref: np.ndarray) -> dict[str, float]:
         "top1_agreement": float((top[:, 0] == top_ref[:, 0]).mean()),
         "top5_overlap": float(overlap),
         "max_abs_prob_diff": float(np.abs(probs - np.exp(ref)).max()),
+        # How much the reference's outputs differ between images; near 0 (e.g. a random
+        # mobilenet, whose logits are all alike) the cosine is noise, not a parity figure.
+        "reference_spread": float(np.abs(ref - ref.mean(axis=0, keepdims=True)).mean()),
     }
 
 

@@ -26,6 +26,8 @@ TITLES: dict[str, str] = {
 }
 #: The seed strategy the issue measures batchvision against.
 BASELINE = "ray_data"
+#: Below this reference spread the parity cosine is noise (outputs alike for every image).
+MIN_SPREAD = 1e-3
 #: Within this fraction of each other, peak memory counts as flat.
 FLAT_TOLERANCE = 0.10
 
@@ -171,6 +173,11 @@ def _context_lines(report: dict[str, Any]) -> list[str]:
         if "fp32" in parity:
             line += f"; at fp32 {parity['fp32']['mean_centered_cosine']:.5f}"
         lines.append(line)
+        if parity.get("reference_spread", 1.0) < MIN_SPREAD:
+            lines.append(
+                "  (not meaningful here: the reference's outputs barely differ between images, "
+                "as with random weights of some models; use e.g. resnet18 or a trained checkpoint)"
+            )
     elif parity and parity.get("error"):
         lines.append(f"parity FAILED: {parity['error'].splitlines()[0]}")
     mem = report.get("memory_check")
