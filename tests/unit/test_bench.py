@@ -344,3 +344,35 @@ def test_link_farm_repeats_images_under_distinct_names(tmp_path: Path) -> None:
     write_manifest(tmp_path / "m.txt", farm[:4])
     assert (tmp_path / "m.txt").read_text().splitlines() == farm[:4]
     assert json.dumps(farm)  # plain strings, JSON-ready
+
+
+def test_select_images_caps_input_and_caches_synthetic(tmp_path: Path) -> None:
+    from batchvision.bench.runner import select_images
+    from batchvision.demo.synth import write_benchmark_images
+
+    folder = tmp_path / "photos"
+    write_benchmark_images(folder / "sub", 5, seed=1, size=(32, 24))
+    (folder / "notes.txt").write_text("not an image")
+    cfg = bo.make_config(model="m", input=str(folder), images=3, out=str(tmp_path / "o"))
+    paths, source = select_images(cfg, tmp_path / "o")
+    assert paths == [str((folder / "sub" / f"img_{i:05d}.jpg").resolve()) for i in range(3)]
+    assert source == str(folder)
+
+    synth = bo.make_config(model="m", synthetic=4, image_size=(40, 30))
+    first, desc = select_images(synth, tmp_path / "o")
+    assert len(first) == 4 and "synthetic 40x30 JPEGs" in desc
+    stamp = Path(first[0]).stat().st_mtime_ns
+    again, _ = select_images(synth, tmp_path / "o")  # generated once, then reused
+    assert again == first and Path(again[0]).stat().st_mtime_ns == stamp
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        select_images(bo.make_config(model="m", input=str(tmp_path / "nope")), tmp_path / "o")
+
+
+def test_an_unknown_model_fails_before_any_measurement(tmp_path: Path) -> None:
+    from batchvision.bench.runner import run_bench
+
+    cfg = bo.make_config(model="resnet_9000", weights="random", out=str(tmp_path / "o"))
+    with pytest.raises(ConfigError, match="resnet_9000"):
+        run_bench(cfg)
+    assert not (tmp_path / "o").exists()

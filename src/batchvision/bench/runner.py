@@ -3,8 +3,8 @@
 Every measurement (decode only, model only, each engine end to end, each seed strategy,
 at each batch size; the parity figure; the memory check's runs) runs in its own
 subprocess whose whole process tree is sampled for peak memory
-(:mod:`batchvision.bench.procmem`); this process only orchestrates, so it never imports
-torch. Writes ``bench.json``, ``bench.png`` and one log per measurement under ``out``.
+(:mod:`batchvision.bench.procmem`); this process only orchestrates (its own memory is in
+no figure). Writes ``bench.json``, ``bench.png`` and one log per measurement under ``out``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         ConfigError: a missing optional dependency, or unusable images.
     """
     check_installed(config)
+    check_model(config)
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
     out = Path(config.out)
@@ -88,6 +89,18 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     (out / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_chart(report, out / CHART_NAME)
     return report
+
+
+def check_model(config: BenchConfig) -> None:
+    """Fail before any work on a model name, weights or labels that cannot be resolved, or
+    on a model that is not a classifier (every measurement would fail the same way)."""
+    from batchvision.models.registry import resolve_model
+
+    spec = resolve_model(config.model, config.weights, labels_path=config.labels, seed=config.seed)
+    if spec.task != "classify":
+        raise ConfigError(
+            f"batchvision bench measures classification models; {spec.name} is a {spec.task} model"
+        )
 
 
 class _Runner:
