@@ -20,6 +20,7 @@ from batchvision.bench.results import (
     make_row,
     memory_summary,
     ratio,
+    targets,
 )
 from batchvision.bench.runner import link_farm, write_manifest
 from batchvision.errors import ConfigError
@@ -222,6 +223,32 @@ def test_table_names_every_row_with_its_figures() -> None:
     assert "mean centered cosine 0.99876" in table and "at fp32 0.99991" in table
     assert "precision bf16" in table
     assert "not meaningful" not in table
+
+
+def test_targets_and_stage_lines() -> None:
+    rows = [
+        make_row("model", 32, _result(64.0, warmup_batch_seconds=[1.2, 0.5], device="cpu")),
+        make_row(
+            "local",
+            32,
+            _result(60.8, stage_seconds={"read": 0.1, "inference": 1.5}, ray_init_seconds=0.0),
+        ),
+        make_row("ray", 32, _result(40.0, stage_seconds={"inference": 2.0}, ray_init_seconds=3.2)),
+        make_row("ray_data", 32, _result(12.8)),
+    ]
+    report = _report(rows)
+    report["targets"] = targets(rows)
+    assert report["targets"] == [
+        {"batch_size": 32, "ratio": "to_model_only", "value": 0.95, "target": 0.9, "met": True},
+        {"batch_size": 32, "ratio": "to_seed", "value": 4.75, "target": 5.0, "met": False},
+    ]
+    table = format_table(report)
+    assert "batchvision --engine local b=32: wall 1.6" in table
+    assert "s, stages read 0.10, inference 1.50 (read/decode summed over workers)" in table
+    assert "ray.init 3.2 s not counted" in table
+    assert "model only b=32: warm-up batches [1.2, 0.5] s, cpu" in table
+    assert "local end to end 0.95 x model-only (issue 4 wants >= 0.9): met" in table
+    assert "local end to end 4.75 x the seeds' Ray Data (issue 4 wants >= 5): NOT met" in table
 
 
 def test_table_flags_a_parity_figure_that_is_noise() -> None:

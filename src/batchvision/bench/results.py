@@ -110,6 +110,31 @@ def memory_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+#: The issue's targets for batchvision end to end (local engine), as ratios.
+TARGETS = {"to_model_only": 0.9, "to_seed": 5.0}
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The local engine's ratios at each batch size against the targets (after add_ratios)."""
+    out = []
+    for r in rows:
+        if r["name"] != "local" or r["kind"] != "engine" or r["error"] is not None:
+            continue
+        for key, want in TARGETS.items():
+            got = r["ratios"][key]
+            if got is not None:
+                out.append(
+                    {
+                        "batch_size": r["batch_size"],
+                        "ratio": key,
+                        "value": got,
+                        "target": want,
+                        "met": got >= want,
+                    }
+                )
+    return out
+
+
 def _round(x: Any, digits: int) -> Any:
     return round(x, digits) if isinstance(x, float) else x
 
@@ -162,6 +187,31 @@ def _context_lines(report: dict[str, Any]) -> list[str]:
         "x model: img/s over model-only at the same batch size; x seed: over the seeds' Ray "
         "Data pipeline; RSS/PSS: peak of the measurement's whole process tree",
     ]
+    for r in report["rows"]:
+        stages = r["details"].get("stage_seconds")
+        if r["error"] is None and stages and r["kind"] == "engine":
+            spent = ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+            lines.append(
+                f"{r['title']} b={r['batch_size']}: wall {r['seconds']:.2f} s, stages {spent} "
+                "(read/decode summed over workers)"
+                + (
+                    f"; ray.init {r['details']['ray_init_seconds']:.1f} s not counted"
+                    if r["details"].get("ray_init_seconds")
+                    else ""
+                )
+            )
+        if r["error"] is None and r["name"] == "model":
+            lines.append(
+                f"model only b={r['batch_size']}: warm-up batches "
+                f"{r['details'].get('warmup_batch_seconds')} s, {r['details'].get('device')}, "
+                f"{r['details'].get('torch_threads')} torch threads"
+            )
+    for t in report.get("targets") or []:
+        what = "x model-only" if t["ratio"] == "to_model_only" else "x the seeds' Ray Data"
+        lines.append(
+            f"target b={t['batch_size']}: local end to end {t['value']:.2f} {what} "
+            f"(issue 4 wants >= {t['target']:g}): {'met' if t['met'] else 'NOT met'}"
+        )
     parity = report.get("parity")
     if parity and "mean_centered_cosine" in parity:
         line = (

@@ -25,7 +25,7 @@ from batchvision.bench import machine
 from batchvision.bench.chart import write_chart
 from batchvision.bench.options import BenchConfig, check_installed
 from batchvision.bench.procmem import MeasurementError, run_measured
-from batchvision.bench.results import add_ratios, make_row, memory_summary
+from batchvision.bench.results import add_ratios, make_row, memory_summary, targets
 from batchvision.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "rows": rows,
         "parity": parity,
         "memory_check": memory_summary(rows),
+        "targets": targets(rows),
         "report": str(out / REPORT_NAME),
         "chart": str(out / CHART_NAME),
         "logs": str(logs),
