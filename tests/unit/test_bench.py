@@ -403,3 +403,37 @@ def test_an_unknown_model_fails_before_any_measurement(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="resnet_9000"):
         run_bench(cfg)
     assert not (tmp_path / "o").exists()
+
+
+def test_seed_feature_extractor_is_the_weights_own_transform(tmp_path: Path) -> None:
+    import dataclasses
+
+    import torch
+    from PIL import Image
+    from torchvision import models, transforms
+
+    from batchvision.bench.seeds import FeatureExtractor, load_batches, predict, seed_transform
+    from batchvision.config import PreprocessConfig
+    from batchvision.demo.synth import write_benchmark_images
+    from batchvision.models.registry import resolve_model
+
+    spec = resolve_model("resnet18", "random")
+    names = write_benchmark_images(tmp_path, 5, seed=3, size=(90, 70))
+    paths = [str(tmp_path / n) for n in names]
+    batches = load_batches(paths, 2)
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert all(isinstance(im, Image.Image) and im.mode == "RGB" for b in batches for im in b)
+    ours = FeatureExtractor(seed_transform(spec))(images=batches[0])
+    reference = transforms.Compose(
+        [transforms.ToTensor(), models.get_model_weights("resnet18").DEFAULT.transforms()]
+    )
+    assert ours.shape == (2, 3, 224, 224)
+    assert torch.equal(ours, torch.stack([reference(im) for im in batches[0]]))
+    # The tutorial's predict(): one class id per image.
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(7))
+    out = predict(model, FeatureExtractor(seed_transform(spec)), batches[2], "cpu")
+    assert len(out) == 1 and 0 <= int(out[0]) < 7
+
+    shorter = dataclasses.replace(spec, preprocess=PreprocessConfig(resize_mode="shorter"))
+    with pytest.raises(ConfigError, match="--strategies none"):
+        seed_transform(shorter)
