@@ -403,6 +403,10 @@ def test_an_unknown_model_fails_before_any_measurement(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="resnet_9000"):
         run_bench(cfg)
     assert not (tmp_path / "o").exists()
+    cfg = bo.make_config(model="resnet18", device="tpu", out=str(tmp_path / "o"))
+    with pytest.raises(ConfigError, match="--device 'tpu' is not valid"):
+        run_bench(cfg)
+    assert not (tmp_path / "o").exists()
 
 
 def test_seed_feature_extractor_is_the_weights_own_transform(tmp_path: Path) -> None:

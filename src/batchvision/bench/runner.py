@@ -93,10 +93,12 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
 
 def check_model(config: BenchConfig) -> None:
-    """Fail before any work on a model name, weights or labels that cannot be resolved, or
-    on a model that is not a classifier (every measurement would fail the same way)."""
+    """Fail before any work on a device, model name, weights or labels that cannot be
+    resolved, or on a model that is not a classifier (every measurement would fail alike)."""
     from batchvision.models.registry import resolve_model
+    from batchvision.stages.predict import resolve_device
 
+    resolve_device(config.device)  # e.g. cuda on a machine without a GPU
     spec = resolve_model(config.model, config.weights, labels_path=config.labels, seed=config.seed)
     if spec.task != "classify":
         raise ConfigError(
