@@ -371,7 +371,7 @@ def report_cmd(output_dir: str, verbose: bool, **opts: Any) -> None:
     "--images",
     type=click.IntRange(min=1),
     default=None,
-    help="Measure on the first N images of INPUT only [default: all].",
+    help="Measure on the first N images of INPUT only [default: all, or 24 with --smoke].",
 )
 @click.option(
     "--image-size",
