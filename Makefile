@@ -33,8 +33,9 @@ test: lint typecheck
 docs: $(STAMP)
 	$(BIN)/python -m batchvision.docs
 
+# The full comparison (docs/benchmarks.md); `batchvision bench --smoke` is the quick check.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_local.py
+	$(BIN)/batchvision bench --synthetic 1000 --model resnet50 --weights random
 
 clean:
 	rm -rf $(VENV) demo-output bench-output .pytest_cache .ruff_cache .mypy_cache

@@ -403,6 +403,136 @@ def report_cmd(output_dir: str, verbose: bool, **opts: Any) -> None:
     click.echo(result.html)
 
 
+@cli.command("bench")
+@click.argument("input_", required=False, metavar="[INPUT]")
+@click.option("--model", "-m", required=True, help="Model name, as for `run` (a classifier).")
+@click.option(
+    "--weights",
+    "-w",
+    default="DEFAULT",
+    show_default=True,
+    help="As for `run`; `random` needs no download (speed figures are the same).",
+)
+@click.option("--labels", default=None, help="Class names, one per line (for checkpoints).")
+@click.option(
+    "--synthetic",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Generate N photo-like JPEGs (cached under --out) instead of reading INPUT "
+    "[default without INPUT: 1000, or 24 with --smoke].",
+)
+@click.option(
+    "--images",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Measure on the first N images of INPUT only [default: all, or 24 with --smoke].",
+)
+@click.option(
+    "--image-size",
+    default=None,
+    metavar="WxH",
+    help="Size of --synthetic images [default: 500x375, or 320x240 with --smoke].",
+)
+@click.option(
+    "--batch-sizes",
+    default=None,
+    metavar="B[,B...]",
+    help="Batch sizes; every throughput measurement runs at each [default: 32, or 8 with --smoke].",
+)
+@click.option(
+    "--engines",
+    default=None,
+    metavar="NAMES",
+    help=f"batchvision engines to run end to end: {', '.join(ENGINES)}, all or none "
+    "[default: all, or local with --smoke].",
+)
+@click.option(
+    "--strategies",
+    default=None,
+    metavar="NAMES",
+    help="The seeds' ways of running inference on Ray, reproduced: sequential, ray_tasks, "
+    "ray_actors, actor_pool, ray_data, all or none [default: all, or sequential,ray_data "
+    "with --smoke].",
+)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--workers",
+    "-j",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Local engine decode workers [default: number of cores].",
+)
+@click.option(
+    "--parity-images",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Images scored against the fp32 reference; 0 skips [default: 32, or 8 with --smoke].",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Model-only warm-up batches [default: 2, or 1 with --smoke].",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Image and weights seed.")
+@click.option(
+    "--memory-check",
+    is_flag=True,
+    help="Instead of throughput: run the local engine end to end on each --memory-sizes "
+    "image count and compare peak memory (flat: within 10%).",
+)
+@click.option(
+    "--memory-sizes",
+    default=None,
+    metavar="N[,N...]",
+    help="Image counts of --memory-check; larger counts repeat the images under new names "
+    "[default: 1000,20000, or 40,120 with --smoke].",
+)
+@click.option(
+    "--out",
+    "-o",
+    default="bench-output",
+    show_default=True,
+    help="Folder for bench.json, bench.png, logs/ and generated images.",
+)
+@click.option(
+    "--smoke",
+    is_flag=True,
+    help="A check that finishes in about a minute: smaller defaults (see each option).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Only the table, no progress lines.")
+def bench_cmd(input_: str | None, quiet: bool, smoke: bool, **opts: Any) -> None:
+    """Measure throughput and peak memory: decode only, model only, each engine end to
+    end, and the seed tutorials' five Ray strategies, on the same images and model.
+
+    INPUT is a local folder of images (or a manifest); without it, --synthetic images are
+    generated. Prints a table and writes bench.json and bench.png to --out.
+    """
+    from batchvision.bench import format_table, make_config, run_bench
+    from batchvision.bench.options import STRATEGIES, parse_ints, parse_names, parse_size
+
+    _setup_logging(False)
+    if not quiet:
+        logging.getLogger("batchvision.bench").setLevel(logging.INFO)
+    config = make_config(
+        smoke=smoke,
+        input=input_,
+        batch_sizes=parse_ints("--batch-sizes", opts.pop("batch_sizes")),
+        memory_sizes=parse_ints("--memory-sizes", opts.pop("memory_sizes")),
+        engines=parse_names("--engines", opts.pop("engines"), ENGINES),
+        strategies=parse_names("--strategies", opts.pop("strategies"), STRATEGIES),
+        image_size=parse_size(opts.pop("image_size")),
+        **opts,
+    )
+    report = run_bench(config)
+    click.echo(format_table(report))
+    click.echo(f"\nwrote {report['report']} and {report['chart']} (logs in {report['logs']})")
+    if not report["ok"]:
+        click.echo("batchvision: error: some measurements failed (see the table)", err=True)
+        sys.exit(EXIT_INTERNAL)
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
