@@ -46,6 +46,7 @@ from batchvision.errors import StorageAuthError
 from batchvision.io.sinks import batch_to_table
 from batchvision.io.sources import read_batch
 from batchvision.io.storage import StorageOptions
+from batchvision.memory import HeapTrimmer
 from batchvision.models.spec import ModelSpec
 from batchvision.stages.postprocess import postprocess_batch
 from batchvision.stages.preprocess import decode_batch
@@ -259,9 +260,11 @@ class Predictor:
         self.table = table
         self.timings = timings
         self.fault_inject = fault_inject or os.environ.get(FAULT_INJECT_ENV)
+        self.trim = HeapTrimmer()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray] | pa.Table:
         self._maybe_fault()
+        self.trim()
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             # Ray hands zero-copy, read-only views of its blocks; the model never writes them.

@@ -33,6 +33,7 @@ from batchvision.errors import ConfigError, StorageAuthError
 from batchvision.io.sinks import batch_to_table
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
 from batchvision.io.storage import StorageOptions
+from batchvision.memory import HeapTrimmer
 from batchvision.stages.device_decode import decode_batch_device
 from batchvision.stages.postprocess import postprocess_batch
 from batchvision.stages.predict import PredictOptions, Predictor
@@ -64,8 +65,10 @@ class DecodeDataset(Dataset[dict[str, Any]]):
         self.draft = draft
         self.storage_options = storage_options or StorageOptions()
         self.decode = decode
+        self.trim = HeapTrimmer()  # one per worker process (the dataset is copied into each)
 
     def __getitem__(self, chunk: list[InputItem]) -> dict[str, Any]:
+        self.trim()
         t0 = time.perf_counter()
         try:
             batch = read_batch(items_to_batch(chunk), self.storage_options)
@@ -177,6 +180,7 @@ class LocalEngine(Engine):
                 draft=cfg.draft,
                 pool=pool,
             )
+        trim = HeapTrimmer()  # keeps this process's memory flat however many images
         try:
             batches: Iterator[dict[str, Any]] = iter(loader)
             if predictor.device.type == "cuda" and on_device is None:
@@ -206,6 +210,7 @@ class LocalEngine(Engine):
                     seconds["inference"] += t2 - t_infer
                     seconds["write"] += t3 - t2
                     stats.observe(labelled)
+                trim()
         except KeyboardInterrupt:
             result.interrupted = True
             logger.warning("interrupted: writing the rows completed so far")
