@@ -40,7 +40,7 @@ def release_free_memory() -> bool:
 class HeapTrimmer:
     """Calls :func:`release_free_memory` once every ``every`` calls (``every`` batches)."""
 
-    def __init__(self, every: int = 8) -> None:
+    def __init__(self, every: int = 2) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.every = every
