@@ -186,6 +186,13 @@ def cli() -> None:
     show_default=True,
     help="Run the model through torch.compile (compiles on the first batch).",
 )
+@click.option(
+    "--fuse/--no-fuse",
+    default=True,
+    show_default=True,
+    help="Fold BatchNorm layers into the convolutions before them: the same results within "
+    "float rounding, faster. Models torch.fx cannot trace run as they are.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
 @click.option(
     "--part-rows",

@@ -157,6 +157,9 @@ class RunConfig:
     decode_threads: int | None = None
     #: Run the model through ``torch.compile``.
     compile: bool = False
+    #: Fold BatchNorm layers into the convolutions before them (same results within float
+    #: rounding, faster); models torch.fx cannot trace run as they are.
+    fuse: bool = True
     seed: int = 0
     part_rows: int = 10_000
     flush_seconds: float = 30.0

@@ -204,6 +204,7 @@ class Predictor:
             timings, and the batch size after any out-of-memory halving).
         fault_inject: the test hook (see ``FAULT_INJECT_ENV``); defaults to that variable.
         compile: run the model through ``torch.compile``.
+        fuse: fold BatchNorm layers into convolutions (``--fuse``).
         inject_oom_above: test hook (see ``batchvision.stages.batching.INJECT_OOM_ENV``).
     """
 
@@ -227,6 +228,7 @@ class Predictor:
         timings: bool = False,
         fault_inject: str | None = None,
         compile: bool = False,
+        fuse: bool = True,
         inject_oom_above: int | None = None,
     ) -> None:
         import torch
@@ -252,6 +254,7 @@ class Predictor:
             channels_last=channels_last,
             normalize=normalize,
             compile=compile,
+            fuse=fuse,
             inject_oom_above=inject_oom_above,
         )
         self.spec = spec

@@ -233,7 +233,13 @@ def test_targets_and_stage_lines() -> None:
             32,
             _result(60.8, stage_seconds={"read": 0.1, "inference": 1.5}, ray_init_seconds=0.0),
         ),
-        make_row("ray", 32, _result(40.0, stage_seconds={"inference": 2.0}, ray_init_seconds=3.2)),
+        make_row(
+            "ray",
+            32,
+            _result(
+                40.0, stage_seconds={"inference": 2.0}, ray_init_seconds=3.2, import_seconds=1.04
+            ),
+        ),
         make_row("ray_data", 32, _result(12.8)),
     ]
     report = _report(rows)
@@ -245,7 +251,8 @@ def test_targets_and_stage_lines() -> None:
     table = format_table(report)
     assert "batchvision --engine local b=32: wall 1.6" in table
     assert "s, stages read 0.10, inference 1.50 (read/decode summed over workers)" in table
-    assert "ray.init 3.2 s not counted" in table
+    assert "; imports 1.0 s, ray.init 3.2 s not counted" in table
+    assert "read/decode summed over workers)\n" in table  # local: nothing set apart
     assert "model only b=32: warm-up batches [1.2, 0.5] s, cpu" in table
     assert "local end to end 0.95 x model-only (issue 4 wants >= 0.9): met" in table
     assert "local end to end 4.75 x the seeds' Ray Data (issue 4 wants >= 5): NOT met" in table

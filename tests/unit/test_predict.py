@@ -17,6 +17,7 @@ from batchvision.stages.postprocess import label_batch
 from batchvision.stages.predict import (
     PredictOptions,
     Predictor,
+    fold_batch_norms,
     native_bf16,
     resolve_device,
     resolve_precision,
@@ -70,6 +71,7 @@ def _predictor(
     top_k: int = 3,
     channels_last: bool = True,
     precision: str = "fp32",
+    fuse: bool = True,
 ) -> Predictor:
     """A CPU predictor; those built from the checkpoint file are shared between tests."""
     opts = PredictOptions(
@@ -77,6 +79,7 @@ def _predictor(
         precision=precision,  # type: ignore[arg-type]
         top_k=top_k,
         channels_last=channels_last,
+        fuse=fuse,
     )
     if state_dict is not None:
         return Predictor(spec, opts, state_dict)
@@ -274,3 +277,74 @@ def test_predictor_from_spec_and_state_dict_equals_from_checkpoint(spec, images)
     from_file = _predictor(spec)
     torch.testing.assert_close(from_state.logits(images), from_file.logits(images))
     assert from_state.model.training is False and from_file.model.training is False
+
+
+def _batch_norms(model: torch.nn.Module) -> int:
+    return sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def trained_bn_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """resnet18 whose BatchNorm layers hold non-trivial statistics and affine parameters,
+    as a trained model's do (fresh ones are the identity, which folds to nothing)."""
+    torch.manual_seed(11)
+    model = torchvision.models.get_model(ARCH, weights=None, num_classes=CLASSES)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    path = tmp_path_factory.mktemp("predict_bn") / "resnet18_bn.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_folded_batch_norms_give_the_same_logits(trained_bn_checkpoint, images) -> None:
+    spec = resolve_model(ARCH, str(trained_bn_checkpoint))
+    fused = _predictor(spec, fuse=True)
+    plain = _predictor(spec, fuse=False)
+    assert fused.folded_batch_norms == 20 and _batch_norms(fused.model) == 0
+    assert plain.folded_batch_norms == 0 and _batch_norms(plain.model) == 20
+    hand = torchvision.models.get_model(ARCH, weights=None, num_classes=CLASSES)
+    hand.load_state_dict(torch.load(trained_bn_checkpoint, weights_only=True))
+    expected = _by_hand(hand.eval(), images)
+    assert expected.std() > 0.1
+    torch.testing.assert_close(plain.logits(images), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fused.logits(images), expected, atol=1e-4, rtol=0)
+    # bf16 compute: folding happens in fp32 first, so it adds no error of its own.
+    fused16 = _predictor(spec, fuse=True, precision="bf16").logits(images)
+    plain16 = _predictor(spec, fuse=False, precision="bf16").logits(images)
+    scale = expected.abs().max()
+    assert (fused16 - expected).abs().max() < 0.1 * scale
+    assert (fused16 - expected).abs().max() < 2 * (plain16 - expected).abs().max() + 1e-3
+
+
+class _DataDependent(torch.nn.Module):
+    """Control flow on a tensor value: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        return y if y.sum() > 0 else -y
+
+
+def test_fold_leaves_untraceable_training_and_bn_free_models_alone() -> None:
+    untraceable = _DataDependent().eval()
+    model, folded = fold_batch_norms(untraceable)
+    assert model is untraceable and folded == 0 and _batch_norms(model) == 1
+    training = torchvision.models.get_model(ARCH, weights=None, num_classes=CLASSES).train()
+    model, folded = fold_batch_norms(training)
+    assert model is training and folded == 0
+    no_bn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    assert fold_batch_norms(no_bn) == (no_bn, 0)
+    # BatchNorm layers that do not follow a convolution (densenet's norm-relu-conv order)
+    # stay; those that do still fold.
+    model, folded = fold_batch_norms(
+        torchvision.models.get_model("densenet121", weights=None).eval()
+    )
+    assert folded > 0 and _batch_norms(model) > 0

@@ -191,14 +191,15 @@ def _context_lines(report: dict[str, Any]) -> list[str]:
         stages = r["details"].get("stage_seconds")
         if r["error"] is None and stages and r["kind"] == "engine":
             spent = ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+            apart = [
+                f"{what} {r['details'][key]:.1f} s"
+                for key, what in (("import_seconds", "imports"), ("ray_init_seconds", "ray.init"))
+                if r["details"].get(key)
+            ]
             lines.append(
                 f"{r['title']} b={r['batch_size']}: wall {r['seconds']:.2f} s, stages {spent} "
                 "(read/decode summed over workers)"
-                + (
-                    f"; ray.init {r['details']['ray_init_seconds']:.1f} s not counted"
-                    if r["details"].get("ray_init_seconds")
-                    else ""
-                )
+                + (f"; {', '.join(apart)} not counted" if apart else "")
             )
         if r["error"] is None and r["name"] == "model":
             lines.append(

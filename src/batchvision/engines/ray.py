@@ -316,6 +316,7 @@ class RayEngine(Engine):
                 "timings": True,
                 "fault_inject": os.environ.get(FAULT_INJECT_ENV),
                 "compile": opts.compile,
+                "fuse": opts.fuse,
                 "inject_oom_above": opts.inject_oom_above,
             },
             compute=ActorPoolStrategy(min_size=lo, max_size=hi),
