@@ -328,6 +328,20 @@ def test_parity_scores_of_identical_and_of_unrelated_outputs() -> None:
     assert centered_cosine(ref + shared, ref + shared) == pytest.approx(np.ones(16))
 
 
+def test_parity_compares_only_what_float32_probabilities_can_hold() -> None:
+    # Log-probabilities far below float32's range (random resnet50 puts most classes near
+    # -200) all become the same floor in the output; that is not a parity loss.
+    rng = np.random.default_rng(1)
+    ref = -rng.uniform(1, 300, size=(16, 10))
+    ref[:, 0] = 0.0  # one likely class per image (normalisation is immaterial here)
+    probs = np.exp(ref).astype(np.float32).astype(np.float64)  # what the output stores
+    assert (probs[:, 1:] == 0).mean() > 0.4  # the floor really is reached
+    assert parity_scores(probs, ref)["mean_centered_cosine"] == pytest.approx(1.0, abs=1e-6)
+    # Above the floor, differences still count.
+    noisy = np.exp(np.maximum(ref, -80) + rng.normal(size=ref.shape) * 20)
+    assert parity_scores(noisy, ref)["mean_centered_cosine"] < 0.95
+
+
 # --- measured subprocesses, link farms --------------------------------------------------------
 
 

@@ -221,8 +221,13 @@ def _context_lines(report: dict[str, Any]) -> list[str]:
             f"(min {parity['min_centered_cosine']:.5f}), top-1 agreement "
             f"{parity['top1_agreement']:.3f}"
         )
-        if "fp32" in parity:
-            line += f"; at fp32 {parity['fp32']['mean_centered_cosine']:.5f}"
+        for key, what in (
+            ("fp32", "at fp32"),
+            ("no_fuse", "without BatchNorm folding"),
+            ("vs_seed_pipeline", "against the seeds' float-resize pipeline"),
+        ):
+            if key in parity:
+                line += f"; {what} {parity[key]['mean_centered_cosine']:.5f}"
         lines.append(line)
         if parity.get("reference_spread", 1.0) < MIN_SPREAD:
             lines.append(

@@ -47,7 +47,14 @@ N_ACTORS = 2  # the tutorial's
 
 
 def seed_transform(spec: ModelSpec) -> Callable[[Image.Image], torch.Tensor]:
-    """``Compose([ToTensor(), weights.transforms()])`` for ``spec``'s preprocessing recipe."""
+    """``Compose([ToTensor(), weights.transforms()])`` for ``spec``'s preprocessing recipe:
+    the seeds make a float tensor first, so they resize in float."""
+    return transforms.Compose([transforms.ToTensor(), weights_transform(spec)])
+
+
+def weights_transform(spec: ModelSpec) -> ImageClassification:
+    """``weights.transforms()`` for ``spec``'s recipe, as torchvision documents its use: on a
+    PIL image it resizes the uint8 image, crops, then converts and normalises."""
     pre = spec.preprocess
     if pre.resize_mode != "shorter_crop" or pre.crop_size[0] != pre.crop_size[1]:
         raise ConfigError(
@@ -55,14 +62,13 @@ def seed_transform(spec: ModelSpec) -> Callable[[Image.Image], torch.Tensor]:
             f"classifier (resize the shorter side, square crop); {spec.name} uses "
             f"{pre.resize_mode} {pre.crop_size}: pass --strategies none"
         )
-    recipe = ImageClassification(
+    return ImageClassification(
         crop_size=pre.crop_size[0],
         resize_size=pre.resize_size,
         mean=pre.mean,
         std=pre.std,
         interpolation=InterpolationMode(pre.interpolation),
     )
-    return transforms.Compose([transforms.ToTensor(), recipe])
 
 
 class FeatureExtractor:
