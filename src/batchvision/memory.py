@@ -5,9 +5,10 @@ allocations that live on (rows, Python objects). glibc's malloc then keeps the f
 space as fragmented heap, and resident memory grows with the number of images although
 nothing is leaked: measured on the local engine, about 50-1,300 KB per image depending on
 the decoding threads, i.e. gigabytes for 20,000 images. ``malloc_trim`` returns those free
-pages: called every 2 batches, the local engine's peak RSS for 20,000 images came within
-5% of that for 1,000 (it was 2.55x), with throughput unchanged within noise
-(docs/benchmarks.md).
+pages: called every 64 images (every 2 batches of 32), the local engine's peak RSS for
+20,000 images came within 5% of that for 1,000 (it was 2.55x; docs/benchmarks.md).
+Counting images rather than batches keeps trims as rare with small batches as with large
+ones: each trim makes the next batch fault its freed pages back in.
 """
 
 from __future__ import annotations
@@ -38,17 +39,26 @@ def release_free_memory() -> bool:
     return True
 
 
-class HeapTrimmer:
-    """Calls :func:`release_free_memory` once every ``every`` calls (``every`` batches)."""
+#: Images between two trims.
+TRIM_EVERY_IMAGES = 64
 
-    def __init__(self, every: int = 2) -> None:
+
+class HeapTrimmer:
+    """Calls :func:`release_free_memory` once at least ``every`` images have gone by."""
+
+    def __init__(self, every: int = TRIM_EVERY_IMAGES) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.every = every
         self.calls = 0
         self.trims = 0
+        self._images = 0
 
-    def __call__(self) -> None:
+    def __call__(self, images: int = 1) -> None:
+        """Count ``images`` more (a batch's worth); trim when ``every`` have accumulated."""
         self.calls += 1
-        if self.calls % self.every == 0 and release_free_memory():
-            self.trims += 1
+        self._images += images
+        if self._images >= self.every:
+            self._images = 0
+            if release_free_memory():
+                self.trims += 1

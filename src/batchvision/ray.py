@@ -267,7 +267,7 @@ class Predictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray] | pa.Table:
         self._maybe_fault()
-        self.trim()
+        self.trim(len(batch["id"]))
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             # Ray hands zero-copy, read-only views of its blocks; the model never writes them.

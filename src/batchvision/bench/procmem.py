@@ -140,7 +140,7 @@ def run_measured(
     log_path: Path,
     result_path: Path,
     *,
-    interval: float = 0.25,
+    interval: float = 1.0,
     timeout: float = 3600.0,
     cwd: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:

@@ -68,7 +68,7 @@ class DecodeDataset(Dataset[dict[str, Any]]):
         self.trim = HeapTrimmer()  # one per worker process (the dataset is copied into each)
 
     def __getitem__(self, chunk: list[InputItem]) -> dict[str, Any]:
-        self.trim()
+        self.trim(len(chunk))
         t0 = time.perf_counter()
         try:
             batch = read_batch(items_to_batch(chunk), self.storage_options)
@@ -210,7 +210,7 @@ class LocalEngine(Engine):
                     seconds["inference"] += t2 - t_infer
                     seconds["write"] += t3 - t2
                     stats.observe(labelled)
-                trim()
+                trim(len(labelled["id"]))
         except KeyboardInterrupt:
             result.interrupted = True
             logger.warning("interrupted: writing the rows completed so far")
