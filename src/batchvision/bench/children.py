@@ -142,7 +142,6 @@ def measure_engine(p: dict[str, Any]) -> dict[str, Any]:
 
     import batchvision
     from batchvision import RunConfig
-
     from batchvision.models.registry import resolve_model
 
     engine = p["engine"]
