@@ -145,7 +145,7 @@ def measure_engine(p: dict[str, Any]) -> dict[str, Any]:
     from batchvision.models.registry import resolve_model
 
     engine = p["engine"]
-    # Import the model's library (torchvision imports torch._dynamo: about 1 s) before the
+    # Import the model's library (torchvision imports torch._dynamo: about 0.8 s) before the
     # clock starts, as every other row does: a once-per-process cost, reported apart.
     t = time.perf_counter()
     resolve_model(p["model"], p["weights"], labels_path=p["labels"], seed=p["seed"])

@@ -10,8 +10,7 @@ compared per image; 1.0 is identical.
 
 Beside it: batchvision at fp32 (what the data path alone costs), batchvision without
 BatchNorm folding (what folding costs), and the seeds' pipeline as reference (``ToTensor``
-first, so the resize runs in float: up to one grey level from any uint8 resize, which
-random weights magnify far more than trained ones).
+first, so the resize runs in float: up to one grey level from any uint8 resize).
 """
 
 from __future__ import annotations

@@ -99,9 +99,9 @@ def fold_batch_norms(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
     A folded layer costs nothing at inference (its scale and shift move into the
     convolution's weights and bias, computed in fp32), so the results are the same within
     float rounding, one pass over the activations fewer per layer (resnet50 on the CPU in
-    bf16: about 9% faster). Uses ``torch.fx``'s conv-bn fusion. A model without BatchNorm,
-    in training mode, or that ``torch.fx`` cannot trace (control flow on tensor values,
-    most Hugging Face models) is returned as it is.
+    bf16: model alone about 9% faster, end to end 7%). Uses ``torch.fx``'s conv-bn
+    fusion. A model without BatchNorm, in training mode, or that ``torch.fx`` cannot trace
+    (control flow on tensor values, most Hugging Face models) is returned as it is.
 
     Returns:
         the model to run, and how many BatchNorm layers were folded.
