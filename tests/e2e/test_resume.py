@@ -76,6 +76,13 @@ def _args(src: Path, out: Path, tiny: tuple[Path, Path]) -> list[str]:
     ]
 
 
+def _default_sigint() -> None:
+    # A terminal job receives Ctrl-C; a job started in the background of a shell without
+    # job control (``make test &``, nohup) inherits SIGINT ignored, and Python then keeps it
+    # ignored. Reset it in the child so that the test sends what a terminal sends.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str]) -> subprocess.Popen[str]:
     """``python -m batchvision ARGS`` in its own process group (like a terminal job)."""
     return subprocess.Popen(
@@ -85,6 +92,7 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         start_new_session=True,
+        preexec_fn=_default_sigint,
     )
 
 
