@@ -348,3 +348,49 @@ def test_fold_leaves_untraceable_training_and_bn_free_models_alone() -> None:
         torchvision.models.get_model("densenet121", weights=None).eval()
     )
     assert folded > 0 and _batch_norms(model) > 0
+
+
+def test_out_of_memory_while_upsampling_halves_the_bands(spec, monkeypatch, caplog) -> None:
+    import batchvision.stages.predict as predict_module
+
+    real = predict_module.upsample_argmax
+    mib = 2**20
+    tried: list[int] = []
+
+    def short_of_memory(logits: torch.Tensor, size: tuple[int, int], max_bytes: int):
+        tried.append(max_bytes)
+        if max_bytes > 40 * mib:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(logits, size, max_bytes)
+
+    monkeypatch.setattr(predict_module, "upsample_argmax", short_of_memory)
+    pred = Predictor(spec, PredictOptions(device="cpu", precision="fp32"))
+    logits = torch.randn(5, 7, 9)
+    expected = real(logits, (60, 80), 1 << 30)
+    with caplog.at_level("WARNING", logger="batchvision.stages.predict"):
+        got = pred._upsample(logits, (60, 80))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert tried == [256 * mib, 128 * mib, 64 * mib, 32 * mib]
+    assert pred.upsample_bytes == 32 * mib  # kept: the next map goes straight to 32 MiB
+    assert "retrying in bands of at most 32 MiB" in caplog.text
+    torch.testing.assert_close(pred._upsample(logits, (60, 80)), expected, rtol=0, atol=0)
+    assert tried[-1] == 32 * mib and len(tried) == 5
+
+    def never_fits(logits: torch.Tensor, size: tuple[int, int], max_bytes: int):
+        tried.append(max_bytes)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(predict_module, "upsample_argmax", never_fits)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        pred._upsample(logits, (60, 80))  # halves down to the floor, then the error is real
+    assert pred.upsample_bytes == predict_module.MIN_UPSAMPLE_BYTES
+    assert tried[-1] == predict_module.MIN_UPSAMPLE_BYTES
+
+    def broken(logits: torch.Tensor, size: tuple[int, int], max_bytes: int):
+        raise ValueError("not a memory problem")
+
+    monkeypatch.setattr(predict_module, "upsample_argmax", broken)
+    pred.upsample_bytes = 64 * mib
+    with pytest.raises(ValueError, match="not a memory problem"):
+        pred._upsample(logits, (60, 80))
+    assert pred.upsample_bytes == 64 * mib  # other errors are not retried

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Largest upsampled logits tensor (bytes) made at once; bigger images go in row bands.
 UPSAMPLE_BYTES = 256 * 2**20
+#: Out of memory while upsampling halves the bands, down to this (then the error is real).
+MIN_UPSAMPLE_BYTES = 2**20
 
 
 def resolve_device(device: str) -> torch.device:
@@ -354,9 +356,27 @@ class Predictor:
         logits = self.logits(images)
         dtype = np.uint8 if self.spec.num_classes <= 256 else np.uint16
         return [
-            upsample_argmax(logits[i], size, self.upsample_bytes).cpu().numpy().astype(dtype)
+            self._upsample(logits[i], size).cpu().numpy().astype(dtype)
             for i, size in enumerate(sizes)
         ]
+
+    def _upsample(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """:func:`upsample_argmax`; out of device memory, retried in bands half as large
+        (kept for later images), down to ``MIN_UPSAMPLE_BYTES``."""
+        while True:
+            try:
+                return upsample_argmax(logits, size, self.upsample_bytes)
+            except Exception as e:
+                if not is_out_of_memory(e) or self.upsample_bytes <= MIN_UPSAMPLE_BYTES:
+                    raise
+                free_cached_memory(self.device)
+                self.upsample_bytes = max(MIN_UPSAMPLE_BYTES, self.upsample_bytes // 2)
+                logger.warning(
+                    "out of memory on %s upsampling a %dx%d class map (%s): retrying in "
+                    "bands of at most %d MiB, and keeping that size",
+                    *(self.device, size[1], size[0], str(e).splitlines()[0][:120]),
+                    self.upsample_bytes // 2**20,
+                )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Add the task's columns to a decoded batch and drop ``image``.
