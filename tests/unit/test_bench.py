@@ -308,6 +308,25 @@ def test_chart_is_a_png_of_sensible_size(tmp_path: Path) -> None:
         assert len(img.convert("RGB").getcolors(1 << 20) or []) > 20
 
 
+def test_strategy_bars_show_the_batch_size_with_fewest_failures_failures_included() -> None:
+    from batchvision.bench.chart import strategy_panel
+
+    rows = [
+        make_row(name, bs, _result(10.0))
+        for bs in (8, 32, 128)
+        for name in ("model", "local", "ray_actors")
+    ]
+    rows[-1] = make_row("ray_actors", 128, error="ray_actors-b128 failed (exit 1)")
+    batch, shown = strategy_panel(rows)
+    assert batch == 32 and [r["name"] for r in shown] == ["model", "local", "ray_actors"]
+    rows[5] = make_row("ray_actors", 32, error="failed")  # now 32 and 128 fail alike
+    batch, shown = strategy_panel(rows)
+    assert batch == 8
+    rows[2] = make_row("ray_actors", 8, error="failed")  # every size fails once: largest
+    batch, shown = strategy_panel(rows)
+    assert batch == 128 and [r["error"] is not None for r in shown] == [False, False, True]
+
+
 # --- parity scores ----------------------------------------------------------------------------
 
 

@@ -22,7 +22,8 @@ def write_chart(report: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, max(panels, 1), figsize=(7 * max(panels, 1), 5.5), squeeze=False)
     ax_list = list(axes[0])
     if throughput:
-        _by_strategy(ax_list.pop(0), throughput)
+        # Failed measurements keep their place in the bars, marked as failed.
+        _by_strategy(ax_list.pop(0), [r for r in report["rows"] if r["kind"] != "memory"])
         _by_batch_size(ax_list.pop(0), throughput)
     if memory:
         _memory(ax_list.pop(0), memory)
@@ -41,27 +42,40 @@ def write_chart(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def strategy_panel(rows: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+    """The batch size the by-strategy bars show, and its rows (failed ones included): the
+    largest size among those where the fewest measurements failed."""
+    sizes = {r["batch_size"] for r in rows}
+    failed = {b: sum(1 for r in rows if r["batch_size"] == b and r["error"]) for b in sizes}
+    batch = max(sizes, key=lambda b: (-failed[b], b))
+    return batch, [r for r in rows if r["batch_size"] == batch]
+
+
 def _by_strategy(ax: Any, rows: list[dict[str, Any]]) -> None:
-    """Horizontal bars at the largest batch size measured (img/s, with memory labels)."""
-    batch = max(r["batch_size"] for r in rows)
-    shown = [r for r in rows if r["batch_size"] == batch]
+    """Horizontal bars at one batch size (img/s, with memory labels; failures marked)."""
+    batch, shown = strategy_panel(rows)
     labels = [r["title"] for r in shown]
-    values = [r["images_per_second"] for r in shown]
+    values = [r["images_per_second"] or 0.0 for r in shown]
     bars = ax.barh(labels, values, color=[COLOURS[r["kind"]] for r in shown])
+    measured = [v for v in values if v > 0]
+    low = min(measured) / 2 if measured else 1.0
     for bar, r in zip(bars, shown, strict=True):
-        note = f" {r['images_per_second']:.1f}"
-        if r["peak_pss_mb"] is not None:
-            note += f"  ({r['peak_pss_mb']:.0f} MB)"
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, note, va="center", fontsize=8)
+        if r["error"]:
+            note, x = " failed (see the table and logs/)", low
+        else:
+            note, x = f" {r['images_per_second']:.1f}", bar.get_width()
+            if r["peak_pss_mb"] is not None:
+                note += f"  ({r['peak_pss_mb']:.0f} MB)"
+        ax.text(x, bar.get_y() + bar.get_height() / 2, note, va="center", fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("images per second (peak PSS of the process tree)")
     ax.set_title(f"throughput by strategy, batch {batch}")
-    if values and max(values) > 20 * min(values) > 0:
+    if measured and max(measured) > 20 * min(measured):
         # Decode only can be 50x the model: on a linear axis the rest would be slivers.
         ax.set_xscale("log")
-        ax.set_xlim(min(values) / 2, max(values) * 6)
+        ax.set_xlim(low, max(measured) * 6)
     else:
-        ax.set_xlim(0, max(values) * 1.35 if values else 1)
+        ax.set_xlim(0, max(measured) * 1.35 if measured else 1)
 
 
 def _by_batch_size(ax: Any, rows: list[dict[str, Any]]) -> None:
