@@ -11,8 +11,8 @@ rounded back to uint8, so the predictor normalises it on the device as usual.
 Only what the device decoder reads as the CPU path does goes to it: RGB or grayscale
 JPEGs (no CMYK/YCCK) within ``max_pixels``; the EXIF orientation is applied on the device
 with flips and rotations, as Pillow's ``exif_transpose`` does. Everything else, and every
-image the batched decoder fails on, goes through the CPU path (``decode_image`` +
-``resize_crop``) one image at a time, so error rows carry the very same status and error
+image the batched decoder fails on, goes through the CPU path (``decode_one``, as in
+``decode_batch``) one image at a time, so error rows carry the very same status and error
 code as with ``--decode-device cpu``.
 """
 
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from batchvision.config import DEFAULT_MAX_PIXELS, PreprocessConfig
-from batchvision.stages.decode import _ORIENTATION, _TRANSPOSED, DecodeError, decode_image
-from batchvision.stages.preprocess import draft_floor, output_size, resize_crop
+from batchvision.stages.decode import _ORIENTATION, _TRANSPOSED
+from batchvision.stages.preprocess import decode_one, draft_floor, output_size, row_columns
 
 logger = logging.getLogger(__name__)
 
@@ -173,27 +173,14 @@ def decode_batch_device(
     floor = draft_floor(preprocess) if draft else None
     fallback = [i for i in range(n) if errors[i] is None and images[i] is None]
     for i in fallback:
-        try:
-            cpu = decode_image(batch["bytes"][i], max_pixels=max_pixels, min_size=floor)
-            images[i] = torch.tensor(resize_crop(cpu.image, preprocess), device=device)
-        except DecodeError as e:
-            errors[i] = str(e)
-            continue
-        except Exception as e:  # a decoder bug must cost one row, not the run
-            errors[i] = f"decode_failed: {type(e).__name__}: {e}"
-            continue
-        width[i], height[i] = cpu.width, cpu.height
+        arr, errors[i], width[i], height[i] = decode_one(
+            batch["bytes"][i], preprocess, max_pixels=max_pixels, min_size=floor
+        )
+        if arr is not None:
+            images[i] = torch.tensor(arr, device=device)
     if fallback:
         logger.debug("decode: %d of %d image(s) decoded on the CPU", len(fallback), n)
-    status = np.array(["ok" if e is None else "error" for e in errors], dtype=object)
-    out: dict[str, np.ndarray | torch.Tensor] = {
-        "id": np.asarray(batch["id"], dtype=object),
-        "path": np.asarray(batch["path"], dtype=object),
-        "status": status,
-        "error": errors,
-        "width": width,
-        "height": height,
-    }
+    out: dict[str, np.ndarray | torch.Tensor] = {**row_columns(batch, errors, width, height)}
     if preprocess.resize_mode == "shorter":
         out["image"], out["input_height"], out["input_width"] = _stack_padded(images, device)
     else:

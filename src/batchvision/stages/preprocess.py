@@ -88,6 +88,35 @@ def draft_floor(cfg: PreprocessConfig) -> tuple[int, int]:
     return side, side
 
 
+def decode_one(
+    data: bytes, preprocess: PreprocessConfig, *, max_pixels: int, min_size: tuple[int, int] | None
+) -> tuple[np.ndarray | None, str | None, int, int]:
+    """Decode and preprocess one image: ``(array, None, width, height)``, or on failure
+    ``(None, error, 0, 0)``; never an exception, so a bad file costs one row."""
+    try:
+        decoded = decode_image(data, max_pixels=max_pixels, min_size=min_size)
+        return resize_crop(decoded.image, preprocess), None, decoded.width, decoded.height
+    except DecodeError as e:
+        return None, str(e), 0, 0
+    except Exception as e:  # a decoder bug must cost one row, not the run
+        return None, f"decode_failed: {type(e).__name__}: {e}", 0, 0
+
+
+def row_columns(
+    batch: dict[str, np.ndarray], errors: np.ndarray, width: np.ndarray, height: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The columns of every decoded batch but the image: ``id``, ``path``, ``status`` (from
+    ``errors``), ``error``, ``width``, ``height``."""
+    return {
+        "id": np.asarray(batch["id"], dtype=object),
+        "path": np.asarray(batch["path"], dtype=object),
+        "status": np.array(["ok" if e is None else "error" for e in errors], dtype=object),
+        "error": errors,
+        "width": width,
+        "height": height,
+    }
+
+
 def decode_batch(
     batch: dict[str, np.ndarray],
     preprocess: PreprocessConfig,
@@ -126,13 +155,7 @@ def decode_batch(
     todo = [i for i in range(n) if errors[i] is None]
 
     def one(i: int) -> tuple[np.ndarray | None, str | None, int, int]:
-        try:
-            decoded = decode_image(batch["bytes"][i], max_pixels=max_pixels, min_size=floor)
-            return resize_crop(decoded.image, preprocess), None, decoded.width, decoded.height
-        except DecodeError as e:
-            return None, str(e), 0, 0
-        except Exception as e:  # a decoder bug must cost one row, not the run
-            return None, f"decode_failed: {type(e).__name__}: {e}", 0, 0
+        return decode_one(batch["bytes"][i], preprocess, max_pixels=max_pixels, min_size=floor)
 
     results = pool.map(one, todo) if pool is not None and len(todo) > 1 else map(one, todo)
     for i, (arr, error, w, h) in zip(todo, results, strict=True):
@@ -144,20 +167,10 @@ def decode_batch(
         else:
             images[i] = arr
         width[i], height[i] = w, h
-    status = np.array(["ok" if e is None else "error" for e in errors], dtype=object)
     extra: dict[str, np.ndarray] = {}
     if variable:
         images, extra["input_height"], extra["input_width"] = _pad_stack(arrays)
-    return {
-        "id": np.asarray(batch["id"], dtype=object),
-        "path": np.asarray(batch["path"], dtype=object),
-        "status": status,
-        "error": errors,
-        "width": width,
-        "height": height,
-        "image": images,
-        **extra,
-    }
+    return {**row_columns(batch, errors, width, height), "image": images, **extra}
 
 
 def _pad_stack(arrays: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
