@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import platform
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from batchvision import __version__
-from batchvision.config import PreprocessConfig, RunConfig
-from batchvision.engines.base import EngineResult, Job, ProgressCallback, get_engine
+from batchvision.config import RunConfig
+from batchvision.engines.base import Job, ProgressCallback, get_engine
 from batchvision.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TOO_MANY_ERRORS,
     ConfigError,
-    OutputDirError,
 )
-from batchvision.io import sinks, sources
+from batchvision.io import outdir, sinks, sources
 from batchvision.models.registry import load_state_dict, resolve_model
 from batchvision.models.spec import ModelSpec
 from batchvision.stages.predict import check_top_k, resolve_device
@@ -103,10 +96,10 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     state_dict = load_state_dict(spec)
 
     reusing = config.resume or config.overwrite
-    before = sinks.read_manifest(config.output, storage) if reusing else None
+    before = outdir.read_manifest(config.output, storage) if reusing else None
     # Every refusal comes before any deletion, in either folder.
     _prepare_mask_dir(config, before, check_only=True)
-    sinks.prepare_output_dir(
+    outdir.prepare_output_dir(
         config.output,
         resume=config.resume,
         overwrite=config.overwrite,
@@ -115,15 +108,15 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     )
     _prepare_mask_dir(config, before, check_only=False)
     previous = before if config.resume else None
-    manifest = _manifest(config, spec, previous)
+    manifest = outdir.new_manifest(config, spec, previous)
     if previous is not None:
-        _check_resumable(previous, manifest)
-    earlier = sinks.read_written(config.output, storage) if config.resume else sinks.Written()
+        outdir.check_resumable(previous, manifest)
+    earlier = outdir.read_written(config.output, storage) if config.resume else outdir.Written()
     done = earlier.ids
     if done:
         logger.info("resuming: %d ids already written in %s", len(done), config.output)
     manifest["status"] = "running"
-    sinks.write_manifest(config.output, manifest, storage)
+    outdir.write_manifest(config.output, manifest, storage)
 
     listing = sources.ListingStats()
     skipped_done = [0]
@@ -162,8 +155,8 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         precision=result.precision,
         skipped_examples=listing.skipped_examples,
     )
-    _finish_manifest(manifest, config, summary, result, writer, earlier)
-    sinks.write_manifest(config.output, manifest, storage)
+    outdir.record_run(manifest, config, summary, result, writer, earlier)
+    outdir.write_manifest(config.output, manifest, storage)
     return summary
 
 
@@ -171,7 +164,7 @@ def _prepare_mask_dir(
     config: RunConfig, manifest: dict[str, Any] | None, *, check_only: bool
 ) -> None:
     if config.mask_dir is not None:
-        sinks.prepare_mask_dir(
+        outdir.prepare_mask_dir(
             config.mask_dir,
             config.output,
             resume=config.resume,
@@ -213,134 +206,3 @@ def _not_done(
             counter[0] += 1
             continue
         yield item
-
-
-def _versions() -> dict[str, str]:
-    import numpy
-    import PIL
-    import pyarrow
-    import torchvision
-
-    return {
-        "batchvision": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "pillow": PIL.__version__,
-        "numpy": numpy.__version__,
-        "pyarrow": pyarrow.__version__,
-    }
-
-
-# What must match for --resume to add rows to an earlier run's output.
-_RESUME_KEYS = (
-    "model",
-    "task",
-    "weights",
-    "preprocess",
-    "top_k",
-    "format",
-    "labels_sha",
-    "normalize",
-    "mask_dir",
-)
-
-
-def _manifest(
-    config: RunConfig, spec: ModelSpec, previous: dict[str, Any] | None
-) -> dict[str, Any]:
-    import hashlib
-
-    labels_sha = hashlib.sha256("\n".join(spec.labels).encode()).hexdigest()[:16]
-    manifest: dict[str, Any] = dict(previous or {})
-    manifest.update(
-        {
-            "model": spec.name,
-            "task": spec.task,
-            "weights": spec.weights,
-            "weights_kind": spec.weights_kind,
-            "num_classes": spec.num_classes,
-            "labels_sha": labels_sha,
-            "preprocess": asdict(spec.preprocess),
-            "top_k": config.top_k,
-            "format": config.format,
-            "normalize": config.normalize,
-            "mask_dir": None if config.mask_dir is None else str(Path(config.mask_dir).resolve()),
-            "inputs": list(config.inputs),
-            # Where s3:// paths were read and written; credentials are never recorded.
-            "s3_endpoint": config.s3_endpoint,
-            "versions": _versions(),
-        }
-    )
-    if spec.task == "embed":
-        manifest["embedding_dim"] = spec.embedding_dim
-    if spec.task == "segment":
-        manifest["labels"] = list(spec.labels)
-    manifest.setdefault("runs", [])
-    return manifest
-
-
-_LATER_PREPROCESS_KEYS = ("resize_mode", "resize_hw", "crop_offset", "rescale_factor")
-
-
-def _check_resumable(previous: dict[str, Any], current: dict[str, Any]) -> None:
-    import json
-
-    for key in _RESUME_KEYS:
-        # Compare as stored: the manifest's JSON turns tuples (crop_size, mean, std) into lists.
-        now = json.loads(json.dumps(current[key], default=str))
-        before = previous.get(key)
-        if key == "preprocess" and isinstance(before, dict):
-            # Manifests from before resize modes existed used what are now the defaults.
-            defaults = json.loads(json.dumps(asdict(PreprocessConfig())))
-            before = {**{k: defaults[k] for k in _LATER_PREPROCESS_KEYS}, **before}
-        if key in previous and before != now:
-            raise OutputDirError(
-                f"cannot --resume: {key} differs from the earlier run "
-                f"({previous[key]!r} there, {now!r} now); use the same settings, "
-                "or --overwrite"
-            )
-
-
-def _finish_manifest(
-    manifest: dict[str, Any],
-    config: RunConfig,
-    summary: Summary,
-    result: EngineResult,
-    writer: sinks.PartWriter,
-    earlier: sinks.Written,
-) -> None:
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    manifest["runs"].append(
-        {
-            "finished_at": now,
-            "status": "interrupted" if summary.interrupted else "complete",
-            "config": asdict(config),
-            "device": result.device,
-            "precision": result.precision,
-            "workers": result.workers,
-            "batch_size": result.batch_size,
-            "batch_size_search": result.batch_search,
-            "decode_device": result.decode_device,
-            "decode_threads": result.decode_threads,
-            "ok": summary.ok,
-            "error": summary.error,
-            "skipped": summary.skipped,
-            "already_done": summary.already_done,
-            "rows_written": writer.rows_written,
-            "parts_written": writer.parts_written,
-            "wall_seconds": round(summary.wall_seconds, 3),
-            "images_per_second": round(summary.images_per_second, 2),
-            "stage_seconds": {k: round(v, 3) for k, v in summary.stage_seconds.items()},
-            "error_codes": summary.error_codes,
-        }
-    )
-    runs = manifest["runs"]
-    manifest["status"] = runs[-1]["status"]
-    # From the part files, not from earlier runs' records: a killed run records nothing.
-    manifest["counts"] = {
-        "ok": earlier.statuses["ok"] + summary.ok,
-        "error": earlier.statuses["error"] + summary.error,
-        "rows_written": sum(earlier.statuses.values()) + writer.rows_written,
-        "skipped": summary.skipped,
-    }

@@ -106,7 +106,7 @@ def test_default_html_path_and_refusals(classify_outputs: dict[str, Path], tmp_p
     assert build_report(ReportConfig(str(out))).html == str(out / "report.html")
     assert (out / "report.html").stat().st_size > 10_000
     # The default report inside an output folder does not block `run --overwrite`.
-    from batchvision.io.sinks import prepare_output_dir
+    from batchvision.io.outdir import prepare_output_dir
 
     prepare_output_dir(str(out), resume=False, overwrite=True)
     assert list(out.iterdir()) == []

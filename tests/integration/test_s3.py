@@ -22,7 +22,7 @@ import pytest
 import batchvision
 from batchvision import PreprocessOverrides, RunConfig
 from batchvision.errors import ConfigError, OutputDirError, StorageAuthError
-from batchvision.io import sinks, sources, storage
+from batchvision.io import outdir, sinks, sources, storage
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
 from batchvision.io.storage import StorageOptions
 from tests.conftest import S3Server, run_cli
@@ -265,8 +265,8 @@ def test_part_writer_on_s3(s3_server: S3Server, fmt: str) -> None:
     """Parts land on their final keys in one upload each; ids and statuses read back."""
     opts = StorageOptions(endpoint=s3_server.endpoint)
     out = f"s3://{s3_server.new_bucket()}/res"
-    sinks.prepare_output_dir(out, resume=False, overwrite=False, storage_options=opts)
-    sinks.write_manifest(out, {"runs": []}, opts)
+    outdir.prepare_output_dir(out, resume=False, overwrite=False, storage_options=opts)
+    outdir.write_manifest(out, {"runs": []}, opts)
     proxy = FaultProxy(s3_server.endpoint)
     via_proxy = StorageOptions(endpoint=proxy.url)
     writer = sinks.PartWriter(out, fmt, part_rows=2, run_id="r1", storage_options=via_proxy)
@@ -297,10 +297,10 @@ def test_part_writer_on_s3(s3_server: S3Server, fmt: str) -> None:
         ("PUT", f"{bucket_path}/part-r1-00001{ext}"): 1,
     }
     assert s3_server.keys(out) == ["_manifest.json", f"part-r1-00000{ext}", f"part-r1-00001{ext}"]
-    written = sinks.read_written(out, opts)
+    written = outdir.read_written(out, opts)
     assert written.ids == {"x", "y", "z"} and dict(written.statuses) == {"ok": 2, "error": 1}
-    assert sinks.read_manifest(out, opts) == {"runs": []}
-    assert sinks.read_manifest(f"s3://{s3_server.new_bucket()}/none", opts) is None
+    assert outdir.read_manifest(out, opts) == {"runs": []}
+    assert outdir.read_manifest(f"s3://{s3_server.new_bucket()}/none", opts) is None
 
 
 def test_part_write_failure_is_one_clear_error(s3_server: S3Server) -> None:
@@ -417,10 +417,10 @@ def test_s3_output_refuse_overwrite_resume(
         _config(tiny_checkpoint, inputs, out, s3_endpoint=s3_server.endpoint, resume=True)
     )
     assert resumed.already_done == 5 and resumed.processed == 8
-    written = sinks.read_written(out, opts)
-    ids = [i for p in sinks.data_files(out, opts) for i in sinks._read_ids_statuses(p, opts)[0]]
+    written = outdir.read_written(out, opts)
+    ids = [i for p in outdir.data_files(out, opts) for i in outdir._read_ids_statuses(p, opts)[0]]
     assert len(ids) == len(set(ids)) == 13 == len(written.ids)
-    assert sinks.read_manifest(out, opts)["counts"] == {
+    assert outdir.read_manifest(out, opts)["counts"] == {
         "ok": 12,
         "error": 1,
         "rows_written": 13,
@@ -432,7 +432,7 @@ def test_s3_output_refuse_overwrite_resume(
         _config(tiny_checkpoint, inputs, out, s3_endpoint=s3_server.endpoint, overwrite=True)
     )
     assert again.processed == 13
-    assert len(sinks.read_written(out, opts).ids) == 13
+    assert len(outdir.read_written(out, opts).ids) == 13
     assert len([k for k in s3_server.keys(out) if k.startswith("part-")]) == 1
     s3_server.put(f"{out}/notes/mine.txt", b"user data")
     with pytest.raises(OutputDirError, match=r"did not write \(notes/mine.txt\)"):

@@ -144,7 +144,7 @@ def test_segformer_matches_transformers(segformer: Saved, images: Path, tmp_path
     assert np.mean(wrong) < WRONG_BELOW, wrong
     # The maps are not trivially one class, so agreement means something.
     assert np.mean([len(r["classes"]) for r in rows]) >= 2  # type: ignore[arg-type]
-    manifest = batchvision.io.sinks.read_manifest(str(tmp_path / "out"))
+    manifest = batchvision.io.outdir.read_manifest(str(tmp_path / "out"))
     assert manifest is not None
     assert manifest["task"] == "segment" and manifest["num_classes"] == SEG_CLASSES
     assert manifest["labels"] == [f"region_{i}" for i in range(SEG_CLASSES)]
@@ -260,7 +260,7 @@ def test_hf_embeddings_match_pooler_output(hf_resnet: Saved, images: Path, tmp_p
     assert ours.shape == ref.shape == (len(rows), 32)
     assert centred_cosine(ours, ref).min() >= EMB_PASS
     assert centred_cosine(ours[:, ::-1], ref).mean() < WRONG_BELOW  # the check can fail
-    manifest = batchvision.io.sinks.read_manifest(str(tmp_path / "out"))
+    manifest = batchvision.io.outdir.read_manifest(str(tmp_path / "out"))
     assert manifest is not None and manifest["embedding_dim"] == 32 and manifest["task"] == "embed"
 
 

@@ -280,18 +280,18 @@ def test_resume_accepts_a_manifest_from_before_resize_modes() -> None:
     import json
     from dataclasses import asdict
 
-    from batchvision.api import _RESUME_KEYS, _check_resumable
     from batchvision.errors import OutputDirError
+    from batchvision.io.outdir import _RESUME_KEYS, check_resumable
 
     now = {key: None for key in _RESUME_KEYS}
     now["preprocess"] = asdict(PreprocessConfig())
     old = json.loads(json.dumps(now))
     for key in ("resize_mode", "resize_hw", "crop_offset", "rescale_factor"):
         del old["preprocess"][key]
-    _check_resumable(old, now)  # no error
+    check_resumable(old, now)  # no error
     now["preprocess"] = asdict(PreprocessConfig(crop_offset="floor"))
     with pytest.raises(OutputDirError, match="preprocess differs"):
-        _check_resumable(old, now)
+        check_resumable(old, now)
 
 
 def test_arrow_schema_names_are_stable() -> None:
@@ -334,7 +334,8 @@ def test_segment_predictor_batched_equals_one_by_one() -> None:
 
 def test_prepare_mask_dir_refuses_and_cleans(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from batchvision.errors import OutputDirError
-    from batchvision.io.sinks import prepare_mask_dir, write_mask_file
+    from batchvision.io.outdir import prepare_mask_dir
+    from batchvision.io.sinks import write_mask_file
 
     out, masks = tmp_path / "out", tmp_path / "masks"
     prepare_mask_dir(str(masks), str(out), resume=False, overwrite=False, previous=None)

@@ -21,7 +21,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from batchvision.errors import OutputDirError
-from batchvision.io import sinks, storage
+from batchvision.io import outdir, sinks, storage
 from batchvision.io.storage import StorageOptions
 
 logger = logging.getLogger(__name__)
@@ -113,10 +113,10 @@ def open_output(uri: str, options: StorageOptions | None = None) -> OutputFolder
         and os.path.splitext(e.base_name)[1] in exts
         and not e.base_name.startswith(("_", "."))
     )
-    manifest = _read_manifest(fs, f"{root}/{sinks.MANIFEST_NAME}")
+    manifest = _read_manifest(fs, f"{root}/{outdir.MANIFEST_NAME}")
     if manifest is None and not files:
         raise OutputDirError(
-            f"{uri!r} is not a batchvision output folder: it has no {sinks.MANIFEST_NAME} "
+            f"{uri!r} is not a batchvision output folder: it has no {outdir.MANIFEST_NAME} "
             "and no part files"
         )
     parts, columns = [], []
