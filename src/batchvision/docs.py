@@ -57,14 +57,21 @@ MANIFEST: dict[str, str] = {
     "Credentials are never recorded.",
     "versions": "batchvision, Python, torch, torchvision, Pillow, NumPy, pyarrow versions.",
     "runs": "One record per run into the folder (see below).",
-    "status": "Status of the last run: `running`, `complete` or `interrupted`.",
+    "status": "Status of the last run: `running`, `complete`, `interrupted` or `failed` "
+    "(writing the output failed, e.g. a full disk: exit code 4; `--resume` finishes it).",
+    "run_ids": "Ids of every run whose parts are in the folder (part names carry them: "
+    "`part-RUN-NNNNN-nROWS-cCRC32.EXT`); `--overwrite` deletes only those parts.",
     "counts": "`ok`, `error`, `rows_written` from the part files; `skipped` by the last run.",
 }
 
 #: Fields of each `runs[]` record.
 RUN_FIELDS: dict[str, str] = {
+    "run_id": "This run's id, carried by the names of the parts it wrote.",
     "finished_at": "UTC time the run ended.",
-    "status": "`complete` or `interrupted`.",
+    "status": "`complete`, `interrupted` or `failed` (then `error_message` says why).",
+    "error_message": "`failed` runs only: what failed (e.g. no space left) and how to resume.",
+    "parts_set_aside": "Damaged parts `--resume` found and renamed `_damaged-NAME` (their "
+    "rows were written again); delete them once no longer needed.",
     "config": "The full RunConfig of that run.",
     "device": "Device used, e.g. `cpu`, `cuda:0`.",
     "precision": "`fp32`, `bf16` or `fp16`.",

@@ -7,6 +7,9 @@ Exit codes (documented in the README):
        folder, or object storage refusing the credentials (checked up front, and also
        raised if it happens mid-run)
     3  the run finished and wrote everything, but too many images failed (--max-error-rate)
+    4  writing the output failed mid-run (disk full, storage refusing writes): the parts
+       written before are complete, the manifest says "failed"; fix the cause, then run
+       the same command with --resume
     130 interrupted (Ctrl-C); completed rows are written and the run can be resumed
 """
 
@@ -16,6 +19,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_TOO_MANY_ERRORS = 3
+EXIT_OUTPUT_FAILED = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -59,3 +63,12 @@ class StorageAuthError(BatchvisionError):
 
     Never an error row: every later read would fail the same way, so the run stops.
     """
+
+
+class OutputWriteError(OutputDirError):
+    """Writing to the output failed mid-run (disk full, storage refusing writes).
+
+    The parts committed before are intact and ``--resume`` redoes the rest.
+    """
+
+    exit_code = EXIT_OUTPUT_FAILED

@@ -292,11 +292,16 @@ def test_part_writer_on_s3(s3_server: S3Server, fmt: str) -> None:
         writer.close()
     ext = sinks.EXTENSIONS[fmt]
     bucket_path = out.removeprefix("s3:/")
-    assert dict(proxy.requests) == {  # one PUT per part, straight to its final key
-        ("PUT", f"{bucket_path}/part-r1-00000{ext}"): 1,
-        ("PUT", f"{bucket_path}/part-r1-00001{ext}"): 1,
-    }
-    assert s3_server.keys(out) == ["_manifest.json", f"part-r1-00000{ext}", f"part-r1-00001{ext}"]
+    keys = s3_server.keys(out)
+    assert keys[0] == "_manifest.json" and len(keys) == 3
+    # Each name carries the run, the part's number, its row count and CRC-32.
+    parts = [outdir.PART_RE.match(k) for k in keys[1:]]
+    assert [(m["run"], m["seq"], m["rows"], m["ext"]) for m in parts] == [
+        ("r1", "00000", "2", ext),
+        ("r1", "00001", "1", ext),
+    ]
+    # one PUT per part, straight to its final key
+    assert dict(proxy.requests) == {("PUT", f"{bucket_path}/{k}"): 1 for k in keys[1:]}
     written = outdir.read_written(out, opts)
     assert written.ids == {"x", "y", "z"} and dict(written.statuses) == {"ok": 2, "error": 1}
     assert outdir.read_manifest(out, opts) == {"runs": []}
@@ -311,7 +316,9 @@ def test_part_write_failure_is_one_clear_error(s3_server: S3Server) -> None:
         writer = sinks.PartWriter(out, "parquet", part_rows=1, run_id="r2", storage_options=opts)
         with pytest.raises(OutputDirError, match=r"cannot write .*SLOW_DOWN during PutObject"):
             writer.add(_one_row())
-        assert p.count("PUT", f"{out.removeprefix('s3:/')}/part-r2-00000.parquet") == 2
+        (put,) = {path for method, path in p.requests if method == "PUT"}
+        assert put.startswith(f"{out.removeprefix('s3:/')}/part-r2-00000-n1-c")
+        assert p.count("PUT", put) == 2
     assert s3_server.keys(out) == []
 
 

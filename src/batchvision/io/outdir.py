@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import platform
+import re
+import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from batchvision import __version__
 from batchvision.config import PreprocessConfig, RunConfig
 from batchvision.errors import OutputDirError
 from batchvision.io import storage
+from batchvision.io.outlock import LOCK_NAME
 from batchvision.io.sinks import (
     EXTENSIONS,
     MASK_SUFFIX,
@@ -98,6 +101,15 @@ def prepare_mask_dir(
 
 # --- the output folder -------------------------------------------------------------------
 
+#: A part this tool wrote: ``part-RUN-NNNNN-nROWS-cCRC32.EXT``. Earlier versions wrote
+#: ``part-RUN-NNNNN.EXT`` (no row count or checksum); those are still read and resumed.
+PART_RE = re.compile(
+    r"^part-(?P<run>[0-9A-Za-z]+)-(?P<seq>\d{5,})(?:-n(?P<rows>\d+)-c(?P<crc>[0-9a-f]{8}))?"
+    r"(?P<ext>\.parquet|\.csv|\.jsonl)$"
+)
+#: A damaged part set aside by ``--resume`` (readers skip names starting with ``_``).
+DAMAGED_PREFIX = "_damaged-"
+
 
 def _is_data_name(name: str) -> bool:
     return (
@@ -120,11 +132,40 @@ def data_files(out_dir: str, storage_options: StorageOptions | None = None) -> l
 
 
 def _list_s3_output(out_dir: str, options: StorageOptions) -> list[str]:
-    """Every key under the output prefix, relative to it (sub-prefixes included)."""
+    """Every key under the output prefix, relative to it (sub-prefixes included).
+
+    The output lock is not listed: it is the run's own, and not part of the output.
+    """
     try:
-        return [rel for rel, _ in storage.list_files(out_dir, options)]
+        return [rel for rel, _ in storage.list_files(out_dir, options) if rel != LOCK_NAME]
     except OSError as e:
         raise OutputDirError(f"--output {out_dir!r} cannot be listed: {storage.describe(e)}") from e
+
+
+def _entries(out_dir: str, options: StorageOptions) -> list[str]:
+    if storage.is_uri(out_dir):
+        return _list_s3_output(out_dir, options)
+    root = Path(out_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.name != LOCK_NAME)
+
+
+def read_previous(
+    out_dir: str, storage_options: StorageOptions | None = None
+) -> dict[str, Any] | None:
+    """The manifest of the run(s) that wrote ``out_dir``, with ``run_ids`` always present.
+
+    A manifest written before run ids were recorded gets the run ids of the
+    ``part-RUN-NNNNN`` names in the folder now: the parts of that version are recognised
+    by their names alone, as they were then.
+    """
+    options = storage_options or StorageOptions()
+    manifest = read_manifest(out_dir, options)
+    if manifest is not None and not isinstance(manifest.get("run_ids"), list):
+        found = {m["run"] for n in _entries(out_dir, options) if (m := PART_RE.match(n))}
+        manifest["run_ids"] = sorted(found)
+    return manifest
 
 
 def prepare_output_dir(
@@ -134,23 +175,28 @@ def prepare_output_dir(
     overwrite: bool,
     storage_options: StorageOptions | None = None,
     mask_dir: str | None = None,
+    previous: dict[str, Any] | None = None,
 ) -> None:
     """Create ``out_dir``; refuse a non-empty one unless resuming or overwriting.
 
-    ``--overwrite`` deletes only what batchvision wrote (parts, temporaries, manifest) and
-    refuses a folder holding anything else, so a mistyped path cannot wipe user files. An
-    S3 prefix is "non-empty" when any key lies under it.
+    ``--overwrite`` deletes only what batchvision wrote (the parts of the runs that
+    ``previous``, the folder's manifest, records; temporaries; the manifest) and refuses
+    a folder holding anything else, so a mistyped path cannot wipe user files, even one
+    named like a part. An S3 prefix is "non-empty" when any key lies under it. The run
+    holds the output's lock (``outlock``) by now, so nothing else writes here meanwhile.
     """
     if storage.is_uri(out_dir):
-        _prepare_s3_output(out_dir, resume, overwrite, storage_options or StorageOptions())
+        _prepare_s3_output(
+            out_dir, resume, overwrite, storage_options or StorageOptions(), previous
+        )
         return
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise OutputDirError(f"--output {out_dir!r} exists and is not a folder")
-    entries = sorted(p.name for p in root.iterdir()) if root.exists() else []
+    entries = _entries(out_dir, StorageOptions())
     _check_reusable(out_dir, entries, resume, overwrite, MANIFEST_NAME in entries)
     if entries and overwrite:
-        ours = _ours(entries)
+        ours = _ours(entries, previous)
         # A --mask-dir inside the output folder is cleared by prepare_mask_dir.
         keep = Path(mask_dir).resolve() if mask_dir else None
         _refuse_foreign(
@@ -159,13 +205,18 @@ def prepare_output_dir(
         for name in ours:
             (root / name).unlink()
     if resume:
-        for p in root.glob(f".{PART_PREFIX}*.tmp"):
-            p.unlink()  # a part that was being written when the last run died
+        for name in entries:
+            if _is_temp(name):
+                (root / name).unlink()  # being written when the last run died
     root.mkdir(parents=True, exist_ok=True)
 
 
 def _prepare_s3_output(
-    out_dir: str, resume: bool, overwrite: bool, options: StorageOptions
+    out_dir: str,
+    resume: bool,
+    overwrite: bool,
+    options: StorageOptions,
+    previous: dict[str, Any] | None,
 ) -> None:
     loc = storage.parse_uri(out_dir)
     bucket = storage.S3Location(loc.scheme, loc.anonymous, loc.bucket, "").uri
@@ -181,7 +232,7 @@ def _prepare_s3_output(
     entries = _list_s3_output(out_dir, options)
     _check_reusable(out_dir, entries, resume, overwrite, MANIFEST_NAME in entries)
     if entries and overwrite:
-        ours = _ours(entries)
+        ours = _ours(entries, previous)
         _refuse_foreign(out_dir, [e for e in entries if e not in ours])
         for name in ours:
             storage.delete_object(loc.child(name), options)
@@ -211,15 +262,32 @@ def _refuse_foreign(out_dir: str, foreign: list[str]) -> None:
         )
 
 
-def _ours(entries: list[str]) -> list[str]:
-    """The names among ``entries`` (top-level names in the output) that batchvision wrote."""
-    has_manifest = MANIFEST_NAME in entries
+def _is_temp(name: str) -> bool:
+    """A writer's hidden temporary for a part or the manifest (``sinks.temp_name``)."""
+    return (
+        "/" not in name
+        and name.endswith(".tmp")
+        and name.startswith((f".{PART_PREFIX}", f".{MANIFEST_NAME}."))
+    )
+
+
+def _is_our_part(name: str, run_ids: set[str]) -> bool:
+    m = PART_RE.match(name)
+    return m is not None and m["run"] in run_ids
+
+
+def _ours(entries: list[str], manifest: dict[str, Any] | None) -> list[str]:
+    """The names among ``entries`` (top-level names in the output) that batchvision wrote.
+
+    A part is ours when its name carries the id of a run the manifest records; without a
+    manifest no part is.
+    """
+    run_ids = set((manifest or {}).get("run_ids") or [])
     ours = []
     for name in entries:
-        part = name.startswith(PART_PREFIX) and _is_data_name(name)
-        tmp = name.startswith(f".{PART_PREFIX}") and name.endswith(".tmp") and "/" not in name
-        own = (part or name == REPORT_NAME) and has_manifest
-        if own or tmp or name in (MANIFEST_NAME, f".{MANIFEST_NAME}.tmp"):
+        part = _is_our_part(name.removeprefix(DAMAGED_PREFIX), run_ids)
+        own = part or (name == REPORT_NAME and manifest is not None)
+        if own or _is_temp(name) or name == MANIFEST_NAME:
             ours.append(name)
     return ours
 
@@ -230,40 +298,107 @@ class Written:
 
     ids: set[str] = field(default_factory=set)
     statuses: Counter[str] = field(default_factory=Counter)
+    #: Damaged parts set aside (their new names); their rows are written again.
+    set_aside: list[str] = field(default_factory=list)
 
 
-def read_written(out_dir: str, storage_options: StorageOptions | None = None) -> Written:
-    """Every id and status already committed to ``out_dir``'s part files."""
+class _Damaged(Exception):
+    pass
+
+
+def read_written(
+    out_dir: str,
+    storage_options: StorageOptions | None = None,
+    previous: dict[str, Any] | None = None,
+) -> Written:
+    """Every id and status already committed to ``out_dir``'s part files.
+
+    Each part is checked whole: its bytes against the CRC-32 and its rows against the
+    count its name records (parts of earlier versions record neither: they must parse).
+    A damaged part is renamed ``_damaged-NAME`` (readers skip it) and its rows are not
+    counted as written, so this run writes them again. A data file that is not a part of
+    the runs ``previous`` records is refused: its rows would mix with this run's.
+    """
     options = storage_options or StorageOptions()
+    run_ids = set((previous or {}).get("run_ids") or [])
     written = Written()
     for path in data_files(out_dir, options):
-        ids, statuses = _read_ids_statuses(path, options)
+        name = path.replace("\\", "/").rsplit("/", 1)[-1]
+        if previous is not None and not _is_our_part(name, run_ids):
+            raise OutputDirError(
+                f"cannot --resume in {out_dir!r}: {name} is not a part batchvision wrote "
+                "there; move it out of the output folder, then run the command again"
+            )
+        try:
+            ids, statuses = _read_part(path, options)
+        except _Damaged as e:
+            written.set_aside.append(_set_aside(out_dir, name, str(e), options))
+            continue
         written.ids.update(ids)
         written.statuses.update(statuses)
     return written
 
 
-def _read_ids_statuses(path: str, options: StorageOptions) -> tuple[list[str], list[str]]:
-    source: Any = path
+def _read_part(path: str, options: StorageOptions) -> tuple[list[str], list[str]]:
     if storage.is_uri(path):
-        source = pa.BufferReader(storage.read_object(path, options))
-    if path.endswith(".parquet"):
-        table = pq.read_table(source, columns=["id", "status"])
-    elif path.endswith(".csv"):
+        try:
+            data = storage.read_object(path, options)
+        except OSError as e:
+            storage.check_auth(e, path, options)
+            raise OutputDirError(f"{path} cannot be read: {storage.describe(e)}") from e
+    else:
+        data = Path(path).read_bytes()
+    m = PART_RE.match(path.replace("\\", "/").rsplit("/", 1)[-1])
+    if m is not None and m["crc"] is not None and zlib.crc32(data) != int(m["crc"], 16):
+        raise _Damaged(
+            f"its {len(data)} bytes do not match the CRC-32 in its name: truncated or changed"
+        )
+    try:
+        ids, statuses = _decode_ids_statuses(data, os.path.splitext(path)[1])
+    except (ValueError, KeyError, TypeError, OSError, pa.ArrowException) as e:
+        raise _Damaged(f"unreadable: {' '.join(str(e).split())[:200]}") from e
+    if m is not None and m["rows"] is not None and len(ids) != int(m["rows"]):
+        raise _Damaged(f"it has {len(ids)} rows, its name records {m['rows']}")
+    return ids, statuses
+
+
+def _read_ids_statuses(path: str, options: StorageOptions) -> tuple[list[str], list[str]]:
+    """The ``id`` and ``status`` columns of one part (checked as ``read_written`` does)."""
+    return _read_part(path, options)
+
+
+def _decode_ids_statuses(data: bytes, ext: str) -> tuple[list[str], list[str]]:
+    if ext == ".parquet":
+        table = pq.read_table(pa.BufferReader(data), columns=["id", "status"])
+    elif ext == ".csv":
         opts = pacsv.ConvertOptions(
             include_columns=["id", "status"],
             column_types={"id": pa.string(), "status": pa.string()},
         )
-        table = pacsv.read_csv(source, convert_options=opts)
+        table = pacsv.read_csv(pa.BufferReader(data), convert_options=opts)
     else:
-        text = (
-            source.read().decode("utf-8")
-            if storage.is_uri(path)
-            else Path(path).read_text(encoding="utf-8")
-        )
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
         return [r["id"] for r in rows], [r["status"] for r in rows]
     return table.column("id").to_pylist(), table.column("status").to_pylist()
+
+
+def _set_aside(out_dir: str, name: str, why: str, options: StorageOptions) -> str:
+    new = DAMAGED_PREFIX + name
+    if storage.is_uri(out_dir):
+        fs, loc = storage.filesystem(out_dir, options)
+        fs.copy_file(f"{loc.path}/{name}", f"{loc.path}/{new}")
+        fs.delete_file(f"{loc.path}/{name}")
+    else:
+        os.replace(os.path.join(out_dir, name), os.path.join(out_dir, new))
+    logger.warning(
+        "part %s is damaged (%s): set aside as %s, and this run writes its rows again; "
+        "delete %s once you no longer need it",
+        name,
+        why,
+        new,
+        new,
+    )
+    return new
 
 
 def read_manifest(
@@ -274,20 +409,28 @@ def read_manifest(
         uri = storage.parse_uri(out_dir).child(MANIFEST_NAME)
         options = storage_options or StorageOptions()
         try:
-            text = storage.read_object(uri, options).decode("utf-8")
+            data = storage.read_object(uri, options)
         except FileNotFoundError:
             return None
         except OSError as e:
             storage.check_auth(e, uri, options)
             raise OutputDirError(f"{uri} cannot be read: {storage.describe(e)}") from e
-        data: dict[str, Any] = json.loads(text)
-        return data
-    path = Path(out_dir) / MANIFEST_NAME
-    if not path.exists():
-        return None
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    return data
+    else:
+        uri = os.path.join(out_dir, MANIFEST_NAME)
+        try:
+            data = Path(uri).read_bytes()
+        except FileNotFoundError:
+            return None
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise OutputDirError(
+            f"{uri} is damaged ({e}); this folder cannot be resumed - use --overwrite or "
+            "another folder"
+        ) from e
+    if not isinstance(manifest, dict):
+        raise OutputDirError(f"{uri} is not a batchvision manifest (not a JSON object)")
+    return manifest
 
 
 def write_manifest(
@@ -334,8 +477,13 @@ _RESUME_KEYS = (
 
 
 def new_manifest(
-    config: RunConfig, spec: ModelSpec, previous: dict[str, Any] | None
+    config: RunConfig, spec: ModelSpec, previous: dict[str, Any] | None, run_id: str
 ) -> dict[str, Any]:
+    """This run's manifest: ``previous`` (when resuming) updated with this run's settings.
+
+    ``run_ids`` lists every run whose parts are in the folder, this one included, so that
+    ``--overwrite`` and ``--resume`` know which files are batchvision's.
+    """
     import hashlib
 
     labels_sha = hashlib.sha256("\n".join(spec.labels).encode()).hexdigest()[:16]
@@ -364,6 +512,7 @@ def new_manifest(
     if spec.task == "segment":
         manifest["labels"] = list(spec.labels)
     manifest.setdefault("runs", [])
+    manifest["run_ids"] = [*(previous or {}).get("run_ids", []), run_id]
     return manifest
 
 
@@ -400,6 +549,7 @@ def record_run(
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     manifest["runs"].append(
         {
+            "run_id": writer.run_id,
             "finished_at": now,
             "status": "interrupted" if summary.interrupted else "complete",
             "config": asdict(config),
@@ -420,6 +570,7 @@ def record_run(
             "images_per_second": round(summary.images_per_second, 2),
             "stage_seconds": {k: round(v, 3) for k, v in summary.stage_seconds.items()},
             "error_codes": summary.error_codes,
+            "parts_set_aside": earlier.set_aside,
         }
     )
     runs = manifest["runs"]
@@ -431,3 +582,37 @@ def record_run(
         "rows_written": sum(earlier.statuses.values()) + writer.rows_written,
         "skipped": summary.skipped,
     }
+
+
+def record_failure(
+    manifest: dict[str, Any],
+    config: RunConfig,
+    writer: PartWriter,
+    earlier: Written,
+    message: str,
+    storage_options: StorageOptions | None = None,
+) -> None:
+    """Mark the run ``failed`` with ``message`` in the manifest, as far as it can be written.
+
+    Called when writing the output failed mid-run (disk full, ...): the manifest is small
+    and the failed part's temporary is gone, so it usually fits; if it does not, the
+    manifest keeps saying ``running`` and ``--resume`` works the same.
+    """
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    manifest["runs"].append(
+        {
+            "run_id": writer.run_id,
+            "finished_at": now,
+            "status": "failed",
+            "error_message": message,
+            "config": asdict(config),
+            "rows_written": writer.rows_written,
+            "parts_written": writer.parts_written,
+            "parts_set_aside": earlier.set_aside,
+        }
+    )
+    manifest["status"] = "failed"
+    try:
+        write_manifest(config.output, manifest, storage_options)
+    except OutputDirError as e:
+        logger.error("the manifest could not be marked failed either: %s", e)

@@ -10,19 +10,25 @@ part, whatever moment the process dies at.
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import json
 import logging
 import os
 import time
 import urllib.parse
 import uuid
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from batchvision.errors import OutputDirError
+from batchvision.errors import OutputWriteError
 from batchvision.io import storage
 from batchvision.io.storage import StorageOptions
 
@@ -206,27 +212,94 @@ def encode_table(table: pa.Table, fmt: str) -> bytes:
 
 
 def _write_atomic(out_dir: str, name: str, data: bytes, options: StorageOptions) -> None:
-    """Make ``out_dir/name`` hold ``data``, all or nothing."""
+    """Make ``out_dir/name`` hold ``data``, all or nothing.
+
+    Raises:
+        OutputWriteError: the write failed (disk full, storage refusing it); nothing of
+            ``name`` is left behind.
+    """
     if storage.is_uri(out_dir):
         uri = storage.parse_uri(out_dir).child(name)
         try:
             storage.write_object(uri, data, options)
         except OSError as e:  # still failing after the SDK's retries: the run cannot go on
-            raise OutputDirError(f"cannot write {uri}: {storage.describe(e)}") from e
+            raise OutputWriteError(f"cannot write {uri}: {storage.describe(e)}") from e
         return
     _replace_file(os.path.join(out_dir, name), data)
 
 
+def temp_name(name: str) -> str:
+    """A hidden temporary name for ``name``, unique to this writer (``.NAME.TOKEN.tmp``)."""
+    return f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+
+
 def _replace_file(final: str, data: bytes) -> None:
-    """Write ``final`` all or nothing: a hidden ``.NAME.tmp`` beside it, fsynced, renamed."""
+    """Write ``final`` all or nothing: a hidden temporary beside it, fsynced, renamed.
+
+    The temporary's name is unique to this writer, so two processes writing the same file
+    never write into one temporary. On failure the temporary is removed.
+    """
     folder, name = os.path.split(final)
-    tmp = os.path.join(folder, f".{name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        # The rename below must not expose a file whose bytes are still in the page cache only.
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    tmp = os.path.join(folder, temp_name(name))
+    try:
+        with open(tmp, "wb") as f:
+            half = len(data) // 2
+            f.write(data[:half])
+            _fault_hook("part_write", name, tmp)
+            f.write(data[half:])
+            f.flush()
+            # The rename must not expose a file whose bytes are still in the page cache only.
+            os.fsync(f.fileno())
+        _fault_hook("part_rename", name, tmp)
+        os.replace(tmp, final)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OutputWriteError(_write_failure(final, e)) from e
+
+
+def _write_failure(final: str, e: OSError) -> str:
+    what = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = f"{what} (the disk or quota is full)"
+    return (
+        f"cannot write {final}: {what}; the parts written before are complete - fix this "
+        "(e.g. free space), then run the same command with --resume"
+    )
+
+
+#: Test hook (also read by the Ray engine): ``part_write_hang:MARKER`` or
+#: ``part_rename_hang:MARKER`` makes the writer stop inside the third part's write (half
+#: its bytes in the temporary) or between its fsync and rename: it writes the temporary's
+#: path to the file MARKER and sleeps, so a test can kill it at that very moment.
+FAULT_INJECT_ENV = "BATCHVISION_FAULT_INJECT"
+_HANG_AFTER_PARTS = 2
+_parts_seen = [0]
+
+
+def _fault_hook(point: str, name: str, tmp: str) -> None:
+    spec = os.environ.get(FAULT_INJECT_ENV, "")
+    kind, _, marker = spec.partition(":")
+    if kind != f"{point}_hang" or not name.startswith(PART_PREFIX):
+        return
+    if point == "part_write":
+        _parts_seen[0] += 1
+    if _parts_seen[0] <= _HANG_AFTER_PARTS:
+        return
+    logger.warning("%s: holding the writer inside %s (test hook)", FAULT_INJECT_ENV, point)
+    Path(marker).write_text(tmp, encoding="utf-8")
+    time.sleep(3600)
+
+
+def part_name(run_id: str, seq: int, rows: int, data: bytes, fmt: str) -> str:
+    """A part's file name: the run that wrote it, its number, its row count and CRC-32.
+
+    The name is committed with the bytes (one rename, one PUT), so ``--resume`` can tell a
+    damaged part (truncated, overwritten in the middle) from a complete one without any
+    other record, and ``--overwrite`` can tell this tool's parts from a user's files.
+    """
+    crc = zlib.crc32(data)
+    return f"{PART_PREFIX}{run_id}-{seq:05d}-n{rows}-c{crc:08x}{EXTENSIONS[fmt]}"
 
 
 class PartWriter:
@@ -234,7 +307,10 @@ class PartWriter:
 
     A part is committed when ``part_rows`` rows are buffered or ``flush_seconds`` have
     passed since the last commit, and on ``close()``. A crash loses at most the rows
-    buffered since the last commit; ``--resume`` redoes exactly those.
+    buffered since the last commit; ``--resume`` redoes exactly those. After a failed
+    commit (``OutputWriteError``: disk full, ...) the writer drops its buffer and writes
+    nothing more, so ``close()`` in an engine's ``finally`` cannot fail a second time.
+    ``guard`` is called before each commit (the output lock checks it is still held).
     """
 
     def __init__(
@@ -247,6 +323,7 @@ class PartWriter:
         run_id: str | None = None,
         storage_options: StorageOptions | None = None,
         mask_dir: str | None = None,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self.out_dir = out_dir
         self.storage_options = storage_options or StorageOptions()
@@ -254,10 +331,12 @@ class PartWriter:
         self.fmt = fmt
         self.part_rows = part_rows
         self.flush_seconds = flush_seconds
-        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.run_id = run_id or new_run_id()
+        self.guard = guard
         self.parts_written = 0
         self.rows_written = 0
         self.write_seconds = 0.0
+        self.failed = False
         self._buffer: list[pa.Table] = []
         self._buffered = 0
         self._last_flush = time.monotonic()
@@ -268,8 +347,10 @@ class PartWriter:
         With ``mask_dir``, a segment table's mask PNGs are written there first (each file
         complete before the part that names it is committed).
         """
+        if self.failed:
+            return
         if self.mask_dir is not None and "mask" in table.column_names:
-            table = masks_to_files(table, self.mask_dir)
+            table = self._failing_safely(masks_to_files, table, self.mask_dir)
         if table.num_rows:
             self._buffer.append(table)
             self._buffered += table.num_rows
@@ -280,17 +361,35 @@ class PartWriter:
     def flush(self) -> None:
         """Commit everything buffered as one part file (no-op when empty)."""
         self._last_flush = time.monotonic()
-        if not self._buffered:
+        if not self._buffered or self.failed:
             return
         t0 = time.perf_counter()
+        if self.guard is not None:
+            self._failing_safely(self.guard)
         table = pa.concat_tables(self._buffer)
-        name = f"{PART_PREFIX}{self.run_id}-{self.parts_written:05d}{EXTENSIONS[self.fmt]}"
-        _write_atomic(self.out_dir, name, encode_table(table, self.fmt), self.storage_options)
+        data = encode_table(table, self.fmt)
+        name = part_name(self.run_id, self.parts_written, table.num_rows, data, self.fmt)
+        self._failing_safely(_write_atomic, self.out_dir, name, data, self.storage_options)
         self.parts_written += 1
         self.rows_written += table.num_rows
         self._buffer, self._buffered = [], 0
         self.write_seconds += time.perf_counter() - t0
 
+    def _failing_safely(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception:
+            # The buffered rows are not committed: --resume redoes them. (Ctrl-C is not a
+            # failure: the engine's close() still commits them.)
+            self.failed = True
+            self._buffer, self._buffered = [], 0
+            raise
+
     def close(self) -> None:
         """Commit what is left."""
         self.flush()
+
+
+def new_run_id() -> str:
+    """A short id for one run; its part names carry it."""
+    return uuid.uuid4().hex[:8]
