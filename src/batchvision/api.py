@@ -156,7 +156,9 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         try:
             result = engine.run(job)
         except OutputWriteError as e:  # e.g. the disk is full: say so in the manifest too
-            outdir.record_failure(manifest, config, writer, earlier, str(e), storage)
+            outdir.record_failure(
+                manifest, config, writer, earlier, str(e), storage, on_full=lock.free_reserve
+            )
             raise
         summary = Summary(
             output=config.output,
@@ -174,7 +176,7 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
             skipped_examples=listing.skipped_examples,
         )
         outdir.record_run(manifest, config, summary, result, writer, earlier)
-        outdir.write_manifest(config.output, manifest, storage)
+        outdir.write_manifest(config.output, manifest, storage, on_full=lock.free_reserve)
     return summary
 
 

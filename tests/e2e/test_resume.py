@@ -232,3 +232,61 @@ def test_resume_with_nothing_left(
     assert manifest["status"] == "complete"
     assert [r["rows_written"] for r in manifest["runs"]] == [6, 0]
     assert [r["already_done"] for r in manifest["runs"]] == [0, 6]
+
+
+def _wait_for_marker(proc: subprocess.Popen[str], marker: Path) -> str:
+    deadline = time.monotonic() + WAIT_S
+    while not marker.exists() or not marker.read_text():
+        if proc.poll() is not None:
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"run ended (rc {proc.returncode}) before the hook:\n{stdout}{stderr}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail(f"the writer did not reach the hook within {WAIT_S} s")
+        time.sleep(0.01)
+    return marker.read_text()
+
+
+@pytest.mark.parametrize("point", ["part_write", "part_rename"])
+def test_kill_9_inside_a_parts_write_then_resume(
+    many_dir: Path,
+    tiny_checkpoint: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    point: str,
+) -> None:
+    """Killed with half a part in its temporary, or between its fsync and rename.
+
+    Meanwhile a second run into the folder, fresh or ``--resume``, is refused: the first
+    one holds the output's lock. Once it is dead, ``--resume`` takes the lock over.
+    """
+    out = tmp_path / "out"
+    marker = tmp_path / "held"
+    args = _args(many_dir, out, tiny_checkpoint)
+    monkeypatch.setenv("BATCHVISION_FAULT_INJECT", f"{point}_hang:{marker}")
+    proc = _start(args)
+    tmp = Path(_wait_for_marker(proc, marker))
+    monkeypatch.delenv("BATCHVISION_FAULT_INJECT")
+    assert tmp.parent == out and tmp.name.startswith(".part-") and tmp.exists()
+    if point == "part_rename":  # complete and synced, not yet renamed
+        assert pq.read_table(tmp).num_rows == 4
+    before = _visible_ids(out)
+    assert len(before) == 8  # the hook holds the third part
+
+    for extra in ([], ["--resume"]):
+        second = run_cli(*args, *extra, "-q", timeout=120)
+        assert second.returncode == 2, second.stderr
+        (line,) = second.stderr.strip().splitlines()
+        assert line.startswith(f"batchvision: error: --output {str(out)!r} is in use by")
+        assert f"(pid {proc.pid} on host " in line
+    assert _visible_ids(out) == before
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert tmp.exists()  # what kill -9 leaves: a hidden temporary, never a visible part
+    resumed = run_cli(*args, "--resume", "-q", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"already done {len(before)}" in resumed.stdout
+    assert not list(out.glob(".*.tmp"))
+    _assert_complete(out, _expected_ids(many_dir))

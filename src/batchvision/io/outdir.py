@@ -17,6 +17,7 @@ import platform
 import re
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 
 from batchvision import __version__
 from batchvision.config import PreprocessConfig, RunConfig
-from batchvision.errors import OutputDirError
+from batchvision.errors import OutputDirError, OutputWriteError
 from batchvision.io import storage
 from batchvision.io.outlock import LOCK_NAME
 from batchvision.io.sinks import (
@@ -434,11 +435,27 @@ def read_manifest(
 
 
 def write_manifest(
-    out_dir: str, manifest: dict[str, Any], storage_options: StorageOptions | None = None
+    out_dir: str,
+    manifest: dict[str, Any],
+    storage_options: StorageOptions | None = None,
+    *,
+    on_full: Callable[[], None] | None = None,
 ) -> None:
-    """Write ``_manifest.json`` atomically."""
+    """Write ``_manifest.json`` atomically.
+
+    ``on_full`` frees space kept for this write (``OutputLock.free_reserve``): when the
+    write fails, it is called and the write tried once more.
+    """
     text = json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n"
-    _write_atomic(out_dir, MANIFEST_NAME, text.encode("utf-8"), storage_options or StorageOptions())
+    data = text.encode("utf-8")
+    options = storage_options or StorageOptions()
+    try:
+        _write_atomic(out_dir, MANIFEST_NAME, data, options)
+    except OutputWriteError:
+        if on_full is None:
+            raise
+        on_full()
+        _write_atomic(out_dir, MANIFEST_NAME, data, options)
 
 
 # --- the run record ------------------------------------------------------------------------
@@ -591,6 +608,7 @@ def record_failure(
     earlier: Written,
     message: str,
     storage_options: StorageOptions | None = None,
+    on_full: Callable[[], None] | None = None,
 ) -> None:
     """Mark the run ``failed`` with ``message`` in the manifest, as far as it can be written.
 
@@ -613,6 +631,6 @@ def record_failure(
     )
     manifest["status"] = "failed"
     try:
-        write_manifest(config.output, manifest, storage_options)
+        write_manifest(config.output, manifest, storage_options, on_full=on_full)
     except OutputDirError as e:
         logger.error("the manifest could not be marked failed either: %s", e)

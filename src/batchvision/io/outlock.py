@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".batchvision.lock"
 #: How long an S3 lease lasts without renewal; renewed every quarter of it.
 LEASE_SECONDS = 60.0
+#: Space the local lock file keeps for the run's last manifest write: when the disk fills
+#: up mid-run it is given back, so that the manifest can still say what happened.
+RESERVE_BYTES = 128 * 1024
 
 
 def _now() -> _dt.datetime:
@@ -85,6 +88,9 @@ class OutputLock:
 
     def release(self) -> None:
         """Give the lock up (idempotent)."""
+
+    def free_reserve(self) -> None:
+        """Give back the space kept for the last manifest write (a full disk)."""
 
 
 @contextlib.contextmanager
@@ -167,9 +173,16 @@ class _LocalLock(OutputLock):
                 "choose a folder you can write to"
             ) from e
         self._fd = fd
-        data = json.dumps(_holder(run_id)).encode()
+        self._data = json.dumps(_holder(run_id)).encode()
         os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
+        os.pwrite(fd, self._data, 0)
+        with contextlib.suppress(OSError):  # no room even for that: the run fails soon
+            os.pwrite(fd, b" " * RESERVE_BYTES, len(self._data))
+
+    def free_reserve(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, len(self._data))
 
     def release(self) -> None:
         if self._fd is None:

@@ -278,13 +278,13 @@ _parts_seen = [0]
 
 
 def _fault_hook(point: str, name: str, tmp: str) -> None:
-    spec = os.environ.get(FAULT_INJECT_ENV, "")
-    kind, _, marker = spec.partition(":")
-    if kind != f"{point}_hang" or not name.startswith(PART_PREFIX):
+    spec = os.environ.get(FAULT_INJECT_ENV)
+    if not spec or not name.startswith(PART_PREFIX):
         return
     if point == "part_write":
         _parts_seen[0] += 1
-    if _parts_seen[0] <= _HANG_AFTER_PARTS:
+    kind, _, marker = spec.partition(":")
+    if kind != f"{point}_hang" or _parts_seen[0] <= _HANG_AFTER_PARTS:
         return
     logger.warning("%s: holding the writer inside %s (test hook)", FAULT_INJECT_ENV, point)
     Path(marker).write_text(tmp, encoding="utf-8")
