@@ -6,11 +6,16 @@ moto's own authentication (``INITIAL_NO_AUTH_ACTION_COUNT``).
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import logging
+import os
 import pickle
 import shutil
+import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +27,7 @@ import pytest
 import batchvision
 from batchvision import PreprocessOverrides, RunConfig
 from batchvision.errors import ConfigError, OutputDirError, StorageAuthError
-from batchvision.io import outdir, sinks, sources, storage
+from batchvision.io import outdir, outlock, sinks, sources, storage
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
 from batchvision.io.storage import StorageOptions
 from tests.conftest import S3Server, run_cli
@@ -453,6 +458,111 @@ def test_s3_output_refuse_overwrite_resume(
                 tiny_checkpoint, inputs, "s3://no-such-bucket/o", s3_endpoint=s3_server.endpoint
             )
         )
+
+
+def _put_lease(s3_server: S3Server, out: str, host: str, pid: int, expires_in_s: float) -> None:
+    expires = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=expires_in_s)
+    body = {
+        "host": host,
+        "pid": pid,
+        "run_id": "other",
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "expires_at": expires.isoformat(),
+    }
+    s3_server.put(f"{out}/{outlock.LOCK_NAME}", json.dumps(body).encode())
+
+
+def test_s3_lease_one_writer_takeover_and_damaged_part(
+    s3_server: S3Server,
+    bucket: str,
+    tiny_checkpoint: tuple[Path, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    opts = StorageOptions(endpoint=s3_server.endpoint)
+    inputs, out = [f"s3://{bucket}/in/a"], f"s3://{bucket}/out/lease"
+    kw: dict[str, object] = {"s3_endpoint": s3_server.endpoint, "part_rows": 4}
+
+    # A live run elsewhere holds the lease: refused in one line naming it, nothing written.
+    _put_lease(s3_server, out, "elsewhere", 4242, 3600)
+    for extra in ({}, {"resume": True}, {"overwrite": True}):
+        with pytest.raises(OutputDirError) as info:
+            batchvision.run(_config(tiny_checkpoint, inputs, out, **kw, **extra))
+        assert "in use by another batchvision run (pid 4242 on host elsewhere, started " in str(
+            info.value
+        )
+    assert s3_server.keys(out) == [outlock.LOCK_NAME]
+
+    # Same host, not expired, but its process is gone: taken over. While the run goes on,
+    # the lease names this process; at the end it is removed.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    _put_lease(s3_server, out, socket.gethostname(), dead.pid, 3600)
+    held: list[dict[str, object]] = []
+
+    def progress(_: object) -> None:
+        if not held:
+            held.append(json.loads(storage.read_object(f"{out}/{outlock.LOCK_NAME}", opts)))
+
+    with caplog.at_level(logging.WARNING, logger="batchvision"):
+        first = batchvision.run(_config(tiny_checkpoint, inputs, out, **kw), progress=progress)
+    assert (first.ok, first.error) == (12, 1)
+    assert any("took over the output lease" in r.getMessage() for r in caplog.records)
+    assert held and held[0]["pid"] == os.getpid() and held[0]["host"] == socket.gethostname()
+    assert outlock.LOCK_NAME not in s3_server.keys(out)
+
+    # A lease past its expiry is taken over too; --resume then finds a damaged part (cut to
+    # 500 bytes), sets it aside and writes its rows again.
+    _put_lease(s3_server, out, "elsewhere", 4242, -5)
+    parts = [k for k in s3_server.keys(out) if k.startswith("part-")]
+    data = storage.read_object(f"{out}/{parts[0]}", opts)
+    s3_server.put(f"{out}/{parts[0]}", data[:500])
+    resumed = batchvision.run(_config(tiny_checkpoint, inputs, out, resume=True, **kw))
+    lost = int(outdir.PART_RE.match(parts[0])["rows"])  # type: ignore[index]
+    assert lost > 0 and (resumed.already_done, resumed.processed) == (13 - lost, lost)
+    keys = s3_server.keys(out)
+    assert f"_damaged-{parts[0]}" in keys and parts[0] not in keys
+    assert outlock.LOCK_NAME not in keys
+    ids = [i for p in outdir.data_files(out, opts) for i in outdir._read_ids_statuses(p, opts)[0]]
+    assert len(ids) == len(set(ids)) == 13
+
+
+def test_s3_lease_renewed_and_a_lost_lease_stops_the_writer(
+    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outlock, "LEASE_SECONDS", 2.0)  # renewed every 0.5 s
+    opts = StorageOptions(endpoint=s3_server.endpoint)
+    out = f"s3://{s3_server.new_bucket()}/o"
+    uri = f"{out}/{outlock.LOCK_NAME}"
+
+    def expiry() -> str:
+        return str(json.loads(storage.read_object(uri, opts))["expires_at"])
+
+    def wait_until(done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not done():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    with outlock.hold(out, "r1", opts) as lock:
+        first = expiry()
+        wait_until(lambda: expiry() != first)  # renewed while held
+        _put_lease(s3_server, out, "elsewhere", 1, 3600)  # someone replaced it
+
+        def lost() -> bool:
+            try:
+                lock.check()
+            except OutputDirError:
+                return True
+            return False
+
+        wait_until(lost)
+        writer = sinks.PartWriter(
+            out, "parquet", part_rows=1, storage_options=opts, guard=lock.check
+        )
+        with pytest.raises(OutputDirError, match="lost its lock on --output"):
+            writer.add(_one_row())
+    assert s3_server.keys(out) == [outlock.LOCK_NAME]  # nothing written; theirs is kept
+    assert json.loads(storage.read_object(uri, opts))["host"] == "elsewhere"
 
 
 # --- faults ------------------------------------------------------------------------------
