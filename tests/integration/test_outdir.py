@@ -253,3 +253,17 @@ def test_temporaries_are_unique_per_writer(tmp_path: Path) -> None:
     assert len(names) == 50
     assert all(n.startswith("._manifest.json.") and n.endswith(".tmp") for n in names)
     assert all(outdir._is_temp(n) for n in names)
+
+
+def test_s3_output_without_boto3_names_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from batchvision.errors import ConfigError
+    from batchvision.io.storage import StorageOptions
+
+    monkeypatch.setitem(sys.modules, "boto3", None)  # makes `import boto3` fail
+    opts = StorageOptions(endpoint="http://127.0.0.1:9")
+    with pytest.raises(ConfigError, match=r"pip install 'batchvision\[s3\]'"):
+        outlock.hold("s3://bucket/out", "r1", opts).__enter__()
