@@ -146,38 +146,57 @@ class _LocalLock(OutputLock):
         import fcntl
 
         self._created = _make_folder(out_dir)
+        self._out_dir = out_dir
         self._root = Path(out_dir)
         self._path = self._root / LOCK_NAME
         self._fd: int | None = None
-        try:
-            while True:
-                fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    info = _read_json(os.pread(fd, 4096, 0))
-                    os.close(fd)
-                    raise _refusal(out_dir, info) from None
-                # The holder we waited on may have removed the file between our open and
-                # our flock: then we hold a lock on a name nobody else will open. Retry.
-                try:
-                    same = os.stat(self._path).st_ino == os.fstat(fd).st_ino
-                except FileNotFoundError:
-                    same = False
-                if same:
-                    break
-                os.close(fd)
-        except OSError as e:
-            raise OutputDirError(
-                f"--output {out_dir!r} cannot be locked for this run: {e.strerror or e}; "
-                "choose a folder you can write to"
-            ) from e
-        self._fd = fd
         self._data = json.dumps(_holder(run_id)).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, self._data, 0)
-        with contextlib.suppress(OSError):  # no room even for that: the run fails soon
+        try:
+            fd = self._lock(fcntl)
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise OutputDirError(
+                    f"--output {out_dir!r} cannot be locked for this run: {e.strerror or e}; "
+                    "choose a folder you can write to"
+                ) from e
+            logger.warning(
+                "the file system of %s cannot lock files (%s): nothing stops a second run "
+                "from writing there at the same time",
+                out_dir,
+                e.strerror or e,
+            )
+            return
+        self._fd = fd
+        # The holder's name for a refused run's message, then the space kept for the last
+        # manifest write. Without room for either the run goes on: its writes fail soon,
+        # one line each.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, self._data, 0)
             os.pwrite(fd, b" " * RESERVE_BYTES, len(self._data))
+
+    def _lock(self, fcntl: Any) -> int:
+        """Open and flock the lock file; refuse when another process holds it."""
+        while True:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                info = _read_json(os.pread(fd, 4096, 0))
+                os.close(fd)
+                raise _refusal(self._out_dir, info) from None
+            except OSError:
+                os.close(fd)
+                raise
+            # The holder we waited on may have removed the file between our open and our
+            # flock: then we hold a lock on a name nobody else will open. Retry.
+            try:
+                same = os.stat(self._path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
 
     def free_reserve(self) -> None:
         if self._fd is not None:
