@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchvision.config import RunConfig
-from batchvision.engines.base import Job, ProgressCallback, get_engine
+from batchvision.engines.base import Engine, Job, ProgressCallback, get_engine
 from batchvision.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -71,7 +71,8 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     duplicate ids, model name, weights (downloaded or read here, once) and options.
 
     Raises:
-        BatchvisionError: (exit code 2) for anything the user must fix.
+        BatchvisionError: (exit code 2) for anything the user must fix; OutputWriteError
+            (exit code 4) when writing the output fails mid-run (e.g. a full disk).
     """
     start = time.perf_counter()
     engine = get_engine(config.engine)  # e.g. a missing optional dependency: fail first
@@ -100,83 +101,97 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     # One writer at a time: the lock comes before any look at the folder, and is held until
     # the manifest's last write (released on any exit, Ctrl-C included).
     with outlock.hold(config.output, run_id, storage) as lock:
-        reusing = config.resume or config.overwrite
-        before = outdir.read_previous(config.output, storage) if reusing else None
-        # Every refusal comes before any deletion, in either folder.
-        _prepare_mask_dir(config, before, check_only=True)
-        outdir.prepare_output_dir(
-            config.output,
-            resume=config.resume,
-            overwrite=config.overwrite,
-            mask_dir=config.mask_dir,
-            storage_options=storage,
-            previous=before,
+        return _write_output(
+            config, spec, state_dict, engine, known_total, progress, start, run_id, lock
         )
-        _prepare_mask_dir(config, before, check_only=False)
-        previous = before if config.resume else None
-        manifest = outdir.new_manifest(config, spec, previous, run_id)
-        if previous is not None:
-            outdir.check_resumable(previous, manifest)
-        earlier = (
-            outdir.read_written(config.output, storage, previous)
-            if config.resume
-            else outdir.Written()
-        )
-        done = earlier.ids
-        if done:
-            logger.info("resuming: %d ids already written in %s", len(done), config.output)
-        manifest["status"] = "running"
-        outdir.write_manifest(config.output, manifest, storage)
 
-        listing = sources.ListingStats()
-        skipped_done = [0]
-        writer = sinks.PartWriter(
-            config.output,
-            config.format,
-            part_rows=config.part_rows,
-            flush_seconds=config.flush_seconds,
-            run_id=run_id,
-            storage_options=storage,
-            mask_dir=config.mask_dir,
-            guard=lock.check,
+
+def _write_output(
+    config: RunConfig,
+    spec: ModelSpec,
+    state_dict: Any,
+    engine: Engine,
+    known_total: int | None,
+    progress: ProgressCallback | None,
+    start: float,
+    run_id: str,
+    lock: outlock.OutputLock,
+) -> Summary:
+    """Prepare the output folder, run the engine into it, record the run; under the lock."""
+    storage = config.storage
+    reusing = config.resume or config.overwrite
+    before = outdir.read_previous(config.output, storage) if reusing else None
+    # Every refusal comes before any deletion, in either folder.
+    _prepare_mask_dir(config, before, check_only=True)
+    outdir.prepare_output_dir(
+        config.output,
+        resume=config.resume,
+        overwrite=config.overwrite,
+        mask_dir=config.mask_dir,
+        storage_options=storage,
+        previous=before,
+    )
+    _prepare_mask_dir(config, before, check_only=False)
+    previous = before if config.resume else None
+    manifest = outdir.new_manifest(config, spec, previous, run_id)
+    if previous is not None:
+        outdir.check_resumable(previous, manifest)
+    earlier = (
+        outdir.read_written(config.output, storage, previous) if config.resume else outdir.Written()
+    )
+    done = earlier.ids
+    if done:
+        logger.info("resuming: %d ids already written in %s", len(done), config.output)
+    manifest["status"] = "running"
+    outdir.write_manifest(config.output, manifest, storage)
+
+    listing = sources.ListingStats()
+    skipped_done = [0]
+    writer = sinks.PartWriter(
+        config.output,
+        config.format,
+        part_rows=config.part_rows,
+        flush_seconds=config.flush_seconds,
+        run_id=run_id,
+        storage_options=storage,
+        mask_dir=config.mask_dir,
+        guard=lock.check,
+    )
+    job = Job(
+        config=config,
+        spec=spec,
+        state_dict=state_dict,
+        items=_not_done(sources.iter_inputs(config.inputs, listing, storage), done, skipped_done),
+        writer=writer,
+        listing=listing,
+        already_done=len(done),
+        known_total=None if known_total is None else max(0, known_total - len(done)),
+        progress=progress,
+    )
+    try:
+        result = engine.run(job)
+    except OutputWriteError as e:  # e.g. the disk is full: say so in the manifest too
+        outdir.record_failure(
+            manifest, config, writer, earlier, str(e), storage, on_full=lock.free_reserve
         )
-        job = Job(
-            config=config,
-            spec=spec,
-            state_dict=state_dict,
-            items=_not_done(
-                sources.iter_inputs(config.inputs, listing, storage), done, skipped_done
-            ),
-            writer=writer,
-            listing=listing,
-            already_done=len(done),
-            known_total=None if known_total is None else max(0, known_total - len(done)),
-            progress=progress,
-        )
-        try:
-            result = engine.run(job)
-        except OutputWriteError as e:  # e.g. the disk is full: say so in the manifest too
-            outdir.record_failure(
-                manifest, config, writer, earlier, str(e), storage, on_full=lock.free_reserve
-            )
-            raise
-        summary = Summary(
-            output=config.output,
-            ok=result.ok,
-            error=result.error,
-            skipped=listing.skipped,
-            already_done=skipped_done[0],
-            wall_seconds=time.perf_counter() - start,
-            stage_seconds=result.stage_seconds,
-            error_codes=dict(result.error_codes.most_common()),
-            interrupted=result.interrupted,
-            max_error_rate=config.max_error_rate,
-            device=result.device,
-            precision=result.precision,
-            skipped_examples=listing.skipped_examples,
-        )
-        outdir.record_run(manifest, config, summary, result, writer, earlier)
-        outdir.write_manifest(config.output, manifest, storage, on_full=lock.free_reserve)
+        raise
+    summary = Summary(
+        output=config.output,
+        ok=result.ok,
+        error=result.error,
+        skipped=listing.skipped,
+        already_done=skipped_done[0],
+        wall_seconds=time.perf_counter() - start,
+        stage_seconds=result.stage_seconds,
+        error_codes=dict(result.error_codes.most_common()),
+        interrupted=result.interrupted,
+        max_error_rate=config.max_error_rate,
+        device=result.device,
+        precision=result.precision,
+        skipped_examples=listing.skipped_examples,
+    )
+    outdir.record_run(manifest, config, summary, result, writer, earlier)
+    outdir.write_manifest(config.output, manifest, storage, on_full=lock.free_reserve)
     return summary
 
 
