@@ -180,10 +180,11 @@ def prepare_output_dir(
 ) -> None:
     """Create ``out_dir``; refuse a non-empty one unless resuming or overwriting.
 
-    ``--overwrite`` deletes only what batchvision wrote (the parts of the runs that
-    ``previous``, the folder's manifest, records; temporaries; the manifest) and refuses
-    a folder holding anything else, so a mistyped path cannot wipe user files, even one
-    named like a part. An S3 prefix is "non-empty" when any key lies under it. The run
+    ``--overwrite`` deletes only what batchvision wrote: the parts of the runs that
+    ``previous`` (the folder's manifest as ``read_previous`` gives it; read here when not
+    given) records, temporaries and the manifest. It refuses a folder holding anything
+    else, so a mistyped path cannot wipe user files, even one named like a part. An S3
+    prefix is "non-empty" when any key lies under it. The run
     holds the output's lock (``outlock``) by now, so nothing else writes here meanwhile.
     """
     if storage.is_uri(out_dir):
@@ -197,7 +198,7 @@ def prepare_output_dir(
     entries = _entries(out_dir, StorageOptions())
     _check_reusable(out_dir, entries, resume, overwrite, MANIFEST_NAME in entries)
     if entries and overwrite:
-        ours = _ours(entries, previous)
+        ours = _ours(entries, previous or read_previous(out_dir))
         # A --mask-dir inside the output folder is cleared by prepare_mask_dir.
         keep = Path(mask_dir).resolve() if mask_dir else None
         _refuse_foreign(
@@ -233,7 +234,7 @@ def _prepare_s3_output(
     entries = _list_s3_output(out_dir, options)
     _check_reusable(out_dir, entries, resume, overwrite, MANIFEST_NAME in entries)
     if entries and overwrite:
-        ours = _ours(entries, previous)
+        ours = _ours(entries, previous or read_previous(out_dir, options))
         _refuse_foreign(out_dir, [e for e in entries if e not in ours])
         for name in ours:
             storage.delete_object(loc.child(name), options)
