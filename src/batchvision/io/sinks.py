@@ -268,7 +268,7 @@ def _write_failure(final: str, e: OSError) -> str:
     )
 
 
-#: Test hook (also read by the Ray engine): ``part_write_hang:MARKER`` or
+#: Test hook (the variable the Ray engine reads too): ``part_write_hang:MARKER`` or
 #: ``part_rename_hang:MARKER`` makes the writer stop inside the third part's write (half
 #: its bytes in the temporary) or between its fsync and rename: it writes the temporary's
 #: path to the file MARKER and sleeps, so a test can kill it at that very moment.
