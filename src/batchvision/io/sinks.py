@@ -33,8 +33,11 @@ from batchvision.io.storage import StorageOptions
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "_manifest.json"
-#: Where ``batchvision report`` writes by default; ``--overwrite`` may delete it.
-REPORT_NAME = "report.html"
+#: Where ``batchvision report`` writes by default; ``--overwrite`` may delete it. The
+#: leading ``_`` makes pyarrow (and pandas through it) skip it when reading the folder.
+REPORT_NAME = "_report.html"
+#: The default report name of earlier versions: still ours to delete with ``--overwrite``.
+OLD_REPORT_NAME = "report.html"
 PART_PREFIX = "part-"
 EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
 LIST_COLUMNS = ("topk_ids", "topk_labels", "topk_scores", "embedding", "classes")
@@ -472,7 +475,7 @@ def _ours(entries: list[str]) -> list[str]:
     for name in entries:
         part = name.startswith(PART_PREFIX) and _is_data_name(name)
         tmp = name.startswith(f".{PART_PREFIX}") and name.endswith(".tmp") and "/" not in name
-        own = (part or name == REPORT_NAME) and has_manifest
+        own = (part or name in (REPORT_NAME, OLD_REPORT_NAME)) and has_manifest
         if own or tmp or name in (MANIFEST_NAME, f".{MANIFEST_NAME}.tmp"):
             ours.append(name)
     return ours
