@@ -103,16 +103,18 @@ def class_map(w: int, h: int, ids: tuple[int, ...]) -> np.ndarray:
     return np.tile(row, (h, 1)).astype(dtype)
 
 
-def _classes(arr: np.ndarray) -> list[dict[str, object]]:
+def _classes(arr: np.ndarray, labels: dict[int, str]) -> list[dict[str, object]]:
     ids, counts = np.unique(arr, return_counts=True)
     return [
-        {"id": int(i), "label": SEG_LABELS[int(i)], "fraction": float(c / arr.size)}
+        {"id": int(i), "label": labels[int(i)], "fraction": float(c / arr.size)}
         for i, c in zip(ids, counts, strict=True)
     ]
 
 
-def write_segment_output(root: Path) -> Path:
-    """A segmentation output: masks inline (mode L) and by path (16-bit), errors, a gone image."""
+def write_segment_output(root: Path, labels: dict[int, str] = SEG_LABELS) -> Path:
+    """A segmentation output: masks inline (mode L) and by path (16-bit), errors, a gone image.
+
+    ``labels`` names the class ids 0, 1, 2 and 300."""
     images = root / "images"
     paths = make_images(images, n=6, seed=5)
     (images / GONE).unlink()
@@ -134,7 +136,7 @@ def write_segment_output(root: Path) -> Path:
             "mask_path": None,
             "mask_width": arr.shape[1],
             "mask_height": arr.shape[0],
-            "classes": _classes(arr),
+            "classes": _classes(arr, labels),
         }
         if arr.dtype == np.uint16:
             rel = f"masks/{p.stem}.png"

@@ -367,7 +367,8 @@ def demo_cmd(output: str, per_class: int, quiet: bool) -> None:
 @click.option(
     "--html",
     default=None,
-    help="The report file [default: OUTPUT_DIR/report.html; required for an s3:// OUTPUT_DIR].",
+    help="The report file [default: OUTPUT_DIR/_report.html, a name that readers of the "
+    "folder's parquet skip; required for an s3:// OUTPUT_DIR].",
 )
 @click.option(
     "--sample",

@@ -270,8 +270,9 @@ def output_schema() -> str:
         "(`--format parquet|csv|jsonl`), one row per input image, in plain Arrow types: "
         "pyarrow, pandas or DuckDB read them without batchvision. A part is written under a "
         "hidden temporary name and renamed when complete, so readers never see half a part. "
-        "Files whose names start with `_` or `.` are not data; `report.html` is the default "
-        "output of `batchvision report`.",
+        "Files whose names start with `_` or `.` are not data (pyarrow and pandas skip them "
+        "when reading the folder); `_report.html` is the default output of "
+        "`batchvision report`.",
         "",
         "In CSV, list and struct columns are JSON text. CSV and JSON carry no types: read "
         "them with DuckDB, or with pyarrow given the schema (an all-empty `error` column "

@@ -1,10 +1,12 @@
 """`batchvision bench --smoke` end to end: real measurements in real subprocesses (a real
-local Ray instance for the Ray Data seed strategy), the table, bench.json and the chart."""
+local Ray instance for the Ray Data seed strategy), the table, bench.json and the chart.
+
+Timings are figures to report, not promises to assert here (they depend on the machine's
+load); whether memory stays flat is measured in tests/e2e/test_memory.py."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,6 @@ SMOKE_ROWS = {"decode", "model", "local", "sequential", "ray_data"}
 def test_bench_smoke_measures_every_row(tmp_path: Path, tiny_checkpoint: tuple[Path, Path]) -> None:
     weights, labels = tiny_checkpoint
     out = tmp_path / "bench"
-    start = time.perf_counter()
     proc = run_cli(
         "bench",
         "--smoke",
@@ -35,7 +36,6 @@ def test_bench_smoke_measures_every_row(tmp_path: Path, tiny_checkpoint: tuple[P
         str(out),
         timeout=240,
     )
-    seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     report = json.loads((out / "bench.json").read_text())
@@ -50,6 +50,10 @@ def test_bench_smoke_measures_every_row(tmp_path: Path, tiny_checkpoint: tuple[P
         assert row["images_per_second"] > 0, name
         assert row["peak_rss_mb"] > 50 and row["peak_pss_mb"] > 20, name
         assert row["memory"]["samples"] >= 1
+        # Each figure is its own measurement's: the images over the seconds timed, inside
+        # the life of the process that measured them.
+        assert row["images_per_second"] == pytest.approx(row["images"] / row["seconds"], rel=0.01)
+        assert 0 < row["seconds"] < row["details"]["process_seconds"], name
     # Every measurement saw every image (model-only times full batches only: 3 of 8).
     for name in ("decode", "local", "sequential", "ray_data"):
         assert rows[name]["images"] == 24, name
@@ -79,19 +83,18 @@ def test_bench_smoke_measures_every_row(tmp_path: Path, tiny_checkpoint: tuple[P
         assert 800 <= img.width <= 3000 and 300 <= img.height <= 1500
     assert (out / "logs" / "ray_data-b8.log").exists()
 
-    table = proc.stdout
-    for title in (
-        "decode only (read+decode+preprocess)",
-        "model only (ready tensors on device)",
-        "batchvision --engine local",
-        "seed: sequential loop",
-        "seed: Ray Data map_batches",
-    ):
-        assert title in table, title
-    assert f"{parity['mean_centered_cosine']:.4f}" in table
-    assert "wrote " in table and "bench.json" in table
-    # The smoke run's promise (generous under a loaded test machine).
-    assert seconds < 120, seconds
+    # The table shows every row with its batch size, image count and throughput.
+    lines = proc.stdout.splitlines()
+    for row in rows.values():
+        line = next((line for line in lines if line.startswith(row["title"] + " ")), None)
+        assert line is not None, (row["title"], proc.stdout)
+        assert line[len(row["title"]) :].split()[:3] == [
+            "8",
+            "24",
+            f"{row['images_per_second']:.2f}",
+        ], line
+    assert f"{parity['mean_centered_cosine']:.4f}" in proc.stdout
+    assert "wrote " in proc.stdout and "bench.json" in proc.stdout
 
 
 def test_bench_memory_check_reports_peak_rss_per_size(
@@ -120,11 +123,25 @@ def test_bench_memory_check_reports_peak_rss_per_size(
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((out / "bench.json").read_text())
-    assert [r["images"] for r in report["rows"]] == [30, 90]
-    assert all(r["kind"] == "memory" and r["peak_rss_mb"] > 50 for r in report["rows"])
+    rows = report["rows"]
+    # One local engine run per size, over that many images, each in its own sampled process.
+    assert [(r["name"], r["kind"], r["images"], r["error"]) for r in rows] == [
+        ("local", "memory", 30, None),
+        ("local", "memory", 90, None),
+    ]
+    for r in rows:
+        assert r["peak_rss_mb"] > 50 and r["peak_pss_mb"] > 20
+        assert r["details"]["main_maxrss_mb"] > 50 and r["memory"]["samples"] >= 1
+    # The check reports those rows' peaks, and the table says what its verdict is.
     mem = report["memory_check"]
     assert mem["images"] == [30, 90]
-    assert mem["rss_ratio"] == pytest.approx(mem["peak_rss_mb"][1] / mem["peak_rss_mb"][0], 1e-2)
+    assert mem["peak_rss_mb"] == [r["peak_rss_mb"] for r in rows]
+    assert mem["peak_pss_mb"] == [r["peak_pss_mb"] for r in rows]
+    verdict = "flat" if mem["flat"] else "NOT flat"
+    assert (
+        f"memory check (peak RSS, local engine): 30 images {rows[0]['peak_rss_mb']:.0f} MB vs "
+        f"90 images {rows[1]['peak_rss_mb']:.0f} MB: ratio {mem['rss_ratio']:.3f} ({verdict}: "
+        "within 10% wanted"
+    ) in proc.stdout
     assert report["parity"] is None
-    assert "memory check (peak RSS, local engine): 30 images" in proc.stdout
     assert (out / "bench.png").stat().st_size > 10_000

@@ -183,3 +183,35 @@ def test_segment_overlay_in_chromium(browser: Any, segment_output: Path, tmp_pat
     Select(browser.find_element(By.ID, "label-filter")).select_by_value("rare_thing")
     assert len(_visible(browser)) == 3
     _screenshot(browser, tmp_path, "report-segment.png")
+
+
+#: ImageNet's longest class name (class 180).
+LONG_LABEL = (
+    "American Staffordshire terrier, Staffordshire terrier, American pit bull terrier, "
+    "pit bull terrier"
+)
+
+
+def test_long_labels_fit_the_label_chart_in_chromium(browser: Any, tmp_path: Path) -> None:
+    labels = {**report_fixtures.SEG_LABELS, 300: LONG_LABEL, 2: "WWWWWWWWWWWWWWWWWWWWWW"}
+    out = report_fixtures.write_segment_output(tmp_path, labels)
+    html = tmp_path / "long.html"
+    build_report(ReportConfig(str(out), html=str(html)))
+    browser.get(html.as_uri())
+    # Every label's text lies inside the SVG, left of its bar (x from the SVG's left edge).
+    boxes = browser.execute_script(
+        """const svg = document.getElementById('label-chart').getBoundingClientRect();
+           return Array.from(document.querySelectorAll('#label-chart g.bar')).map(g => {
+             const label = g.querySelector('text');  // the first text is the label
+             const t = label.getBoundingClientRect();
+             const r = g.querySelector('rect').getBoundingClientRect();
+             return {label: g.dataset.label, left: t.left - svg.left, right: t.right - svg.left,
+                     bar: r.left - svg.left,
+                     title: (label.querySelector('title') || {}).textContent};
+           });"""
+    )
+    assert {b["label"] for b in boxes} == set(labels.values())
+    for b in boxes:
+        assert 0 <= b["left"] < b["right"] <= b["bar"], b
+    assert [b["title"] for b in boxes] == [b["label"] for b in boxes]  # full names as tooltips
+    _screenshot(browser, tmp_path, "report-long-labels.png")

@@ -103,11 +103,13 @@ def test_default_html_path_and_refusals(classify_outputs: dict[str, Path], tmp_p
 
     out = tmp_path / "copy"
     shutil.copytree(classify_outputs["parquet"], out)
-    assert build_report(ReportConfig(str(out))).html == str(out / "report.html")
-    assert (out / "report.html").stat().st_size > 10_000
-    # The default report inside an output folder does not block `run --overwrite`.
+    assert build_report(ReportConfig(str(out))).html == str(out / "_report.html")
+    assert (out / "_report.html").stat().st_size > 10_000
+    # The default report inside an output folder does not block `run --overwrite`, nor
+    # does the report.html that earlier versions wrote by default.
     from batchvision.io.outdir import prepare_output_dir
 
+    (out / "report.html").write_text("<html>an earlier version's report</html>")
     prepare_output_dir(str(out), resume=False, overwrite=True)
     assert list(out.iterdir()) == []
     with pytest.raises(OutputDirError, match="does not exist"):
@@ -119,6 +121,25 @@ def test_default_html_path_and_refusals(classify_outputs: dict[str, Path], tmp_p
         ReportConfig("s3://bucket/out").html_path()
     with pytest.raises(ConfigError, match="written to a local file"):
         ReportConfig(str(out), html="s3://bucket/r.html").html_path()
+
+
+def test_default_report_leaves_the_folder_readable_as_a_dataset(
+    classify_outputs: dict[str, Path], tmp_path: Path
+) -> None:
+    # README: `pq.read_table(DIR)`, `pd.read_parquet(DIR)`: still true after the report.
+    import shutil
+
+    import pandas as pd
+
+    out = tmp_path / "copy"
+    shutil.copytree(classify_outputs["parquet"], out)
+    ids = sorted(pq.read_table(out, columns=["id"]).column("id").to_pylist())
+    assert len(ids) == GOOD + len(BAD) + 1
+    p = run_cli("report", str(out), "--sample", "4", timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert sorted(pq.read_table(out).column("id").to_pylist()) == ids
+    assert sorted(pd.read_parquet(out)["id"]) == ids
+    assert (out / "_report.html").stat().st_size > 10_000
 
 
 def test_segment_report(segment_output: Path, tmp_path: Path) -> None:

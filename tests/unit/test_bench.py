@@ -281,6 +281,9 @@ def test_table_reports_the_memory_check() -> None:
     table = format_table(_report(rows))
     assert table.count("batchvision --engine local (memory check)") == 2
     assert "1000 images 1000 MB vs 20000 images 1040 MB: ratio 1.040 (flat" in table
+    rows[1] = make_row("local", 32, {**_result(52.0, 1500.0), "images": 20000}, kind="memory")
+    table = format_table(_report(rows))
+    assert "20000 images 1500 MB: ratio 1.500 (NOT flat: within 10% wanted" in table
 
 
 # --- chart ----------------------------------------------------------------------------------

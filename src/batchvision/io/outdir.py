@@ -34,6 +34,7 @@ from batchvision.io.outlock import LOCK_NAME
 from batchvision.io.sinks import (
     EXTENSIONS,
     MASK_SUFFIX,
+    OLD_REPORT_NAME,
     PART_PREFIX,
     REPORT_NAME,
     PartWriter,
@@ -288,7 +289,7 @@ def _ours(entries: list[str], manifest: dict[str, Any] | None) -> list[str]:
     ours = []
     for name in entries:
         part = _is_our_part(name.removeprefix(DAMAGED_PREFIX), run_ids)
-        own = part or (name == REPORT_NAME and manifest is not None)
+        own = part or (name in (REPORT_NAME, OLD_REPORT_NAME) and manifest is not None)
         if own or _is_temp(name) or name == MANIFEST_NAME:
             ours.append(name)
     return ours

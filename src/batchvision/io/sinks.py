@@ -34,8 +34,11 @@ from batchvision.io.storage import StorageOptions
 
 logger = logging.getLogger(__name__)
 
-#: Where ``batchvision report`` writes by default; ``--overwrite`` may delete it.
-REPORT_NAME = "report.html"
+#: Where ``batchvision report`` writes by default; ``--overwrite`` may delete it. The
+#: leading ``_`` makes pyarrow (and pandas through it) skip it when reading the folder.
+REPORT_NAME = "_report.html"
+#: The default report name of earlier versions: still ours to delete with ``--overwrite``.
+OLD_REPORT_NAME = "report.html"
 PART_PREFIX = "part-"
 EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
 LIST_COLUMNS = ("topk_ids", "topk_labels", "topk_scores", "embedding", "classes")

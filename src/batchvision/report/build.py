@@ -25,7 +25,7 @@ class ReportConfig:
 
     Attributes:
         output_dir: the folder ``batchvision run`` wrote (local path or ``s3://`` URI).
-        html: the file to write; ``None`` means ``output_dir/report.html`` (local only).
+        html: the file to write; ``None`` means ``output_dir/_report.html`` (local only).
         sample: how many gallery images, chosen uniformly at random (seeded).
         label: show only images with this predicted label (segmentation: class present).
         errors: the gallery shows error rows instead of ok rows.
@@ -65,7 +65,7 @@ class ReportConfig:
         return StorageOptions(endpoint=self.s3_endpoint or None)
 
     def html_path(self) -> str:
-        """Where the report goes: ``html``, or ``report.html`` inside a local output folder."""
+        """Where the report goes: ``html``, or ``_report.html`` inside a local output folder."""
         if self.html:
             if "://" in self.html:
                 raise ConfigError(f"--html {self.html!r}: the report is written to a local file")

@@ -16,6 +16,44 @@ if TYPE_CHECKING:
 CHART_WIDTH = 640
 BAR_HEIGHT = 18
 LABEL_WIDTH = 180
+LABEL_FONT_PX = 12
+#: Room for a label's text, right-aligned 6 px left of its bar.
+LABEL_ROOM = LABEL_WIDTH - 12
+#: Squeezed at most this much; a longer label is cut, with "…".
+MAX_SQUEEZE = 1.3
+
+
+def text_width(text: str, font_px: float = LABEL_FONT_PX) -> float:
+    """An upper bound of ``text``'s width in common sans-serif fonts (DejaVu Sans, Arial).
+
+    The page cannot measure before it is drawn without script, so the chart sizes labels
+    from per-character widths no narrower than those fonts' (in em).
+    """
+    em = 0.0
+    for ch in text:
+        if ch in "WMmw@%":
+            em += 1.0
+        elif ch.isupper():
+            em += 0.8
+        else:
+            em += 0.64
+    return em * font_px
+
+
+def fit_label(label: str, room: float = LABEL_ROOM) -> tuple[str, bool]:
+    """``(text, squeeze)``: the label as the chart shows it, and whether to squeeze it.
+
+    Labels wider than ``room`` are squeezed into it (SVG ``textLength``), and those wider
+    than ``MAX_SQUEEZE`` times ``room`` are cut first and end in "…": the longest class
+    names (ImageNet's run to 90 characters) never leave the chart on the left. The page
+    gives the full name as the label's tooltip.
+    """
+    text = label
+    if text_width(text) > room * MAX_SQUEEZE:
+        while len(text) > 1 and text_width(text + "…") > room * MAX_SQUEEZE:
+            text = text[:-1]
+        text = text.rstrip(" ,;-") + "…"
+    return text, text_width(text) > room
 
 
 def chart_bars(dist: Distribution) -> list[dict[str, Any]]:
@@ -26,6 +64,8 @@ def chart_bars(dist: Distribution) -> list[dict[str, Any]]:
     return [
         {
             "label": label,
+            "text": fit_label(label)[0],
+            "squeeze": fit_label(label)[1],
             "count": count,
             "share": count / dist.images if dist.images else 0.0,
             "y": i * (BAR_HEIGHT + 4),
@@ -85,6 +125,7 @@ def render_html(
         chart_height=max(1, len(bars)) * (BAR_HEIGHT + 4),
         chart_width=CHART_WIDTH,
         label_width=LABEL_WIDTH,
+        label_room=LABEL_ROOM,
         bar_height=BAR_HEIGHT,
         groups=groups,
         error_paths=config.error_paths,
