@@ -136,6 +136,10 @@ class Decoder:
         weights: as ``--weights``.
         max_pixels: larger images are error rows (decided from the header).
         draft: allow reduced-size JPEG decoding for large images.
+        max_input_pixels: images whose resize would be larger are error rows (from the
+            header; see ``--max-input-pixels``).
+        max_file_bytes: larger files and objects are error rows (from their size, before
+            reading); only regular files are read.
         options: a ready :class:`DecodeOptions` (the engine's way in).
     """
 
@@ -148,6 +152,8 @@ class Decoder:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         draft: bool = True,
         options: DecodeOptions | None = None,
+        max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         if options is None:
             if preprocess is None:
@@ -156,7 +162,13 @@ class Decoder:
                 from batchvision.models.registry import resolve_model
 
                 preprocess = resolve_model(model, weights).preprocess
-            options = DecodeOptions(preprocess, max_pixels=max_pixels, draft=draft)
+            options = DecodeOptions(
+                preprocess,
+                max_pixels=max_pixels,
+                draft=draft,
+                max_input_pixels=max_input_pixels,
+                max_file_bytes=max_file_bytes,
+            )
         self.options = options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
