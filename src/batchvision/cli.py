@@ -11,6 +11,8 @@ import click
 
 from batchvision.config import (
     DECODE_DEVICES,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_INPUT_PIXELS,
     DEFAULT_MAX_PIXELS,
     ENGINES,
     INTERPOLATIONS,
@@ -127,7 +129,27 @@ def cli() -> None:
     type=click.IntRange(min=1),
     default=DEFAULT_MAX_PIXELS,
     show_default=True,
-    help="Larger images are error rows (decided from the header).",
+    help="Larger images are error rows (too_large, decided from the header before decoding). "
+    "This is the one pixel limit: Pillow's own is not applied.",
+)
+@click.option(
+    "--max-input-pixels",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_INPUT_PIXELS,
+    show_default=True,
+    help="Images whose resize would exceed this many pixels are error rows (too_large, "
+    "decided from the header). Only an uncropped resize (segmentation models' shorter "
+    "side) follows the aspect ratio: at 520 a 4:3 photo is 0.36 megapixels, but a 4000x40 "
+    "banner 27; a crop is always its own size.",
+)
+@click.option(
+    "--max-file-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_FILE_BYTES,
+    show_default=True,
+    help="Larger files and S3 objects are error rows (too_large), decided from their size "
+    "before reading; a read never goes past it, even if the file grows. Only regular files "
+    "are read (FIFOs, devices, sockets, folders: not_a_file).",
 )
 @click.option(
     "--max-error-rate",

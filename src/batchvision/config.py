@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 from batchvision.errors import ConfigError
+from batchvision.io.sources import DEFAULT_MAX_FILE_BYTES
 from batchvision.io.storage import StorageOptions, env_endpoint, env_max_attempts
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -27,8 +28,14 @@ RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 TASKS: tuple[str, ...] = get_args(TaskName)
 DECODE_DEVICES: tuple[str, ...] = get_args(DecodeDevice)
 
-#: Pillow's own warning threshold for decompression bombs.
-DEFAULT_MAX_PIXELS = 89_478_485
+#: ``--max-pixels``: twice Pillow's warning threshold (where Pillow itself refuses), so a
+#: 100- or 150-megapixel camera photo is decoded; the decoded RGB image is at most 537 MB.
+DEFAULT_MAX_PIXELS = 178_956_970
+#: ``--max-input-pixels``: the most pixels the resize may make of one image (2048x2048).
+#: Only uncropped inputs (segmentation's ``shorter`` resize) follow the aspect ratio and
+#: can get near it: a 4:3 photo resized to 520 is 0.36 megapixels, a 15:1 panorama 4.1;
+#: a 1x65000 strip would be 17,576 megapixels (and its logits 21 classes x 4 bytes each).
+DEFAULT_MAX_INPUT_PIXELS = 4_194_304
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -144,6 +151,10 @@ class RunConfig:
     resume: bool = False
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: Larger resized images (model inputs, or crops) are error rows, decided from the header.
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+    #: Larger files and objects are error rows, decided from their size before reading.
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     max_error_rate: float = 0.1
     preprocess: PreprocessOverrides = field(default_factory=PreprocessOverrides)
     draft: bool = True
@@ -213,6 +224,8 @@ class RunConfig:
         _choice("--decode-device", self.decode_device, DECODE_DEVICES)
         _positive("--top-k", self.top_k)
         _positive("--max-pixels", self.max_pixels)
+        _positive("--max-input-pixels", self.max_input_pixels)
+        _positive("--max-file-bytes", self.max_file_bytes)
         _positive("--part-rows", self.part_rows)
         if self.decode_threads is not None and self.decode_threads < 0:
             raise ConfigError(f"--decode-threads must be >= 0, got {self.decode_threads}")

@@ -15,11 +15,15 @@ from pathlib import Path
 import click
 import pyarrow as pa
 
+from batchvision.io import names
+
 #: Meaning of every output column, across tasks (a schema column missing here fails a test).
 COLUMNS: dict[str, str] = {
     "id": "Stable id: the path relative to the INPUT folder it came from (a file or "
-    "manifest entry: the path as given). Unique within an output.",
-    "path": "Where the image was read from (local path or `s3://` URI).",
+    "manifest entry: the path as given). Unique within an output. A local name that is "
+    "not valid UTF-8 is written in its `file:` form (see below).",
+    "path": "Where the image was read from (local path or `s3://` URI); a local name that "
+    "is not valid UTF-8 in its `file:` form (see below).",
     "status": "`ok` or `error`.",
     "error": "`code: message` on error rows (codes below), else null.",
     "width": "Image width as displayed (after EXIF rotation); null on error rows.",
@@ -102,12 +106,17 @@ RUN_FIELDS: dict[str, str] = {
 #: Error codes of error rows (the text before the colon of `error`).
 ERROR_CODES: dict[str, str] = {
     "not_found": "The file does not exist (or vanished after listing).",
-    "unreadable": "The file exists but cannot be read (permissions, a folder, I/O error).",
+    "unreadable": "The file exists but cannot be read (permissions, I/O error).",
+    "not_a_file": "The path is not a regular file (a folder, FIFO, device or socket); it is "
+    "never opened. A symlink to a regular file is read.",
     "empty": "The file is 0 bytes.",
     "not_image": "The content is not a recognised image format.",
     "truncated": "The image data ends early.",
     "corrupt": "The image data is damaged.",
-    "too_large": "More pixels than `--max-pixels` (decided from the header, before decoding).",
+    "too_large": "Over a limit, decided before the cost is paid (the message gives the "
+    "sizes): more bytes than `--max-file-bytes` (from the file's or object's size, before "
+    "reading), more pixels than `--max-pixels` (from the header, before decoding), or a "
+    "resize larger than `--max-input-pixels` (from the header and the preprocessing).",
     "decode_failed": "Any other decoder failure.",
 }
 
@@ -292,6 +301,7 @@ def output_schema() -> str:
                 f"| `{f.name}` | `{type_name(f.type)}` | {null} | {_cell(COLUMNS[f.name])} |"
             )
         lines.append("")
+    lines += ["## File names that are not UTF-8", "", names.RULE, ""]
     lines += ["## Error codes", "", "An error row's `error` is `code: message`.", ""]
     lines += [*_table(ERROR_CODES, "code"), ""]
     lines += ["## `_manifest.json`", "", "Written atomically at the start and end of each run.", ""]

@@ -41,7 +41,14 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 # Only torch-free modules at import time: decode tasks unpickle Decoder, which imports this
 # module, and need not pay torch's import time and memory. Predictor imports torch itself.
-from batchvision.config import DEFAULT_MAX_PIXELS, Precision, PreprocessConfig, TaskName
+from batchvision.config import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_INPUT_PIXELS,
+    DEFAULT_MAX_PIXELS,
+    Precision,
+    PreprocessConfig,
+    TaskName,
+)
 from batchvision.errors import StorageAuthError
 from batchvision.io.sinks import batch_to_table
 from batchvision.io.sources import read_batch
@@ -90,6 +97,10 @@ class DecodeOptions:
     timings: bool = False
     #: How to reach ``s3://`` paths (endpoint, retries); ``None``: AWS defaults.
     storage: StorageOptions | None = None
+    #: Larger resized images (model inputs, or crops) are error rows (from the header).
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+    #: Larger files and objects are error rows (from their size, before reading).
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
 
 
 def resolve(
@@ -125,6 +136,10 @@ class Decoder:
         weights: as ``--weights``.
         max_pixels: larger images are error rows (decided from the header).
         draft: allow reduced-size JPEG decoding for large images.
+        max_input_pixels: images whose resize would be larger are error rows (from the
+            header; see ``--max-input-pixels``).
+        max_file_bytes: larger files and objects are error rows (from their size, before
+            reading); only regular files are read.
         options: a ready :class:`DecodeOptions` (the engine's way in).
     """
 
@@ -137,6 +152,8 @@ class Decoder:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         draft: bool = True,
         options: DecodeOptions | None = None,
+        max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         if options is None:
             if preprocess is None:
@@ -145,7 +162,13 @@ class Decoder:
                 from batchvision.models.registry import resolve_model
 
                 preprocess = resolve_model(model, weights).preprocess
-            options = DecodeOptions(preprocess, max_pixels=max_pixels, draft=draft)
+            options = DecodeOptions(
+                preprocess,
+                max_pixels=max_pixels,
+                draft=draft,
+                max_input_pixels=max_input_pixels,
+                max_file_bytes=max_file_bytes,
+            )
         self.options = options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -154,7 +177,9 @@ class Decoder:
             batch = {**batch, "id": batch["path"]}
         t0 = time.perf_counter()
         try:
-            read = read_batch({"id": batch["id"], "path": batch["path"]}, opts.storage)
+            read = read_batch(
+                {"id": batch["id"], "path": batch["path"]}, opts.storage, opts.max_file_bytes
+            )
         except StorageAuthError as e:
             # Ray would wrap the exception and lose its type on the way back; as rows it
             # reaches the driver intact, which stops the run with it (see fatal_error).
@@ -166,7 +191,13 @@ class Decoder:
                 "error": np.full(n, f"{FATAL_CODE}: {e}", dtype=object),
             }
         t1 = time.perf_counter()
-        out = decode_batch(read, opts.preprocess, max_pixels=opts.max_pixels, draft=opts.draft)
+        out = decode_batch(
+            read,
+            opts.preprocess,
+            max_pixels=opts.max_pixels,
+            draft=opts.draft,
+            max_input_pixels=opts.max_input_pixels,
+        )
         if opts.timings:
             n = max(1, len(out["id"]))
             out["_t_read"] = np.full(len(out["id"]), (t1 - t0) / n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 import torch
+from PIL import Image
 
 from batchvision.demo import synth
 from tests.conftest import run_cli
@@ -328,3 +330,74 @@ def test_random_weights_warning(
     rows = _rows(out)
     assert len(rows) == 3
     assert {r["label"] for r in rows.values()} <= set(labels.read_text().split())
+
+
+# --- inputs that must not stop, hang or sink a run -----------------------------------------
+
+
+def test_odd_files_and_names_cost_one_row_each_resume_and_report(
+    tmp_path: Path, model_args: list[str]
+) -> None:
+    root = tmp_path / "in"
+    for i in range(3):
+        _jpeg(root / f"good_{i}.jpg", seed=i)
+    latin1 = os.fsencode(root) + b"/latin1_\xe9.jpg"
+    with open(latin1, "wb") as f:  # a real JPEG whose name has the byte 0xE9
+        f.write((root / "good_0.jpg").read_bytes())
+    os.mkfifo(root / "x.jpg")  # reading it would wait forever for a writer
+    (root / "zero.png").symlink_to("/dev/zero")  # reading it would never end
+    (root / "link.jpg").symlink_to(root / "good_1.jpg")
+    (root / "dir.jpg").mkdir()  # a folder: walked (empty), not an image
+    (root / "huge.jpg").write_bytes(b"\xff" * 3_000_001)
+    # 192 megapixels: over Pillow's own limit (178,956,970) but within --max-pixels, decoded
+    # in a DataLoader worker process (--decode-threads 0), at a reduced JPEG scale.
+    Image.new("L", (16000, 12000), 90).save(root / "wide.jpg", quality=50)
+    args = [*model_args, *SMALL, "--max-error-rate", "1", "--max-file-bytes", "3000000"]
+    args += ["--max-pixels", "200000000", "--decode-threads", "0", "--workers", "1"]
+    out = tmp_path / "out"
+    first = run_cli("run", str(root), "--output", str(out), *args, timeout=180)
+    assert first.returncode == 0, first.stderr
+    assert "Traceback" not in first.stdout + first.stderr
+    rows = _rows(out)
+    assert sorted(rows) == sorted(
+        [
+            "good_0.jpg",
+            "good_1.jpg",
+            "good_2.jpg",
+            "file:latin1_%E9.jpg",
+            "x.jpg",
+            "zero.png",
+            "link.jpg",
+            "huge.jpg",
+            "wide.jpg",
+        ]
+    )
+    ok = {i for i, r in rows.items() if r["status"] == "ok"}
+    assert ok == {
+        "good_0.jpg",
+        "good_1.jpg",
+        "good_2.jpg",
+        "file:latin1_%E9.jpg",
+        "link.jpg",
+        "wide.jpg",
+    }
+    latin1_row = rows["file:latin1_%E9.jpg"]
+    assert latin1_row["path"] == f"file://{root}/latin1_%E9.jpg"
+    assert latin1_row["label"] == rows["good_0.jpg"]["label"]  # the same bytes were read
+    assert (rows["wide.jpg"]["width"], rows["wide.jpg"]["height"]) == (16000, 12000)
+    codes = {i: str(r["error"]).split(": ")[:2] for i, r in rows.items() if i not in ok}
+    assert codes == {
+        "x.jpg": ["not_a_file", "is a FIFO (named pipe), not a regular file"],
+        "zero.png": ["not_a_file", "is a character device, not a regular file"],
+        "huge.jpg": ["too_large", "file is 3000001 bytes, more than --max-file-bytes 3000000"],
+    }
+    # --resume lists the same forms and finds everything done.
+    again = run_cli("run", str(root), "--output", str(out), *args, "--resume", timeout=180)
+    assert again.returncode == 0, again.stderr
+    assert "already done 9" in again.stdout
+    assert len(ds.dataset(out, format="parquet").to_table()) == 9
+    # The report reads the image back through its file: form.
+    report = run_cli("report", str(out), "--sample", "10", timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert "thumbnail of" not in report.stderr
+    assert "file:latin1_%E9.jpg" in (out / "report.html").read_text(encoding="utf-8")

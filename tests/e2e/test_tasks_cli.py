@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 import batchvision
 from batchvision.config import RunConfig
@@ -184,3 +185,35 @@ def test_models_lists_sources_and_tasks() -> None:
     r = run_cli("models")
     assert "timm:NAME" in r.stdout and "torchvision:NAME" in r.stdout
     assert "deeplabv3_mobilenet_v3_large" in r.stdout
+
+
+def test_segment_refuses_extreme_aspect_ratios_before_spending_memory(tmp_path: Path) -> None:
+    # torchvision's segmentation weights resize the shorter side to 520 with no crop: a
+    # 1x65000 PNG (a few hundred bytes) would be a 520x33,800,000 input (its logits 21
+    # classes x 4 bytes each), a 4000x40 banner 52000x520. Both are too_large from the
+    # header; the photo and the 15:1 panorama next to them get their masks.
+    root = tmp_path / "in"
+    root.mkdir()
+    Image.new("L", (1, 65000), 80).save(root / "strip.png")
+    Image.new("RGB", (4000, 40), (10, 200, 30)).save(root / "banner.png")
+    synth.photo_like(np.random.default_rng(1), (96, 72)).save(root / "photo.jpg", quality=90)
+    synth.photo_like(np.random.default_rng(2), (1500, 100)).save(root / "pano.jpg", quality=90)
+    out = tmp_path / "out"
+    args = ["run", str(root), "--model", "lraspp_mobilenet_v3_large", "--weights", "random",
+            "--task", "segment", "--output", str(out), "--workers", "0", "--batch-size", "2",
+            "--max-error-rate", "1", "-q"]  # fmt: skip
+    r = run_cli(*args, timeout=240)
+    assert r.returncode == 0, r.stderr
+    rows = {row["id"]: row for row in pq.read_table(out).to_pylist()}
+    assert rows["strip.png"]["error"] == (
+        "too_large: 1x65000 image makes a 520x33800000 = 17576000000 pixel model input "
+        "(resize shorter to 520), more than --max-input-pixels 4194304"
+    )
+    assert rows["banner.png"]["error"].startswith("too_large: 4000x40 image makes a 52000x520 ")
+    for name, size in (("photo.jpg", (96, 72)), ("pano.jpg", (1500, 100))):
+        assert rows[name]["status"] == "ok", rows[name]["error"]
+        assert (rows[name]["mask_width"], rows[name]["mask_height"]) == size
+    # --resume meets the same files and finds them done, instead of dying on them again.
+    again = run_cli(*args, "--resume", timeout=240)
+    assert again.returncode == 0, again.stderr
+    assert pq.read_table(out).num_rows == 4

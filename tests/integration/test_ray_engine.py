@@ -287,3 +287,45 @@ def test_oom_halving_and_batch_size_auto(
     run = json.loads((out / "_manifest.json").read_text())["runs"][-1]
     assert run["batch_size"] == run["batch_size_search"]["size"]
     assert 8 <= run["batch_size"] <= 16
+
+
+def test_odd_files_and_names_give_the_local_engines_rows(
+    ray_local: str, photo_dir: Path, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A FIFO, a symlink to /dev/zero, an oversized file and a Latin-1 name through Ray's
+    decode tasks: no hang, no crash, the same rows as the local engine, and resume."""
+    import os
+
+    root = tmp_path / "in"
+    root.mkdir()
+    photos = sorted(photo_dir.rglob("*.jpg"))[:3]
+    for p in photos:
+        shutil.copy(p, root / p.name)
+    with open(os.fsencode(root) + b"/latin1_\xe9.jpg", "wb") as f:
+        f.write(photos[0].read_bytes())
+    os.mkfifo(root / "x.jpg")
+    (root / "zero.png").symlink_to("/dev/zero")
+    (root / "huge.jpg").write_bytes(b"\xff" * 400_001)
+    limits = {"max_file_bytes": 400_000, "max_error_rate": 1.0}
+    local = read_rows_of(
+        batchvision.run(_config((str(root),), tmp_path / "local", tiny_checkpoint, **limits))
+    )
+    ray_out = tmp_path / "ray"
+    first = batchvision.run(_config((str(root),), ray_out, tiny_checkpoint, engine="ray", **limits))
+    rows = read_rows(ray_out)
+    assert_same_rows(rows, local)
+    assert rows["file:latin1_%E9.jpg"]["status"] == "ok"
+    assert rows["file:latin1_%E9.jpg"]["path"] == f"file://{root}/latin1_%E9.jpg"
+    assert {i: _code(r) for i, r in rows.items() if r["status"] != "ok"} == {
+        "x.jpg": "not_a_file",
+        "zero.png": "not_a_file",
+        "huge.jpg": "too_large",
+    }
+    again = batchvision.run(
+        _config((str(root),), ray_out, tiny_checkpoint, engine="ray", resume=True, **limits)
+    )
+    assert (first.processed, again.processed, again.already_done) == (7, 0, 7)
+
+
+def read_rows_of(summary: Any) -> dict[str, dict[str, Any]]:
+    return read_rows(Path(summary.output))

@@ -651,3 +651,18 @@ def test_auth_failure_mid_run_in_worker(
     )
     # The rows done before it are committed, so --resume continues once access is fixed.
     assert len(pq.read_table(out)) >= 4
+
+
+def test_object_larger_than_max_file_bytes_is_refused_from_its_size(s3_server: S3Server) -> None:
+    """--max-file-bytes on S3: the size (HEAD) decides before any byte is fetched."""
+    bucket = s3_server.new_bucket()
+    uri = f"s3://{bucket}/big/x.jpg"
+    s3_server.put(uri, b"\xff" * 5000)
+    opts = StorageOptions(endpoint=s3_server.endpoint)
+    batch = items_to_batch([InputItem("x", uri)])
+    out = read_batch(batch, opts, max_bytes=4999)
+    assert out["bytes"][0] is None
+    assert out["error"][0] == (
+        f"too_large: object is 5000 bytes, more than --max-file-bytes 4999: {uri}"
+    )
+    assert read_batch(batch, opts, max_bytes=5000)["bytes"][0] == b"\xff" * 5000

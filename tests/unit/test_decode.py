@@ -286,7 +286,8 @@ def test_header_above_max_pixels_is_refused_before_decoding() -> None:
     data = oi.png_header(3000, 3000)
     err = _decode_error(data, max_pixels=1_000_000)
     assert err.code == "too_large"
-    assert "3000x3000" in err.message and "1000000" in err.message
+    # Over twice the limit, Pillow's guard (set to --max-pixels) refuses it while opening.
+    assert err.message == "9000000 pixels exceeds --max-pixels 1000000"
     assert _decode_error(data, max_pixels=10_000_000).code == "truncated"
 
 
@@ -301,13 +302,26 @@ def test_max_pixels_boundary_is_inclusive() -> None:
     assert _decode_error(data, max_pixels=99).code == "too_large"
 
 
-@pytest.mark.parametrize("max_pixels", [89_478_485, 10**12])
+@pytest.mark.parametrize("max_pixels", [89_478_485, 5 * 10**9])
 def test_above_pillows_own_bomb_limit_is_too_large_not_an_exception(max_pixels: int) -> None:
-    limit = Image.MAX_IMAGE_PIXELS
     err = _decode_error(oi.png_header(100_000, 100_000), max_pixels=max_pixels)
     assert err.code == "too_large"
-    assert "10000000000" in err.message
-    assert limit == Image.MAX_IMAGE_PIXELS  # the global guard was not touched
+    assert "10000000000" in err.message and f"--max-pixels {max_pixels}" in err.message
+
+
+def test_max_pixels_decides_not_pillows_own_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pillow's process-wide guard, set low (by default it refuses past 178,956,970 pixels):
+    # --max-pixels alone decides, above or below it.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    data = oi.encode(Image.new("RGB", (100, 100)), "PNG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert decode_image(data, max_pixels=10_000).image.size == (100, 100)
+    err = _decode_error(data, max_pixels=9_999)
+    assert (err.code, err.message) == (
+        "too_large",
+        "100x100 = 10000 pixels exceeds --max-pixels 9999",
+    )
 
 
 def test_between_pillow_warning_and_error_limits_no_warning_escapes() -> None:

@@ -15,6 +15,7 @@ import torchvision
 from PIL import Image
 
 from batchvision.config import PreprocessConfig
+from batchvision.stages import device_decode
 from batchvision.stages.device_decode import (
     decode_batch_device,
     device_decodable,
@@ -234,3 +235,36 @@ def test_exif_orientation_is_applied_on_the_device(orientation: int) -> None:
     assert (dev["width"][0], dev["height"][0]) == (cpu["width"][0], cpu["height"][0])
     diff = np.abs(dev["image"][0].numpy().astype(int) - cpu["image"][0].astype(int))  # type: ignore[index]
     assert diff.mean() < 1.0, diff.mean()
+
+
+def test_a_resize_too_large_for_the_device_goes_to_the_cpu_crop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The device resizes the whole image before cropping: a 20:1 strip resized to 256 on
+    # its shorter side is 5120x256 = 1.3 megapixels there, while the CPU path resamples
+    # only the 224x224 crop. Past --max-input-pixels it must take the CPU path.
+    strip = oi.encode(oi.photo(2000, 100, seed=3), "JPEG", quality=90)
+    batch = _batch({"strip.jpg": strip, "plain.jpg": oi.encode(oi.photo(320, 240), "JPEG")})
+    sent: list[int] = []
+    real = device_decode._decode_jpegs
+
+    def spy(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
+        sent.append(len(datas))
+        return real(datas, device)
+
+    monkeypatch.setattr(device_decode, "_decode_jpegs", spy)
+    pre = PreprocessConfig()
+    limit = 341 * 256  # the plain photo's full resize (341x256) fits, the strip's does not
+    dev = decode_batch_device(batch, pre, CPU, max_input_pixels=limit)
+    cpu = decode_batch(batch, pre, max_input_pixels=limit)
+    assert sent == [1]
+    assert dev["status"].tolist() == cpu["status"].tolist() == ["ok", "ok"]
+    assert np.array_equal(dev["image"][0].cpu().numpy(), cpu["image"][0])
+    # Past the bound for the CPU path too: the same error row from both.
+    tight = decode_batch_device(
+        batch,
+        PreprocessConfig(resize_size=64, crop_size=(64, 64)),
+        CPU,
+        max_input_pixels=64 * 64 - 1,
+    )
+    assert tight["error"][0].startswith("too_large: 2000x100 image makes a 64x64")

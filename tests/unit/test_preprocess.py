@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 from torchvision.transforms.v2 import functional as F
 
-from batchvision.config import PreprocessConfig
+from batchvision.config import DEFAULT_MAX_INPUT_PIXELS, DEFAULT_MAX_PIXELS, PreprocessConfig
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
 from batchvision.stages import preprocess
 from batchvision.stages.decode import decode_image
@@ -300,3 +300,111 @@ def test_stages_pickle_and_run_the_same_after() -> None:
     assert labelled["label"].tolist() == ["z", None]
     assert labelled["score"][0] == pytest.approx(0.75) and np.isnan(labelled["score"][1])
     assert pickle.loads(pickle.dumps(CROP)) == CROP
+
+
+# --- what one image may cost: pixels, and what the resize makes of them -------------------
+
+SEGMENT = PreprocessConfig(resize_size=520, crop_size=(520, 520), resize_mode="shorter")
+CLASSIFY = PreprocessConfig()  # shorter side to 256, center crop 224
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    return oi.encode(Image.new("L", size, 90), "PNG")
+
+
+def _jpeg(size: tuple[int, int]) -> bytes:
+    return oi.encode(Image.new("L", size, 90), "JPEG", quality=50)
+
+
+def _nothing_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make decoding or resizing any pixel fail loudly (as ``decode_failed``)."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pixels were decoded or resized")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+    monkeypatch.setattr(Image.Image, "resize", refuse)
+
+
+@pytest.mark.parametrize(
+    ("size", "cfg", "resized"),
+    [
+        ((1, 65000), SEGMENT, "520x33800000 = 17576000000"),  # the 275-byte PNG
+        ((4000, 40), SEGMENT, "52000x520 = 27040000"),  # a banner
+        # A crop larger than the resize: the whole resize is made, then padded.
+        ((1, 65000), PreprocessConfig(resize_size=32), "224x2080000 = 465920000"),
+    ],
+)
+def test_extreme_aspect_ratio_is_too_large_from_the_header(
+    size: tuple[int, int], cfg: PreprocessConfig, resized: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _png(size)
+    _nothing_decoded(monkeypatch)
+    arr, error, w, h = preprocess.decode_one(
+        data, cfg, max_pixels=DEFAULT_MAX_PIXELS, min_size=None
+    )
+    assert arr is None and (w, h) == (0, 0)
+    assert error == (
+        f"too_large: {size[0]}x{size[1]} image makes a {resized} pixel model input "
+        f"(resize {cfg.resize_mode} to {cfg.resize_size}), more than --max-input-pixels "
+        f"{DEFAULT_MAX_INPUT_PIXELS}"
+    )
+
+
+@pytest.mark.parametrize("size", [(1, 65000), (20000, 500), (500, 20000), (4000, 40)])
+def test_classify_takes_any_aspect_ratio_its_crop_is_its_cost(size: tuple[int, int]) -> None:
+    arr, error, w, h = preprocess.decode_one(
+        _png(size), CLASSIFY, max_pixels=DEFAULT_MAX_PIXELS, min_size=draft_floor(CLASSIFY)
+    )
+    assert error is None and arr is not None
+    assert arr.shape == (224, 224, 3) and (w, h) == size
+
+
+def test_segment_keeps_normal_photos_and_panoramas_within_the_default() -> None:
+    # 4:3 at 520 is 0.36 megapixels; a 15:1 panorama 4.06, just within 4,194,304.
+    for size in ((640, 480), (480, 640), (7500, 500)):
+        arr, error, w, h = preprocess.decode_one(
+            _png(size), SEGMENT, max_pixels=DEFAULT_MAX_PIXELS, min_size=None
+        )
+        assert error is None and arr is not None and (w, h) == size
+        assert arr.shape[:2] == preprocess.resized_size(*size, 520)[::-1]
+
+
+def test_max_input_pixels_boundary_is_inclusive_in_either_orientation() -> None:
+    cfg = PreprocessConfig(resize_size=100, crop_size=(100, 100), resize_mode="shorter")
+    for size in ((300, 100), (100, 300)):  # resized to 300x100 or 100x300 = 30000 pixels
+        data = _png(size)
+        ok = preprocess.decode_one(
+            data, cfg, max_pixels=10**6, min_size=None, max_input_pixels=30_000
+        )
+        assert ok[1] is None and ok[0] is not None and ok[0].size == 30_000 * 3
+        refused = preprocess.decode_one(
+            data, cfg, max_pixels=10**6, min_size=None, max_input_pixels=29_999
+        )
+        assert refused[1] is not None and refused[1].startswith("too_large: ")
+        assert "more than --max-input-pixels 29999" in refused[1]
+
+
+def test_decode_batch_refuses_only_the_oversized_image() -> None:
+    datas = [_png((640, 480)), _png((4000, 40)), _png((480, 640))]
+    batch = items_to_batch([InputItem(i, i) for i in "abc"])
+    batch["bytes"] = np.empty(3, dtype=object)
+    batch["bytes"][:] = datas
+    out = decode_batch(batch, SEGMENT)
+    assert out["status"].tolist() == ["ok", "error", "ok"]
+    assert out["error"][1].startswith("too_large: 4000x40 image makes a 52000x520")
+    assert out["input_height"].tolist() == [520, 0, 693]
+    assert out["image"].shape == (3, 693, 693, 3)  # padded to the largest kept image only
+
+
+def test_a_100_megapixel_photo_decodes_by_default() -> None:
+    # 11648x8736 (a medium-format camera), 101.8 megapixels: above Pillow's warning
+    # threshold and the old default; decoded at a reduced scale for the crop.
+    arr, error, w, h = preprocess.decode_one(
+        _jpeg((11648, 8736)),
+        CLASSIFY,
+        max_pixels=DEFAULT_MAX_PIXELS,
+        min_size=draft_floor(CLASSIFY),
+    )
+    assert error is None and arr is not None and (w, h) == (11648, 8736)
+    assert arr.shape == (224, 224, 3)

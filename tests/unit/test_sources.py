@@ -6,6 +6,10 @@ import csv
 import logging
 import os
 import pickle
+import socket
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import numpy as np
@@ -378,7 +382,8 @@ def test_read_batch_ok_missing_and_directory(tmp_path: Path) -> None:
     assert out["bytes"][0] == b"\xff\xd8abc" and out["error"][0] is None
     assert out["bytes"][1] is None and out["error"][1].startswith("not_found: ")
     assert paths[1] in out["error"][1]
-    assert out["bytes"][2] is None and out["error"][2].startswith("unreadable: ")
+    assert out["bytes"][2] is None
+    assert out["error"][2] == f"not_a_file: is a folder, not a regular file: {paths[2]}"
     assert out["bytes"][3] == b"" and out["error"][3] is None  # empty is decode's business
 
 
@@ -409,7 +414,7 @@ def test_read_batch_permission_error_is_unreadable(
     def denied(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr("builtins.open", denied)
+    monkeypatch.setattr(sources.os, "open", denied)
     out = _read([path])
     assert out["error"][0] == f"unreadable: permission denied: {path}"
 
@@ -444,3 +449,139 @@ def test_read_error_pickles() -> None:
     err = pickle.loads(pickle.dumps(ReadError("not_found", "gone: /x.jpg")))
     assert isinstance(err, ReadError)
     assert err.code == "not_found" and str(err) == "not_found: gone: /x.jpg"
+
+
+# --- special files, size limits, names that are not UTF-8 ---------------------------------
+
+
+def _read_within(paths: list[str], seconds: float = 20, **kwargs: object) -> dict[str, np.ndarray]:
+    """``read_batch`` in a thread that must finish in ``seconds`` (a FIFO would block it)."""
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(
+            read_batch,
+            items_to_batch([InputItem(id=f"id{i}", path=p) for i, p in enumerate(paths)]),
+            None,
+            **kwargs,
+        )
+        try:
+            return future.result(timeout=seconds)
+        except FutureTimeout:
+            # Unblock the reader (open the FIFO for writing) so the test run can end.
+            for p in paths:
+                if stat.S_ISFIFO(os.stat(p).st_mode):
+                    os.close(os.open(p, os.O_WRONLY | os.O_NONBLOCK))
+            raise AssertionError(f"read_batch still reading after {seconds} s") from None
+
+
+def test_special_files_are_error_rows_and_never_read(tmp_path: Path) -> None:
+    (tmp_path / "real.jpg").write_bytes(b"\xff\xd8real")
+    os.mkfifo(tmp_path / "x.jpg")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    (tmp_path / "rand.png").symlink_to("/dev/urandom")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "real.jpg")
+    (tmp_path / "dir.jpg").mkdir()
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "s.jpg"))
+    names_ = ["x.jpg", "zero.png", "rand.png", "link.jpg", "dir.jpg", "s.jpg", "real.jpg"]
+    try:
+        out = _read_within([str(tmp_path / n) for n in names_])
+    finally:
+        sock.close()
+    kinds = [e.split(": ")[1] if e else None for e in out["error"]]
+    assert kinds == [
+        "is a FIFO (named pipe), not a regular file",
+        "is a character device, not a regular file",
+        "is a character device, not a regular file",
+        None,
+        "is a folder, not a regular file",
+        "is a socket, not a regular file",
+        None,
+    ]
+    assert [e.split(":")[0] for e in out["error"] if e] == ["not_a_file"] * 5
+    assert out["bytes"][3] == out["bytes"][6] == b"\xff\xd8real"  # a symlink to a file works
+
+
+def test_fifo_swapped_in_after_the_stat_does_not_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race: the path is a regular file when checked, a FIFO when opened.
+    os.mkfifo(tmp_path / "x.jpg")
+    (tmp_path / "regular").write_bytes(b"x")
+    regular = os.stat(tmp_path / "regular")
+    monkeypatch.setattr(sources.os, "stat", lambda *a, **k: regular)
+    out = _read_within([str(tmp_path / "x.jpg")])
+    assert out["error"][0].startswith("not_a_file: is a FIFO (named pipe)")
+
+
+def test_max_file_bytes_is_checked_before_reading(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"x" * 1000)
+    path = str(tmp_path / "a.jpg")
+    assert _read_within([path], max_bytes=1000)["bytes"][0] == b"x" * 1000
+    out = _read_within([path], max_bytes=999)
+    assert out["bytes"][0] is None
+    assert out["error"][0] == (
+        f"too_large: file is 1000 bytes, more than --max-file-bytes 999: {path}"
+    )
+
+
+def test_a_file_that_grows_is_read_no_further_than_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file that grew after its size was taken: the stats say 10 bytes, it holds 5000.
+    (tmp_path / "a.jpg").write_bytes(b"y" * 5000)
+    path = str(tmp_path / "a.jpg")
+    small = os.stat_result((*os.stat(path)[:6], 10, 0, 0, 0))
+    monkeypatch.setattr(sources.os, "stat", lambda *a, **k: small)
+    monkeypatch.setattr(sources.os, "fstat", lambda fd: small)
+    read: list[int] = []
+    real_open = open
+
+    def counting_open(*args, **kwargs):  # type: ignore[no-untyped-def]
+        f = real_open(*args, **kwargs)
+        raw_read = f.read
+
+        class Counted:
+            def __enter__(self):  # type: ignore[no-untyped-def]
+                return self
+
+            def __exit__(self, *exc):  # type: ignore[no-untyped-def]
+                f.close()
+
+            def read(self, n: int) -> bytes:
+                data = raw_read(n)
+                read.append(len(data))
+                return data
+
+        return Counted()
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    out = _read_within([path], max_bytes=3000)
+    assert out["error"][0] == f"too_large: file grew past --max-file-bytes 3000 while read: {path}"
+    assert sum(read) == 3001  # never more than the limit + 1
+    read.clear()
+    assert _read_within([path], max_bytes=8000)["bytes"][0] == b"y" * 5000
+
+
+def test_names_that_are_not_utf8_are_listed_in_file_form_and_read(tmp_path: Path) -> None:
+    root = os.fsencode(tmp_path)
+    os.makedirs(root + b"/sub")
+    for name, data in ((b"latin1_\xe9.jpg", b"A"), (b"sub/caf\xc3\xa9.jpg", b"B")):
+        with open(root + b"/" + name, "wb") as f:
+            f.write(data)
+    (tmp_path / "file:x.jpg").write_bytes(b"C")  # valid UTF-8 that merely starts with file:
+    items = list(iter_inputs([str(tmp_path)]))
+    assert [(i.id, i.path) for i in items] == [
+        ("file:x.jpg", str(tmp_path / "file:x.jpg")),
+        ("file:latin1_%E9.jpg", f"file://{tmp_path}/latin1_%E9.jpg"),
+        ("sub/café.jpg", str(tmp_path / "sub" / "café.jpg")),  # valid UTF-8: as it was
+    ]
+    for item in items:
+        item.id.encode("utf-8")  # every output format can hold them
+    assert read_batch(items_to_batch(items))["bytes"].tolist() == [b"C", b"A", b"B"]
+    # A glob and a single file give the same forms.
+    glob_items = list(iter_inputs([str(tmp_path / "*.jpg")]))
+    assert sorted(i.id for i in glob_items) == ["file:latin1_%E9.jpg", "file:x.jpg"]
+    single = os.fsdecode(root + b"/latin1_\xe9.jpg")
+    assert list(iter_inputs([single])) == [
+        InputItem(f"file://{tmp_path}/latin1_%E9.jpg", f"file://{tmp_path}/latin1_%E9.jpg")
+    ]

@@ -122,6 +122,22 @@ def test_banded_upsample_equals_interpolate() -> None:
     assert agree > 0.999  # the same math; only float rounding may flip a tie
 
 
+@pytest.mark.parametrize(
+    ("shape", "size"), [((21, 8, 300), (10, 4000)), ((21, 300, 8), (4000, 10))]
+)
+def test_banded_upsample_of_extreme_aspect_ratios_equals_interpolate(
+    shape: tuple[int, int, int], size: tuple[int, int]
+) -> None:
+    # Wide and tall maps, in bands of one or a few rows: each output row from its two
+    # input rows, then the full width at once (no dense input x output weight matrices).
+    torch.manual_seed(1)
+    logits = torch.randn(*shape)
+    expected = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)
+    banded = upsample_argmax(logits, size, max_bytes=4 * 21 * (size[1] + 3 * shape[2]) * 2)
+    assert banded.shape == size
+    assert (banded == expected[0].argmax(0)).float().mean().item() > 0.999
+
+
 def test_downsample_too() -> None:
     logits = torch.randn(3, 40, 40)
     expected = F.interpolate(logits[None], size=(9, 11), mode="bilinear", align_corners=False)

@@ -26,7 +26,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from batchvision.config import DEFAULT_MAX_PIXELS, DecodeDevice, PreprocessConfig, RunConfig
+from batchvision.config import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_INPUT_PIXELS,
+    DEFAULT_MAX_PIXELS,
+    DecodeDevice,
+    PreprocessConfig,
+    RunConfig,
+)
 from batchvision.engines.base import Engine, EngineResult, Job, RunStats, defer_sigint
 from batchvision.engines.prefetch import prefetch_to_device
 from batchvision.errors import ConfigError, StorageAuthError
@@ -49,7 +56,8 @@ class DecodeDataset(Dataset[dict[str, Any]]):
     """Maps a chunk of inputs to its decoded batch: read, then decode and preprocess.
 
     With ``decode=False`` it only reads (the bytes are decoded on the device, in the main
-    process).
+    process). Files over ``max_file_bytes``, images over ``max_pixels`` or whose resize
+    exceeds ``max_input_pixels`` are error rows.
     """
 
     def __init__(
@@ -59,9 +67,14 @@ class DecodeDataset(Dataset[dict[str, Any]]):
         draft: bool = True,
         storage_options: StorageOptions | None = None,
         decode: bool = True,
+        *,
+        max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         self.preprocess = preprocess
         self.max_pixels = max_pixels
+        self.max_input_pixels = max_input_pixels
+        self.max_file_bytes = max_file_bytes
         self.draft = draft
         self.storage_options = storage_options or StorageOptions()
         self.decode = decode
@@ -71,7 +84,7 @@ class DecodeDataset(Dataset[dict[str, Any]]):
         self.trim(len(chunk))
         t0 = time.perf_counter()
         try:
-            batch = read_batch(items_to_batch(chunk), self.storage_options)
+            batch = read_batch(items_to_batch(chunk), self.storage_options, self.max_file_bytes)
         except StorageAuthError as e:
             # Raised in a worker, the DataLoader would re-raise it with the worker's
             # traceback as its message; handed back, the main process raises it as it is.
@@ -80,7 +93,11 @@ class DecodeDataset(Dataset[dict[str, Any]]):
         if not self.decode:
             return {**batch, "_seconds": {"read": t1 - t0}}
         out: dict[str, Any] = decode_batch(
-            batch, self.preprocess, max_pixels=self.max_pixels, draft=self.draft
+            batch,
+            self.preprocess,
+            max_pixels=self.max_pixels,
+            draft=self.draft,
+            max_input_pixels=self.max_input_pixels,
         )
         t2 = time.perf_counter()
         out["image"] = torch.from_numpy(out["image"])  # shared memory back to the main process
@@ -147,6 +164,8 @@ class LocalEngine(Engine):
                 cfg.draft,
                 cfg.storage,
                 decode=on_device is None and pool is None,
+                max_input_pixels=cfg.max_input_pixels,
+                max_file_bytes=cfg.max_file_bytes,
             ),
             batch_size=None,
             sampler=chunked(job.items, batch_size),
@@ -171,6 +190,7 @@ class LocalEngine(Engine):
                 device=on_device,
                 max_pixels=cfg.max_pixels,
                 draft=cfg.draft,
+                max_input_pixels=cfg.max_input_pixels,
             )
         elif pool is not None:  # on this process's threads, between model batches
             decode_here = functools.partial(
@@ -179,6 +199,7 @@ class LocalEngine(Engine):
                 max_pixels=cfg.max_pixels,
                 draft=cfg.draft,
                 pool=pool,
+                max_input_pixels=cfg.max_input_pixels,
             )
         trim = HeapTrimmer()  # keeps this process's memory flat however many images
         try:

@@ -289,6 +289,8 @@ class RayEngine(Engine):
                     cfg.draft,
                     timings=True,
                     storage=cfg.storage,
+                    max_input_pixels=cfg.max_input_pixels,
+                    max_file_bytes=cfg.max_file_bytes,
                 )
             ),
             batch_size=batch_size,

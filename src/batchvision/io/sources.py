@@ -16,6 +16,7 @@ import hashlib
 import io
 import logging
 import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from batchvision.errors import ConfigError, RowError
-from batchvision.io import storage
+from batchvision.io import names, storage
 from batchvision.io.storage import StorageOptions
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MANIFEST_EXTENSIONS = frozenset({".txt", ".csv", ".parquet"})
+#: ``--max-file-bytes``: larger files are error rows, refused before they are read. Far
+#: above any photo (a 100-megapixel JPEG is 20-60 MB, an uncompressed 8-bit RGB TIFF of
+#: 178 megapixels 537 MB), and it bounds what one input can make a reader hold in memory.
+DEFAULT_MAX_FILE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -140,12 +145,19 @@ def iter_inputs(
             items = _glob_any(spec, stats, options)
         elif kind == "manifest":
             items = _manifest(spec, options)
-        else:
+        elif storage.is_uri(spec):
             items = [InputItem(id=spec, path=spec)]
+        else:
+            items = [_local_item(spec, spec)]
         for item in items:
             stats.listed += 1
             yield item
     stats.done = True
+
+
+def _local_item(item_id: str, path: str) -> InputItem:
+    """A listed local file; names that are not valid UTF-8 in their ``file:`` form."""
+    return InputItem(id=names.to_text(item_id), path=names.to_text(path))
 
 
 def _skip(stats: ListingStats, path: str, hidden: bool) -> None:
@@ -187,7 +199,7 @@ def _walk(root: str, stats: ListingStats) -> Iterator[InputItem]:
             if is_dir:
                 subdirs.append(rel)
             elif is_image_name(entry.name):
-                yield InputItem(id=rel, path=entry.path)
+                yield _local_item(rel, entry.path)
             else:
                 _skip(stats, entry.path, hidden=False)
         stack.extend(reversed(subdirs))
@@ -302,7 +314,7 @@ def _glob(pattern: str, stats: ListingStats) -> Iterator[InputItem]:
         elif os.path.isdir(path):
             continue
         elif is_image_name(path):
-            yield InputItem(id=rel.replace(os.sep, "/"), path=path)
+            yield _local_item(rel.replace(os.sep, "/"), path)
         else:
             _skip(stats, path, hidden=False)
 
@@ -435,32 +447,99 @@ def duplicate_ids(
 # --- reading bytes -----------------------------------------------------------------------
 
 
-def read_bytes(path: str, storage_options: StorageOptions | None = None) -> bytes:
-    """Read a whole file or object; raises ``ReadError`` with a stable code.
+def read_bytes(
+    path: str,
+    storage_options: StorageOptions | None = None,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> bytes:
+    """Read a whole regular file or object of at most ``max_bytes``; raises ``ReadError``.
+
+    ``path`` is as listed: a name that is not valid UTF-8 in its ``file:`` form
+    (``io.names``). Only regular files are opened (a symlink to one is fine): a FIFO would
+    block the read forever, a device such as ``/dev/zero`` never ends. The size is checked
+    before reading, and the read stops at ``max_bytes + 1`` bytes even if the file grows.
 
     Raises:
-        ReadError: ``not_found`` or ``unreadable`` (an S3 read that still failed after
-            ``max_attempts`` tries is ``unreadable``, with the last error).
+        ReadError: ``not_found``, ``unreadable``, ``not_a_file`` or ``too_large`` (an S3
+            read that still failed after ``max_attempts`` tries is ``unreadable``, with
+            the last error).
         StorageAuthError: S3 refused the credentials; this stops the run.
     """
-    if storage.is_uri(path):
-        return _read_object(path, storage_options or StorageOptions())
+    os_path = names.to_os(path)
+    if os_path == path and storage.is_uri(path):
+        return _read_object(path, storage_options or StorageOptions(), max_bytes)
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return _read_file(os_path, path, max_bytes)
     except FileNotFoundError as e:
         raise ReadError("not_found", f"file not found (vanished or never existed): {path}") from e
-    except IsADirectoryError as e:
-        raise ReadError("unreadable", f"is a folder, not a file: {path}") from e
     except PermissionError as e:
         raise ReadError("unreadable", f"permission denied: {path}") from e
     except OSError as e:
         raise ReadError("unreadable", f"{e.strerror or e}: {path}") from e
 
 
-def _read_object(uri: str, options: StorageOptions) -> bytes:
+def _is_file_form(path: str) -> bool:
+    return path.startswith(names.MARKER) and names.to_os(path) != path
+
+
+#: Bytes read at a time once a file turns out longer than its size said (it is growing).
+_READ_CHUNK = 1 << 20
+# Opening never waits (a FIFO swapped in after the stat) and never takes a terminal.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+
+
+def _read_file(os_path: str, path: str, max_bytes: int) -> bytes:
+    _check_file(os.stat(os_path), path, max_bytes)  # before opening: a FIFO's open blocks
+    fd = os.open(os_path, _OPEN_FLAGS | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb", buffering=0, closefd=True) as f:
+        st = os.fstat(fd)  # what was opened: it may have been replaced since the stat
+        _check_file(st, path, max_bytes)
+        data = f.read(st.st_size + 1)  # one read, and the +1 sees a file that grew
+        if len(data) <= st.st_size:
+            return data
+        parts = [data]
+        total = len(data)
+        while total <= max_bytes and (chunk := f.read(min(_READ_CHUNK, max_bytes + 1 - total))):
+            parts.append(chunk)
+            total += len(chunk)
+    if total > max_bytes:
+        raise _too_large(f"file grew past --max-file-bytes {max_bytes} while read", path)
+    return b"".join(parts)
+
+
+def _check_file(st: os.stat_result, path: str, max_bytes: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise ReadError(
+            "not_a_file", f"is {_file_kind_name(st.st_mode)}, not a regular file: {path}"
+        )
+    if st.st_size > max_bytes:
+        raise _too_large(
+            f"file is {st.st_size} bytes, more than --max-file-bytes {max_bytes}", path
+        )
+
+
+def _too_large(message: str, path: str) -> ReadError:
+    return ReadError("too_large", f"{message}: {path}")
+
+
+def _file_kind_name(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def _read_object(uri: str, options: StorageOptions, max_bytes: int) -> bytes:
     try:
-        return storage.read_object(uri, options)
+        return storage.read_object(uri, options, max_bytes)
+    except storage.ObjectTooLargeError as e:
+        raise _too_large(
+            f"object is {e.size} bytes, more than --max-file-bytes {max_bytes}", uri
+        ) from e
     except ConfigError as e:  # a malformed URI in a manifest costs its row only
         raise ReadError("unreadable", str(e)) from e
     except OSError as e:
@@ -491,11 +570,14 @@ def items_to_batch(items: Sequence[InputItem]) -> dict[str, np.ndarray]:
 
 
 def read_batch(
-    batch: dict[str, np.ndarray], storage_options: StorageOptions | None = None
+    batch: dict[str, np.ndarray],
+    storage_options: StorageOptions | None = None,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> dict[str, np.ndarray]:
     """Add ``bytes`` and ``error`` columns; a failed read is an error, not an exception.
 
-    ``storage_options`` says how to reach ``s3://`` paths (an engine passes the run's).
+    ``storage_options`` says how to reach ``s3://`` paths (an engine passes the run's);
+    files larger than ``max_bytes`` are error rows (see :func:`read_bytes`).
     Object reads wait on the network, not the CPU, so a batch's S3 objects are read by up
     to ``read_concurrency`` threads at once; local files are read one after the other.
     ``StorageAuthError`` is raised, not turned into rows: it would fail every row.
@@ -508,11 +590,11 @@ def read_batch(
 
     def read_one(i: int) -> None:
         try:
-            data[i] = read_bytes(paths[i], options)
+            data[i] = read_bytes(paths[i], options, max_bytes)
         except ReadError as e:
             errors[i] = str(e)
 
-    remote = [i for i in range(n) if storage.is_uri(paths[i])]
+    remote = [i for i in range(n) if storage.is_uri(paths[i]) and not _is_file_form(paths[i])]
     threads = min(options.read_concurrency, len(remote))
     if threads > 1:
         # Made per call: a pool kept across calls would not survive a fork into workers.

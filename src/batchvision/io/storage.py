@@ -264,12 +264,31 @@ def check_auth(error: OSError, uri: str, options: StorageOptions) -> None:
 # --- whole objects -----------------------------------------------------------------------
 
 
-def read_object(uri: str, options: StorageOptions) -> bytes:
-    """All bytes of one object; pyarrow errors pass through (see ``classify``)."""
+class ObjectTooLargeError(Exception):
+    """An object larger than the reader's limit; nothing of it was read."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"object is {size} bytes")
+        self.size = size
+
+
+def read_object(uri: str, options: StorageOptions, max_bytes: int | None = None) -> bytes:
+    """All bytes of one object; pyarrow errors pass through (see ``classify``).
+
+    With ``max_bytes``, the object's size (from a HEAD request) is checked before any byte
+    is read, and the read asks for that many bytes only (a ranged GET), however the object
+    changes meanwhile: ``ObjectTooLargeError`` when it is larger.
+    """
     fs, loc = filesystem(uri, options)
-    # compression=None: the bytes as stored, even for a key ending in .gz or .bz2.
-    with fs.open_input_stream(loc.path, compression=None) as f:
-        return bytes(f.read())
+    if max_bytes is None:
+        # compression=None: the bytes as stored, even for a key ending in .gz or .bz2.
+        with fs.open_input_stream(loc.path, compression=None) as f:
+            return bytes(f.read())
+    with fs.open_input_file(loc.path) as f:
+        size = f.size()
+        if size > max_bytes:
+            raise ObjectTooLargeError(size)
+        return bytes(f.read(size))
 
 
 def write_object(uri: str, data: bytes, options: StorageOptions) -> None:

@@ -7,8 +7,10 @@ object storage and Ray blocks.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +43,11 @@ class Decoded:
 
 
 def decode_image(
-    data: bytes, *, max_pixels: int, min_size: tuple[int, int] | None = None
+    data: bytes,
+    *,
+    max_pixels: int,
+    min_size: tuple[int, int] | None = None,
+    check_size: Callable[[int, int], None] | None = None,
 ) -> Decoded:
     """Decode ``data`` into an upright RGB image.
 
@@ -52,6 +58,9 @@ def decode_image(
         min_size: ``(width, height)`` the decoded image must keep at least, upright. When
             given, large JPEGs are decoded at a reduced scale (libjpeg DCT scaling) that
             still covers it; the reported width/height stay those of the full image.
+        check_size: called with the header's ``(width, height)`` (as stored, before any
+            EXIF rotation) before any pixel is decoded; raises ``DecodeError`` to refuse
+            the image (the preprocessing's own bound on what it makes of it).
 
     Raises:
         DecodeError: with code ``empty``, ``not_image``, ``too_large``, ``truncated``
@@ -60,6 +69,8 @@ def decode_image(
     if not data:
         raise DecodeError("empty", "file is empty (0 bytes)")
     img = _open(data, max_pixels)
+    if check_size is not None:
+        check_size(*img.size)
     try:
         if img.format not in _DRAFTABLE:
             # Only JPEG needs draft() before load(). Pillow's PNG reads EXIF by loading the
@@ -84,13 +95,23 @@ def decode_image(
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
+    # --max-pixels is the one limit, checked below from the header. Pillow's own guard (a
+    # process-wide setting: it warns above MAX_IMAGE_PIXELS, 89 megapixels by default, and
+    # refuses above twice that) would otherwise decide first. It is set to --max-pixels
+    # rather than switched off, so Pillow's checks of sizes found while decoding (GIF
+    # frames, ICO/ICNS entries) still refuse anything past twice our limit. Set at every
+    # decode: then it holds in each process that decodes (DataLoader workers, Ray tasks)
+    # whatever else ran there.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
-            # Our own --max-pixels check below replaces Pillow's warning.
+            # Our own check below replaces Pillow's warning (between 1x and 2x the limit).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        raise DecodeError("too_large", str(e).split(" could be")[0].rstrip(" ,")) from e
+    except Image.DecompressionBombError as e:  # more than twice --max-pixels
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{found.group(1)} pixels" if found else "the image size"
+        raise DecodeError("too_large", f"{size} exceeds --max-pixels {max_pixels}") from e
     except UnidentifiedImageError as e:
         raise DecodeError("not_image", "content is not a recognised image format") from e
     except _DECODE_FAILURES as e:

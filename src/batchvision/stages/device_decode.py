@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from batchvision.config import DEFAULT_MAX_PIXELS, PreprocessConfig
+from batchvision.config import DEFAULT_MAX_INPUT_PIXELS, DEFAULT_MAX_PIXELS, PreprocessConfig
 from batchvision.stages.decode import _ORIENTATION, _TRANSPOSED
 from batchvision.stages.preprocess import decode_one, draft_floor, output_size, row_columns
 
@@ -146,12 +146,16 @@ def decode_batch_device(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft: bool = True,
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
 ) -> dict[str, np.ndarray | torch.Tensor]:
     """``decode_batch``'s output, with ``image`` as a uint8 NHWC tensor on ``device``.
 
     JPEGs the device can decode go through it in one batched call; the others (and any it
     fails on) through the CPU decoder, one by one, with the same rows as ``decode_batch``.
-    ``draft`` applies to the CPU fallback only (the device decodes at full size).
+    ``draft`` applies to the CPU fallback only (the device decodes at full size). The
+    device resizes the whole image before cropping, so an image whose full resize exceeds
+    ``max_input_pixels`` goes to the CPU path too (which resamples only the crop, or
+    refuses the image as ``--decode-device cpu`` does).
     """
     n = len(batch["id"])
     errors = np.array(batch.get("error", np.full(n, None, dtype=object)), dtype=object)
@@ -160,7 +164,9 @@ def decode_batch_device(
     headers = {
         i: header
         for i, data in enumerate(batch["bytes"])
-        if errors[i] is None and (header := device_decodable(data, max_pixels)) is not None
+        if errors[i] is None
+        and (header := device_decodable(data, max_pixels)) is not None
+        and _full_resize_pixels(header[0], header[1], preprocess) <= max_input_pixels
     }
     on_device = list(headers)
     decoded = _decode_jpegs([batch["bytes"][i] for i in on_device], device) if on_device else []
@@ -174,7 +180,11 @@ def decode_batch_device(
     fallback = [i for i in range(n) if errors[i] is None and images[i] is None]
     for i in fallback:
         arr, errors[i], width[i], height[i] = decode_one(
-            batch["bytes"][i], preprocess, max_pixels=max_pixels, min_size=floor
+            batch["bytes"][i],
+            preprocess,
+            max_pixels=max_pixels,
+            min_size=floor,
+            max_input_pixels=max_input_pixels,
         )
         if arr is not None:
             images[i] = torch.tensor(arr, device=device)
@@ -191,6 +201,11 @@ def decode_batch_device(
                 stacked[i] = img
         out["image"] = stacked
     return out
+
+
+def _full_resize_pixels(width: int, height: int, cfg: PreprocessConfig) -> int:
+    rw, rh = output_size(width, height, cfg)
+    return rw * rh
 
 
 def _stack_padded(

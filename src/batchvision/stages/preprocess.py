@@ -9,12 +9,13 @@ resize-then-crop result without computing the discarded border.
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import Executor
 
 import numpy as np
 from PIL import Image
 
-from batchvision.config import DEFAULT_MAX_PIXELS, PreprocessConfig
+from batchvision.config import DEFAULT_MAX_INPUT_PIXELS, DEFAULT_MAX_PIXELS, PreprocessConfig
 from batchvision.stages.decode import DecodeError, decode_image
 
 _RESAMPLE = {
@@ -37,6 +38,41 @@ def output_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, in
         assert cfg.resize_hw is not None
         return cfg.resize_hw[1], cfg.resize_hw[0]
     return resized_size(width, height, cfg.resize_size)
+
+
+def resized_pixels(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """``(w, h)`` of what :func:`resize_crop` makes of a ``width`` x ``height`` image.
+
+    The model input when there is no crop (``shorter``: it follows the aspect ratio, so
+    a 1x65000 strip resized to 520 would be 520x33,800,000); the crop otherwise, since only
+    the cropped region is resampled, unless the crop is larger than the resize (then the
+    whole resize is made and zero-padded).
+    """
+    rw, rh = output_size(width, height, cfg)
+    if cfg.resize_mode == "shorter":
+        return rw, rh
+    ch, cw = cfg.crop_size
+    if ch > rh or cw > rw:
+        return max(rw, cw), max(rh, ch)
+    return cw, ch
+
+
+def check_input_size(width: int, height: int, cfg: PreprocessConfig, max_input_pixels: int) -> None:
+    """Refuse (``too_large``) an image whose resize would exceed ``max_input_pixels``.
+
+    Decided from the header's size, before decoding: the resize, the model's activations
+    and a segmentation's logits (classes x input pixels) all grow with the model input.
+    Either orientation is checked, so the EXIF rotation (not known yet) cannot matter.
+    """
+    for w, h in ((width, height), (height, width)):
+        rw, rh = resized_pixels(w, h, cfg)
+        if rw * rh > max_input_pixels:
+            raise DecodeError(
+                "too_large",
+                f"{w}x{h} image makes a {rw}x{rh} = {rw * rh} pixel model input "
+                f"(resize {cfg.resize_mode} to {cfg.resize_size}), more than "
+                f"--max-input-pixels {max_input_pixels}",
+            )
 
 
 def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
@@ -89,12 +125,21 @@ def draft_floor(cfg: PreprocessConfig) -> tuple[int, int]:
 
 
 def decode_one(
-    data: bytes, preprocess: PreprocessConfig, *, max_pixels: int, min_size: tuple[int, int] | None
+    data: bytes,
+    preprocess: PreprocessConfig,
+    *,
+    max_pixels: int,
+    min_size: tuple[int, int] | None,
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
 ) -> tuple[np.ndarray | None, str | None, int, int]:
     """Decode and preprocess one image: ``(array, None, width, height)``, or on failure
-    ``(None, error, 0, 0)``; never an exception, so a bad file costs one row."""
+    ``(None, error, 0, 0)``; never an exception, so a bad file costs one row.
+
+    Images over ``max_pixels`` or whose resize exceeds ``max_input_pixels`` are refused
+    from their header (:func:`check_input_size`)."""
+    check = functools.partial(check_input_size, cfg=preprocess, max_input_pixels=max_input_pixels)
     try:
-        decoded = decode_image(data, max_pixels=max_pixels, min_size=min_size)
+        decoded = decode_image(data, max_pixels=max_pixels, min_size=min_size, check_size=check)
         return resize_crop(decoded.image, preprocess), None, decoded.width, decoded.height
     except DecodeError as e:
         return None, str(e), 0, 0
@@ -124,6 +169,7 @@ def decode_batch(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft: bool = True,
     pool: Executor | None = None,
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
 ) -> dict[str, np.ndarray]:
     """Decode and preprocess a batch; failures become error rows, never exceptions.
 
@@ -135,6 +181,8 @@ def decode_batch(
         draft: allow reduced-size JPEG decoding when the image is much larger than needed.
         pool: decode the images on these threads (Pillow releases the GIL while it decodes
             and resizes); ``None``: one by one in this thread.
+        max_input_pixels: bound on what the resize makes of one image (the model input,
+            or the crop), checked from the header (:func:`check_input_size`).
 
     Returns:
         ``id``, ``path``, ``status`` ("ok"/"error"), ``error``, ``width``/``height`` (as
@@ -155,7 +203,13 @@ def decode_batch(
     todo = [i for i in range(n) if errors[i] is None]
 
     def one(i: int) -> tuple[np.ndarray | None, str | None, int, int]:
-        return decode_one(batch["bytes"][i], preprocess, max_pixels=max_pixels, min_size=floor)
+        return decode_one(
+            batch["bytes"][i],
+            preprocess,
+            max_pixels=max_pixels,
+            min_size=floor,
+            max_input_pixels=max_input_pixels,
+        )
 
     results = pool.map(one, todo) if pool is not None and len(todo) > 1 else map(one, todo)
     for i, (arr, error, w, h) in zip(todo, results, strict=True):
