@@ -102,6 +102,11 @@ def _cuda(tmp: Path, few: Path, m: list[str]) -> tuple[list[str], list[str]]:
     return [str(few), *m, "--device", "cuda"], ["--device 'cuda'", "no CUDA GPU", "cpu", "auto"]
 
 
+def _nan_std(tmp: Path, few: Path, m: list[str]) -> tuple[list[str], list[str]]:
+    # Accepted before, it gave every image an ok row with NaN scores.
+    return [str(few), *m, "--std", "nan,nan,nan"], ["--std nan,nan,nan", "finite", "> 0"]
+
+
 def _resume_overwrite(tmp: Path, few: Path, m: list[str]) -> tuple[list[str], list[str]]:
     return [str(few), *m, "--resume", "--overwrite"], ["--resume", "--overwrite"]
 
@@ -128,6 +133,7 @@ CASES: dict[str, Case] = {
     "zero_batch_size": _zero_batch,
     "top_k_too_big": _top_k_too_big,
     "cuda_without_gpu": _cuda,
+    "nan_std": _nan_std,
     "resume_with_overwrite": _resume_overwrite,
     "csv_manifest_without_path": _csv_without_path,
     "duplicate_ids": _duplicate_ids,
