@@ -18,7 +18,8 @@ import pyarrow as pa
 #: Meaning of every output column, across tasks (a schema column missing here fails a test).
 COLUMNS: dict[str, str] = {
     "id": "Stable id: the path relative to the INPUT folder it came from (a file or "
-    "manifest entry: the path as given). Unique within an output.",
+    "manifest entry: the path as given; a manifest row without a path: `MANIFEST#row=N`, "
+    "rows counted from 1 without the header). Unique within an output.",
     "path": "Where the image was read from (local path or `s3://` URI).",
     "status": "`ok` or `error`.",
     "error": "`code: message` on error rows (codes below), else null.",
@@ -94,6 +95,8 @@ RUN_FIELDS: dict[str, str] = {
 
 #: Error codes of error rows (the text before the colon of `error`).
 ERROR_CODES: dict[str, str] = {
+    "bad_manifest_row": "A .csv or .parquet manifest row whose `path` is empty or null "
+    "(its id is `MANIFEST#row=N`).",
     "not_found": "The file does not exist (or vanished after listing).",
     "unreadable": "The file exists but cannot be read (permissions, a folder, I/O error).",
     "empty": "The file is 0 bytes.",

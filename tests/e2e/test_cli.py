@@ -117,6 +117,21 @@ def _csv_without_path(tmp: Path, few: Path, m: list[str]) -> tuple[list[str], li
     return [str(manifest), *m], [repr(str(manifest)), "no 'path' column", "'file'", "'label'"]
 
 
+def _parquet_int_paths(tmp: Path, few: Path, m: list[str]) -> tuple[list[str], list[str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = tmp / "list.parquet"
+    pq.write_table(pa.table({"path": pa.array([1, 2], pa.int64())}), manifest)
+    return [str(manifest), *m], [repr(str(manifest)), "'path' column of int64", "text (string)"]
+
+
+def _empty_manifest(tmp: Path, few: Path, m: list[str]) -> tuple[list[str], list[str]]:
+    manifest = tmp / "list.csv"
+    manifest.write_text("path,label\n")
+    return [str(manifest), *m], [repr(str(manifest)), "lists no images"]
+
+
 def _duplicate_ids(tmp: Path, few: Path, m: list[str]) -> tuple[list[str], list[str]]:
     for name in ("one", "two"):
         _jpeg(tmp / name / "same.jpg", seed=5)
@@ -137,6 +152,8 @@ CASES: dict[str, Case] = {
     "resume_with_overwrite": _resume_overwrite,
     "csv_manifest_without_path": _csv_without_path,
     "duplicate_ids": _duplicate_ids,
+    "parquet_manifest_int_paths": _parquet_int_paths,
+    "empty_manifest": _empty_manifest,
 }
 
 
@@ -199,6 +216,27 @@ def test_pretrained_weights_offline(
     assert "Traceback" not in line
     assert not out.exists()
     assert not list(hub.rglob("*.pth")), "a partial download was left in the hub cache"
+
+
+def test_manifest_row_without_path_is_an_error_row(
+    tmp_path: Path, few_dir: Path, model_args: list[str]
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = tmp_path / "list.parquet"
+    paths = [str(few_dir / "good_0.jpg"), None, str(few_dir / "good_1.jpg")]
+    pq.write_table(pa.table({"path": pa.array(paths, pa.string())}), manifest)
+    out = tmp_path / "out"
+    args = [*model_args, *SMALL, "--workers", "0", "--max-error-rate", "0.5", "--quiet"]
+    proc = run_cli("run", str(manifest), *args, "-o", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(out)
+    assert sorted(rows) == sorted([paths[0], paths[2], f"{manifest}#row=2"])
+    bad = rows[f"{manifest}#row=2"]
+    assert bad["status"] == "error" and bad["path"] == ""
+    assert bad["error"] == "bad_manifest_row: this manifest row has no path (empty or null)"
+    assert rows[paths[0]]["status"] == rows[paths[2]]["status"] == "ok"
 
 
 # --- listing and help ----------------------------------------------------------------------
