@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -200,7 +201,7 @@ def resnet18_7() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def checkpoints(resnet18_7, tmp_path_factory) -> dict[str, Path]:
-    """The same 7-class resnet18 saved three ways."""
+    """The same 7-class resnet18 saved four ways."""
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("ckpts")
@@ -209,15 +210,19 @@ def checkpoints(resnet18_7, tmp_path_factory) -> dict[str, Path]:
         "pt": root / "plain.pt",
         "pth": root / "wrapped.pth",
         "safetensors": root / "model.safetensors",
+        "legacy": root / "legacy.pth",  # PyTorch's pre-1.6 format, which mmap cannot read
     }
     torch.save(state, paths["pt"])
     wrapped = {"module." + k: v for k, v in state.items()}
     torch.save({"epoch": 3, "state_dict": wrapped, "optimizer": {"lr": 0.1}}, paths["pth"])
+    torch.save(
+        {"epoch": 3, "state_dict": wrapped}, paths["legacy"], _use_new_zipfile_serialization=False
+    )
     save_file({k: v.contiguous() for k, v in state.items()}, str(paths["safetensors"]))
     return paths
 
 
-@pytest.mark.parametrize("kind", ["pt", "pth", "safetensors"])
+@pytest.mark.parametrize("kind", ["pt", "pth", "safetensors", "legacy"])
 def test_checkpoint_num_classes_and_weights(kind, checkpoints, resnet18_7) -> None:
     path = checkpoints[kind]
     spec = resolve_model("resnet18", str(path))
@@ -371,6 +376,20 @@ def test_random_weights_with_labels_file(tmp_path) -> None:
     assert spec.num_classes == 3 and spec.labels == ("cat", "dog", "fish")
     model = build_model(spec)
     assert model.fc.out_features == 3
+
+
+def test_legacy_format_checkpoint_through_timm(tmp_path) -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=5).eval()
+    path = tmp_path / "legacy.pth"
+    torch.save(model.state_dict(), path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    spec = resolve_model("timm:resnet10t", str(path))
+    assert spec.num_classes == 5
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(build_model(spec)(x), model(x))
 
 
 # ---------------------------------------------------------------------------------------

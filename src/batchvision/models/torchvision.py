@@ -7,6 +7,7 @@ import difflib
 import logging
 import os
 import warnings
+import zipfile
 from collections.abc import Iterable, Mapping
 from enum import Enum
 from pathlib import Path
@@ -314,7 +315,10 @@ def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
 
             raw: Any = load_file(path)
         else:
-            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            # mmap reads only the zip format (torch >= 1.6); older files and those saved
+            # with _use_new_zipfile_serialization=False are read whole, as safely.
+            mmap = zipfile.is_zipfile(path)
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         raise ModelLoadError(f"cannot read checkpoint {path!r}: {e}") from e
     return _unwrap_state_dict(raw, path)
