@@ -190,32 +190,67 @@ def test_missing_output_is_one_line_exit_2(few_dir: Path, model_args: list[str])
     _assert_one_line_error(run_cli("run", str(few_dir), *model_args), "Missing option", "--output")
 
 
-def test_pretrained_weights_offline(
-    tmp_path: Path, few_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    try:
-        socket.getaddrinfo("download.pytorch.org", 443)
-    except OSError:
-        pass
-    else:
-        pytest.skip("this machine is online; the offline message cannot be tested")
-    hub = tmp_path / "torch_home"
-    hub.mkdir()
-    monkeypatch.setenv("TORCH_HOME", str(hub))
-    out = tmp_path / "out"
-    proc = run_cli("run", str(few_dir), "--model", "resnet18", "-o", str(out), timeout=120)
-    line = _assert_one_line_error(
-        proc,
-        "cannot download ResNet18_Weights.IMAGENET1K_V1",
+def _offline_env(tmp_path: Path, network: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty weight caches; ``refused``: every download goes to a proxy that refuses
+    connections (offline on any machine); ``none``: this machine's own network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    if network == "refused":
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            port = server.getsockname()[1]  # closed again at once: connections are refused
+        for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+
+
+OFFLINE_NEEDLES = {
+    "resnet18": [
+        "cannot download ResNet18_Weights.IMAGENET1K_V1: download.pytorch.org cannot be reached",
         "offline",
         "--weights PATH",
+        "--weights random",
         "resnet18-f37072fd.pth",
-        str(hub / "hub" / "checkpoints"),
         "torch hub cache",
-    )
-    assert "Traceback" not in line
+    ],
+    "timm:resnet18": [
+        "cannot download timm weights for 'resnet18': huggingface.co cannot be reached",
+        "offline",
+        "--weights PATH",
+        "--weights random",
+    ],
+    "hf:microsoft/resnet-50": [
+        "cannot load Hugging Face model 'microsoft/resnet-50': huggingface.co cannot be reached",
+        "offline",
+        "save_pretrained",
+        "hf:/that/folder",
+    ],
+}
+
+
+@pytest.mark.parametrize("network", ["refused", "none"])
+@pytest.mark.parametrize("model", list(OFFLINE_NEEDLES))
+def test_pretrained_weights_offline(
+    tmp_path: Path, few_dir: Path, model: str, network: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, every source says so in one line and exit 2, without the libraries' retries."""
+    if network == "none":
+        try:
+            socket.getaddrinfo("download.pytorch.org", 443)
+        except OSError:
+            pass
+        else:
+            pytest.skip("this machine is online; its own network cannot show the offline case")
+    _offline_env(tmp_path, network, monkeypatch)
+    out = tmp_path / "out"
+    # Bounded: before, timm and hf retried for 30-60 s, one log line per retry (twice each).
+    proc = run_cli("run", str(few_dir), "--model", model, "-o", str(out), timeout=90)
+    line = _assert_one_line_error(proc, *OFFLINE_NEEDLES[model])
+    if model == "resnet18":
+        assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in line
     assert not out.exists()
-    assert not list(hub.rglob("*.pth")), "a partial download was left in the hub cache"
+    assert not list(tmp_path.rglob("*.pth")), "a partial download was left in a cache"
 
 
 def test_manifest_row_without_path_is_an_error_row(

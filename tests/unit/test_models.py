@@ -16,6 +16,7 @@ import torchvision.models as tvm
 import batchvision
 from batchvision.config import PreprocessConfig, PreprocessOverrides, RunConfig
 from batchvision.errors import ConfigError, ModelLoadError
+from batchvision.models import hub
 from batchvision.models.registry import (
     build_model,
     list_models,
@@ -408,6 +409,7 @@ def test_offline_pretrained_download_is_model_load_error(monkeypatch, tmp_path) 
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setattr(torch.hub, "urlopen", offline)  # torch.hub binds its own name
+    monkeypatch.setattr(hub, "reachable", lambda url: True)  # the host answers, then fails
 
     spec = resolve_model("resnet18", "DEFAULT")  # resolving never downloads
     assert calls == []
@@ -422,6 +424,44 @@ def test_offline_pretrained_download_is_model_load_error(monkeypatch, tmp_path) 
     assert "name resolution" in msg
     with pytest.raises(ModelLoadError, match="--weights PATH"):
         build_model(spec)
+
+
+def test_unreachable_host_is_one_error_without_a_download(monkeypatch, tmp_path, capfd) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    calls = []
+    monkeypatch.setattr(torch.hub, "urlopen", lambda *a, **k: calls.append(a))
+    asked = []
+    monkeypatch.setattr(hub, "reachable", lambda url: asked.append(url) or False)
+    spec = resolve_model("resnet18", "DEFAULT")
+    with pytest.raises(ModelLoadError) as info:
+        load_state_dict(spec)
+    assert calls == [] and asked == [tvm.ResNet18_Weights.IMAGENET1K_V1.url]
+    msg = str(info.value)
+    assert "cannot download ResNet18_Weights.IMAGENET1K_V1: download.pytorch.org cannot be " in msg
+    assert "--weights PATH" in msg and "--weights random" in msg
+    assert str(tmp_path / "torch_home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in msg
+    assert capfd.readouterr().err == ""  # no "Downloading:" line
+
+
+def test_pretrained_weights_in_the_torch_hub_cache_need_no_network(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    weights = tvm.ResNet18_Weights.IMAGENET1K_V1
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints" / Path(weights.url).name
+    cache.parent.mkdir(parents=True)
+    torch.manual_seed(3)
+    model = tvm.resnet18(weights=None)
+    torch.save(model.state_dict(), cache)
+
+    def no_network(url: str) -> bool:
+        raise AssertionError(f"asked for {url} though the file is cached")
+
+    monkeypatch.setattr(hub, "reachable", no_network)
+    spec = resolve_model("resnet18", "DEFAULT")
+    state = load_state_dict(spec)
+    assert state is not None
+    torch.testing.assert_close(state["fc.weight"], model.state_dict()["fc.weight"])
 
 
 # ---------------------------------------------------------------------------------------
