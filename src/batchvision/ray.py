@@ -86,7 +86,7 @@ class DecodeOptions:
 
     preprocess: PreprocessConfig
     max_pixels: int = DEFAULT_MAX_PIXELS
-    draft: bool = True
+    draft: bool = False
     timings: bool = False
     #: How to reach ``s3://`` paths (endpoint, retries); ``None``: AWS defaults.
     storage: StorageOptions | None = None
@@ -124,7 +124,8 @@ class Decoder:
         model: a model name, e.g. ``resnet50``.
         weights: as ``--weights``.
         max_pixels: larger images are error rows (decided from the header).
-        draft: allow reduced-size JPEG decoding for large images.
+        draft: allow reduced-size JPEG decoding for large images (faster, not bit-true
+            to the reference; off by default).
         options: a ready :class:`DecodeOptions` (the engine's way in).
     """
 
@@ -135,7 +136,7 @@ class Decoder:
         model: str | None = None,
         weights: str = "DEFAULT",
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        draft: bool = True,
+        draft: bool = False,
         options: DecodeOptions | None = None,
     ) -> None:
         if options is None:
