@@ -139,6 +139,9 @@ def cache_first(
         miss = ConnectionError(f"{host(url)} is not reachable")
     if not reachable(url):
         raise offline(miss) from miss
-    logger.info("downloading from %s", host(url))
+    # Shown by default: the download may take minutes, with the libraries' bars silenced.
+    logger.warning(
+        "downloading pretrained weights from %s (once: later runs use the cache)", host(url)
+    )
     with quiet():
         return load()
