@@ -242,7 +242,12 @@ def _weights_location(timm: Any, arch: str) -> tuple[str, bool]:
 
         return constants.ENDPOINT, True
     url = str(cfg.get("url") or "")
-    return url, bool(url) and (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
+    if not url:
+        raise ConfigError(
+            f"timm has no pretrained weights for {arch!r}; pass --weights PATH to a local "
+            "checkpoint, or --weights random"
+        )
+    return url, (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
 
 
 def _first_line(e: BaseException) -> str:
