@@ -180,9 +180,11 @@ def cli() -> None:
 @click.option("--std", callback=_floats, default=None, help="Override std, e.g. 0.5,0.5,0.5.")
 @click.option(
     "--draft/--no-draft",
-    default=True,
+    default=False,
     show_default=True,
-    help="Decode large JPEGs at reduced size when the model input is much smaller.",
+    help="Decode JPEGs at least 4x the model's resize at reduced size (1/2, 1/4, 1/8), "
+    "then resize: faster on large photos, but scores move slightly (see "
+    "docs/benchmarks.md); off by default, so results match the model's reference code.",
 )
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
 @click.option(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
@@ -47,6 +48,19 @@ def _triple(name: str, value: tuple[float, ...]) -> tuple[float, float, float]:
     if len(value) != 3:
         raise ConfigError(f"{name} needs 3 values (R,G,B), got {len(value)}: {value}")
     return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def _mean_std(name: str, value: tuple[float, ...], *, positive: bool) -> tuple[float, float, float]:
+    """A normalisation triple: 3 finite numbers, and all > 0 for a std (NaN or inf would
+    turn every score into NaN, 0 would divide by zero)."""
+    triple = _triple(name, value)
+    if not all(math.isfinite(v) and (v > 0 or not positive) for v in triple):
+        valid = "finite numbers > 0" if positive else "finite numbers"
+        raise ConfigError(
+            f"{name} {','.join(f'{v:g}' for v in triple)} is not valid: give 3 {valid} "
+            "(R,G,B), e.g. " + ("0.229,0.224,0.225" if positive else "0.485,0.456,0.406")
+        )
+    return triple
 
 
 @dataclass(frozen=True)
@@ -97,10 +111,8 @@ class PreprocessConfig:
             )
         if not self.rescale_factor > 0:
             raise ConfigError(f"rescale factor must be > 0, got {self.rescale_factor}")
-        object.__setattr__(self, "mean", _triple("mean", self.mean))
-        object.__setattr__(self, "std", _triple("std", self.std))
-        if min(self.std) <= 0:
-            raise ConfigError(f"std values must be > 0, got {self.std}")
+        object.__setattr__(self, "mean", _mean_std("mean", self.mean, positive=False))
+        object.__setattr__(self, "std", _mean_std("std", self.std, positive=True))
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,13 @@ class PreprocessOverrides:
     interpolation: Interpolation | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        # Checked here, up front, so that a bad flag fails before any model is resolved.
+        if self.mean is not None:
+            object.__setattr__(self, "mean", _mean_std("--mean", self.mean, positive=False))
+        if self.std is not None:
+            object.__setattr__(self, "std", _mean_std("--std", self.std, positive=True))
 
     def apply(self, base: PreprocessConfig) -> PreprocessConfig:
         """The one place where flags override the weights' preprocessing."""
@@ -157,7 +176,8 @@ class RunConfig:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     max_error_rate: float = 0.1
     preprocess: PreprocessOverrides = field(default_factory=PreprocessOverrides)
-    draft: bool = True
+    #: Reduced-size JPEG decoding of large images: faster, not bit-true to the reference.
+    draft: bool = False
     channels_last: bool = True
     #: Where JPEGs are decoded and resized: ``cpu`` (worker processes), ``cuda`` (batched on
     #: the GPU, with per-image CPU fallback) or ``auto`` (cuda when the model runs on CUDA).

@@ -20,8 +20,9 @@ from batchvision.io import names
 #: Meaning of every output column, across tasks (a schema column missing here fails a test).
 COLUMNS: dict[str, str] = {
     "id": "Stable id: the path relative to the INPUT folder it came from (a file or "
-    "manifest entry: the path as given). Unique within an output. A local name that is "
-    "not valid UTF-8 is written in its `file:` form (see below).",
+    "manifest entry: the path as given; a manifest row without a path: `MANIFEST#row=N`, "
+    "rows counted from 1 without the header). Unique within an output. A local name that "
+    "is not valid UTF-8 is written in its `file:` form (see below).",
     "path": "Where the image was read from (local path or `s3://` URI); a local name that "
     "is not valid UTF-8 in its `file:` form (see below).",
     "status": "`ok` or `error`.",
@@ -105,6 +106,8 @@ RUN_FIELDS: dict[str, str] = {
 
 #: Error codes of error rows (the text before the colon of `error`).
 ERROR_CODES: dict[str, str] = {
+    "bad_manifest_row": "A .csv or .parquet manifest row whose `path` is empty or null "
+    "(its id is `MANIFEST#row=N`).",
     "not_found": "The file does not exist (or vanished after listing).",
     "unreadable": "The file exists but cannot be read (permissions, I/O error).",
     "not_a_file": "The path is not a regular file (a folder, FIFO, device or socket); it is "

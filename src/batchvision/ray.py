@@ -93,7 +93,7 @@ class DecodeOptions:
 
     preprocess: PreprocessConfig
     max_pixels: int = DEFAULT_MAX_PIXELS
-    draft: bool = True
+    draft: bool = False
     timings: bool = False
     #: How to reach ``s3://`` paths (endpoint, retries); ``None``: AWS defaults.
     storage: StorageOptions | None = None
@@ -135,7 +135,8 @@ class Decoder:
         model: a model name, e.g. ``resnet50``.
         weights: as ``--weights``.
         max_pixels: larger images are error rows (decided from the header).
-        draft: allow reduced-size JPEG decoding for large images.
+        draft: allow reduced-size JPEG decoding for large images (faster, not bit-true
+            to the reference; off by default).
         max_input_pixels: images whose resize would be larger are error rows (from the
             header; see ``--max-input-pixels``).
         max_file_bytes: larger files and objects are error rows (from their size, before
@@ -150,7 +151,7 @@ class Decoder:
         model: str | None = None,
         weights: str = "DEFAULT",
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        draft: bool = True,
+        draft: bool = False,
         options: DecodeOptions | None = None,
         max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,

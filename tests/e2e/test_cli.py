@@ -104,6 +104,11 @@ def _cuda(tmp: Path, few: Path, m: list[str]) -> tuple[list[str], list[str]]:
     return [str(few), *m, "--device", "cuda"], ["--device 'cuda'", "no CUDA GPU", "cpu", "auto"]
 
 
+def _nan_std(tmp: Path, few: Path, m: list[str]) -> tuple[list[str], list[str]]:
+    # Accepted before, it gave every image an ok row with NaN scores.
+    return [str(few), *m, "--std", "nan,nan,nan"], ["--std nan,nan,nan", "finite", "> 0"]
+
+
 def _resume_overwrite(tmp: Path, few: Path, m: list[str]) -> tuple[list[str], list[str]]:
     return [str(few), *m, "--resume", "--overwrite"], ["--resume", "--overwrite"]
 
@@ -112,6 +117,21 @@ def _csv_without_path(tmp: Path, few: Path, m: list[str]) -> tuple[list[str], li
     manifest = tmp / "list.csv"
     manifest.write_text("file,label\ngood_0.jpg,cat\n")
     return [str(manifest), *m], [repr(str(manifest)), "no 'path' column", "'file'", "'label'"]
+
+
+def _parquet_int_paths(tmp: Path, few: Path, m: list[str]) -> tuple[list[str], list[str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = tmp / "list.parquet"
+    pq.write_table(pa.table({"path": pa.array([1, 2], pa.int64())}), manifest)
+    return [str(manifest), *m], [repr(str(manifest)), "'path' column of int64", "text (string)"]
+
+
+def _empty_manifest(tmp: Path, few: Path, m: list[str]) -> tuple[list[str], list[str]]:
+    manifest = tmp / "list.csv"
+    manifest.write_text("path,label\n")
+    return [str(manifest), *m], [repr(str(manifest)), "lists no images"]
 
 
 def _duplicate_ids(tmp: Path, few: Path, m: list[str]) -> tuple[list[str], list[str]]:
@@ -130,9 +150,12 @@ CASES: dict[str, Case] = {
     "zero_batch_size": _zero_batch,
     "top_k_too_big": _top_k_too_big,
     "cuda_without_gpu": _cuda,
+    "nan_std": _nan_std,
     "resume_with_overwrite": _resume_overwrite,
     "csv_manifest_without_path": _csv_without_path,
     "duplicate_ids": _duplicate_ids,
+    "parquet_manifest_int_paths": _parquet_int_paths,
+    "empty_manifest": _empty_manifest,
 }
 
 
@@ -169,32 +192,88 @@ def test_missing_output_is_one_line_exit_2(few_dir: Path, model_args: list[str])
     _assert_one_line_error(run_cli("run", str(few_dir), *model_args), "Missing option", "--output")
 
 
-def test_pretrained_weights_offline(
-    tmp_path: Path, few_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    try:
-        socket.getaddrinfo("download.pytorch.org", 443)
-    except OSError:
-        pass
-    else:
-        pytest.skip("this machine is online; the offline message cannot be tested")
-    hub = tmp_path / "torch_home"
-    hub.mkdir()
-    monkeypatch.setenv("TORCH_HOME", str(hub))
-    out = tmp_path / "out"
-    proc = run_cli("run", str(few_dir), "--model", "resnet18", "-o", str(out), timeout=120)
-    line = _assert_one_line_error(
-        proc,
-        "cannot download ResNet18_Weights.IMAGENET1K_V1",
+def _offline_env(tmp_path: Path, network: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty weight caches; ``refused``: every download goes to a proxy that refuses
+    connections (offline on any machine); ``none``: this machine's own network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    if network == "refused":
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            port = server.getsockname()[1]  # closed again at once: connections are refused
+        for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+
+
+OFFLINE_NEEDLES = {
+    "resnet18": [
+        "cannot download ResNet18_Weights.IMAGENET1K_V1: download.pytorch.org cannot be reached",
         "offline",
         "--weights PATH",
+        "--weights random",
         "resnet18-f37072fd.pth",
-        str(hub / "hub" / "checkpoints"),
         "torch hub cache",
-    )
-    assert "Traceback" not in line
+    ],
+    "timm:resnet18": [
+        "cannot download timm weights for 'resnet18': huggingface.co cannot be reached",
+        "offline",
+        "--weights PATH",
+        "--weights random",
+    ],
+    "hf:microsoft/resnet-50": [
+        "cannot load Hugging Face model 'microsoft/resnet-50': huggingface.co cannot be reached",
+        "offline",
+        "save_pretrained",
+        "hf:/that/folder",
+    ],
+}
+
+
+@pytest.mark.parametrize("network", ["refused", "none"])
+@pytest.mark.parametrize("model", list(OFFLINE_NEEDLES))
+def test_pretrained_weights_offline(
+    tmp_path: Path, few_dir: Path, model: str, network: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, every source says so in one line and exit 2, without the libraries' retries."""
+    if network == "none":
+        try:
+            socket.getaddrinfo("download.pytorch.org", 443)
+        except OSError:
+            pass
+        else:
+            pytest.skip("this machine is online; its own network cannot show the offline case")
+    _offline_env(tmp_path, network, monkeypatch)
+    out = tmp_path / "out"
+    # Bounded: before, timm and hf retried for 30-60 s, one log line per retry (twice each).
+    proc = run_cli("run", str(few_dir), "--model", model, "-o", str(out), timeout=90)
+    line = _assert_one_line_error(proc, *OFFLINE_NEEDLES[model])
+    if model == "resnet18":
+        assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in line
     assert not out.exists()
-    assert not list(hub.rglob("*.pth")), "a partial download was left in the hub cache"
+    assert not list(tmp_path.rglob("*.pth")), "a partial download was left in a cache"
+
+
+def test_manifest_row_without_path_is_an_error_row(
+    tmp_path: Path, few_dir: Path, model_args: list[str]
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = tmp_path / "list.parquet"
+    paths = [str(few_dir / "good_0.jpg"), None, str(few_dir / "good_1.jpg")]
+    pq.write_table(pa.table({"path": pa.array(paths, pa.string())}), manifest)
+    out = tmp_path / "out"
+    args = [*model_args, *SMALL, "--workers", "0", "--max-error-rate", "0.5", "--quiet"]
+    proc = run_cli("run", str(manifest), *args, "-o", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(out)
+    assert sorted(rows) == sorted([paths[0], paths[2], f"{manifest}#row=2"])
+    bad = rows[f"{manifest}#row=2"]
+    assert bad["status"] == "error" and bad["path"] == ""
+    assert bad["error"] == "bad_manifest_row: this manifest row has no path (empty or null)"
+    assert rows[paths[0]]["status"] == rows[paths[2]]["status"] == "ok"
 
 
 # --- listing and help ----------------------------------------------------------------------

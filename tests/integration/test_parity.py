@@ -35,8 +35,8 @@ from batchvision.demo import synth
 NUM_CLASSES = 1000
 PASS_MEAN = 0.99  # mean centred cosine a correct pipeline must reach
 FAIL_MEAN = 0.90  # a wrong pipeline must stay below this
-LARGE = (2000, 1500)  # big enough that draft JPEG decoding (1/4 scale) engages
-DRAFT_MIN_SIDE = 512  # below this shorter side, no 1/2 draft scale keeps 256 px: no draft
+LARGE = (2000, 1500)  # big enough that draft JPEG decoding (1/2 scale) engages
+DRAFT_MIN_SIDE = 1024  # below this shorter side, no 1/2 draft scale keeps 2 x 256 px
 ORIENTATION = 0x0112
 
 

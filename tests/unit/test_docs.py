@@ -32,7 +32,7 @@ def test_cli_reference_covers_every_option() -> None:
                 assert f"`{opt}`" in text, opt
     assert "| `--sample` | integer >= 0 | `200` |" in text
     assert "| `--max-error-rate` | number in [0, 1] | `0.1` |" in text
-    assert "| `--draft`, `--no-draft` | flag | `--draft` |" in text
+    assert "| `--draft`, `--no-draft` | flag | `--no-draft` |" in text
 
 
 def test_every_schema_column_is_described(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torchvision.models as tvm
 import batchvision
 from batchvision.config import PreprocessConfig, PreprocessOverrides, RunConfig
 from batchvision.errors import ConfigError, ModelLoadError
+from batchvision.models import hub
 from batchvision.models.registry import (
     build_model,
     list_models,
@@ -200,7 +202,7 @@ def resnet18_7() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def checkpoints(resnet18_7, tmp_path_factory) -> dict[str, Path]:
-    """The same 7-class resnet18 saved three ways."""
+    """The same 7-class resnet18 saved four ways."""
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("ckpts")
@@ -209,15 +211,19 @@ def checkpoints(resnet18_7, tmp_path_factory) -> dict[str, Path]:
         "pt": root / "plain.pt",
         "pth": root / "wrapped.pth",
         "safetensors": root / "model.safetensors",
+        "legacy": root / "legacy.pth",  # PyTorch's pre-1.6 format, which mmap cannot read
     }
     torch.save(state, paths["pt"])
     wrapped = {"module." + k: v for k, v in state.items()}
     torch.save({"epoch": 3, "state_dict": wrapped, "optimizer": {"lr": 0.1}}, paths["pth"])
+    torch.save(
+        {"epoch": 3, "state_dict": wrapped}, paths["legacy"], _use_new_zipfile_serialization=False
+    )
     save_file({k: v.contiguous() for k, v in state.items()}, str(paths["safetensors"]))
     return paths
 
 
-@pytest.mark.parametrize("kind", ["pt", "pth", "safetensors"])
+@pytest.mark.parametrize("kind", ["pt", "pth", "safetensors", "legacy"])
 def test_checkpoint_num_classes_and_weights(kind, checkpoints, resnet18_7) -> None:
     path = checkpoints[kind]
     spec = resolve_model("resnet18", str(path))
@@ -373,6 +379,20 @@ def test_random_weights_with_labels_file(tmp_path) -> None:
     assert model.fc.out_features == 3
 
 
+def test_legacy_format_checkpoint_through_timm(tmp_path) -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=5).eval()
+    path = tmp_path / "legacy.pth"
+    torch.save(model.state_dict(), path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    spec = resolve_model("timm:resnet10t", str(path))
+    assert spec.num_classes == 5
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(build_model(spec)(x), model(x))
+
+
 # ---------------------------------------------------------------------------------------
 # Offline: a pretrained download that cannot happen
 
@@ -389,6 +409,7 @@ def test_offline_pretrained_download_is_model_load_error(monkeypatch, tmp_path) 
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setattr(torch.hub, "urlopen", offline)  # torch.hub binds its own name
+    monkeypatch.setattr(hub, "reachable", lambda url: True)  # the host answers, then fails
 
     spec = resolve_model("resnet18", "DEFAULT")  # resolving never downloads
     assert calls == []
@@ -403,6 +424,44 @@ def test_offline_pretrained_download_is_model_load_error(monkeypatch, tmp_path) 
     assert "name resolution" in msg
     with pytest.raises(ModelLoadError, match="--weights PATH"):
         build_model(spec)
+
+
+def test_unreachable_host_is_one_error_without_a_download(monkeypatch, tmp_path, capfd) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    calls = []
+    monkeypatch.setattr(torch.hub, "urlopen", lambda *a, **k: calls.append(a))
+    asked = []
+    monkeypatch.setattr(hub, "reachable", lambda url: asked.append(url) or False)
+    spec = resolve_model("resnet18", "DEFAULT")
+    with pytest.raises(ModelLoadError) as info:
+        load_state_dict(spec)
+    assert calls == [] and asked == [tvm.ResNet18_Weights.IMAGENET1K_V1.url]
+    msg = str(info.value)
+    assert "cannot download ResNet18_Weights.IMAGENET1K_V1: download.pytorch.org cannot be " in msg
+    assert "--weights PATH" in msg and "--weights random" in msg
+    assert str(tmp_path / "torch_home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in msg
+    assert capfd.readouterr().err == ""  # no "Downloading:" line
+
+
+def test_pretrained_weights_in_the_torch_hub_cache_need_no_network(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    weights = tvm.ResNet18_Weights.IMAGENET1K_V1
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints" / Path(weights.url).name
+    cache.parent.mkdir(parents=True)
+    torch.manual_seed(3)
+    model = tvm.resnet18(weights=None)
+    torch.save(model.state_dict(), cache)
+
+    def no_network(url: str) -> bool:
+        raise AssertionError(f"asked for {url} though the file is cached")
+
+    monkeypatch.setattr(hub, "reachable", no_network)
+    spec = resolve_model("resnet18", "DEFAULT")
+    state = load_state_dict(spec)
+    assert state is not None
+    torch.testing.assert_close(state["fc.weight"], model.state_dict()["fc.weight"])
 
 
 # ---------------------------------------------------------------------------------------

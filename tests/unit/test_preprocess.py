@@ -118,7 +118,7 @@ def test_resized_size_matches_torchvision(w: int, h: int, rs: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("resize", "crop", "floor"), [(256, (224, 224), (256, 256)), (32, (48, 40), (48, 48))]
+    ("resize", "crop", "floor"), [(256, (224, 224), (512, 512)), (32, (48, 40), (96, 96))]
 )
 def test_draft_floor(resize: int, crop: tuple[int, int], floor: tuple[int, int]) -> None:
     assert draft_floor(PreprocessConfig(resize_size=resize, crop_size=crop)) == floor
@@ -136,6 +136,35 @@ def test_draft_decode_is_reduced_and_close_to_full_decode() -> None:
     a = resize_crop(drafted.image, cfg).astype(np.int16)
     b = resize_crop(full.image, cfg).astype(np.int16)
     assert np.abs(a - b).mean() < 3
+
+
+@pytest.mark.parametrize(
+    ("size", "orientation", "mode"),
+    [
+        ((3007, 2000), None, "shorter_crop"),  # 1/2 scale rounds 1503.5 up to 1504
+        ((2000, 3007), None, "shorter_crop"),
+        # Drafted, then turned upright by EXIF: the partial last pixel lands left or on top.
+        *(((4099, 2050), o, "shorter_crop") for o in range(2, 9)),
+        ((3007, 2000), None, "shorter"),  # no crop: the whole image, its size kept
+        ((3007, 2000), None, "squash_crop"),
+    ],
+)
+def test_draft_keeps_the_full_image_geometry(size, orientation, mode) -> None:
+    """A drafted image is resized and cropped as the full image would be: same output size,
+    same crop window. Before, the layout was computed on the drafted size, whose rounding
+    moved the crop (up to 44 grey levels off on real photos)."""
+    cfg = PreprocessConfig(resize_mode=mode)
+    data = oi.large_jpeg(*size, orientation=orientation)
+    drafted = decode_image(data, max_pixels=10**8, min_size=draft_floor(cfg))
+    full = decode_image(data, max_pixels=10**8)
+    assert drafted.image.size != full.image.size  # the draft did engage
+    upright = (full.width, full.height)
+    a, _, w, h = preprocess.decode_one(data, cfg, max_pixels=10**8, min_size=draft_floor(cfg))
+    b = resize_crop(full.image, cfg)
+    assert a is not None and (w, h) == upright
+    assert a.shape == b.shape
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert diff.mean() < 0.5, diff.mean()  # DCT scaling's own small difference, no shift
 
 
 def test_decode_batch_draft_on_and_off_agree() -> None:

@@ -6,6 +6,7 @@ import csv
 import logging
 import os
 import pickle
+import re
 import socket
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -256,9 +257,12 @@ def test_csv_manifest_path_column(tmp_path: Path) -> None:
         w = csv.writer(f)
         w.writerow(["label", "path", "note"])
         w.writerows([["cat", "a.jpg", ""], ["dog", "", "no path"], ["x", "b, with comma.png", "q"]])
-    items = list(iter_inputs([str(tmp_path / "m.csv")]))
-    assert [i.id for i in items] == ["a.jpg", "b, with comma.png"]
-    assert items[1].path == str(tmp_path / "b, with comma.png")
+    spec = str(tmp_path / "m.csv")
+    items = list(iter_inputs([spec]))
+    # The row without a path keeps its place, as an error row to be (see read_batch).
+    assert [i.id for i in items] == ["a.jpg", f"{spec}#row=2", "b, with comma.png"]
+    assert items[1].path == ""
+    assert items[2].path == str(tmp_path / "b, with comma.png")
 
 
 def test_csv_manifest_without_path_column_names_the_columns(tmp_path: Path) -> None:
@@ -313,8 +317,71 @@ def test_parquet_manifest(tmp_path: Path) -> None:
     items = list(iter_inputs([spec]))
     assert [(i.id, i.path) for i in items] == [
         ("x.jpg", str(tmp_path / "x.jpg")),
+        (f"{spec}#row=2", ""),  # a null path: an error row, not a silently dropped one
         ("/abs/y.png", "/abs/y.png"),
     ]
+
+
+def test_manifest_rows_without_a_path_become_error_rows(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"jpeg")
+    table = pa.table({"path": ["a.jpg", None, "", "a.jpg"]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    spec = str(tmp_path / "m.parquet")
+    out = read_batch(items_to_batch(list(iter_inputs([spec]))))
+    assert list(out["id"]) == ["a.jpg", f"{spec}#row=2", f"{spec}#row=3", "a.jpg"]
+    assert list(out["bytes"][[0, 3]]) == [b"jpeg", b"jpeg"]
+    for i in (1, 2):
+        assert out["bytes"][i] is None
+        assert out["error"][i] == "bad_manifest_row: this manifest row has no path (empty or null)"
+    assert duplicate_ids([spec]) == (4, ["a.jpg"])  # the bad rows' ids are distinct
+
+
+@pytest.mark.parametrize("kind", [pa.int64(), pa.float64(), pa.binary(), pa.list_(pa.string())])
+def test_parquet_manifest_path_column_of_another_type(tmp_path: Path, kind: pa.DataType) -> None:
+    values = {
+        "int64": [1, 2],
+        "double": [1.0, 2.0],
+        "binary": [b"a.jpg", b"b.jpg"],
+    }.get(str(kind), [["a.jpg"], ["b.jpg"]])
+    pq.write_table(pa.table({"path": pa.array(values, kind)}), tmp_path / "m.parquet")
+    spec = str(tmp_path / "m.parquet")
+    with pytest.raises(ConfigError) as info:
+        check_inputs([spec])
+    msg = str(info.value)
+    stored = pq.read_schema(spec).field("path").type  # as Parquet gives it back
+    assert f"manifest {spec!r} has a 'path' column of {stored} values" in msg
+    assert "must hold text (string)" in msg
+
+
+@pytest.mark.parametrize(
+    "kind", [pa.string(), pa.large_string(), pa.dictionary(pa.int8(), pa.string())]
+)
+def test_parquet_manifest_path_column_of_any_text_type(tmp_path: Path, kind: pa.DataType) -> None:
+    pq.write_table(
+        pa.table({"path": pa.array(["a.jpg", "b.jpg"]).cast(kind)}), tmp_path / "m.parquet"
+    )
+    spec = str(tmp_path / "m.parquet")
+    assert check_inputs([spec]) == ["manifest"]
+    assert _ids([spec]) == ["a.jpg", "b.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("m.txt", b""),
+        ("m.txt", b"# only comments\n\n   \n"),
+        ("m.csv", b"path,label\n"),
+        ("m.parquet", None),
+    ],
+)
+def test_manifest_without_rows_is_a_config_error(tmp_path: Path, name: str, content) -> None:
+    spec = str(tmp_path / name)
+    if content is None:
+        pq.write_table(pa.table({"path": pa.array([], pa.string())}), spec)
+    else:
+        Path(spec).write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"^manifest {re.escape(repr(spec))} lists no images"):
+        check_inputs([spec])
 
 
 def test_parquet_manifest_without_path_column(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ class DecodeDataset(Dataset[dict[str, Any]]):
         self,
         preprocess: PreprocessConfig,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        draft: bool = True,
+        draft: bool = False,
         storage_options: StorageOptions | None = None,
         decode: bool = True,
         *,

@@ -29,6 +29,7 @@ from batchvision.io import names, storage
 from batchvision.io.storage import StorageOptions
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
@@ -352,19 +353,56 @@ def _parquet_file(path: str, options: StorageOptions) -> pq.ParquetFile:
 
 
 def _check_manifest_columns(path: str, options: StorageOptions) -> None:
+    """The manifest has a ``path`` column of text and at least one row, read up front."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".csv":
         with _open_text(path, options) as f:
-            header = next(csv.reader(f), [])
-        if "path" not in header:
-            raise ConfigError(f"manifest {path!r} has no 'path' column (columns: {header})")
+            reader = csv.reader(f)
+            header = next(reader, [])
+            if "path" not in header:
+                raise ConfigError(f"manifest {path!r} has no 'path' column (columns: {header})")
+            empty = next(reader, None) is None
     elif ext == ".parquet":
-        names = _parquet_file(path, options).schema_arrow.names
-        if "path" not in names:
-            raise ConfigError(f"manifest {path!r} has no 'path' column (columns: {names})")
+        pf = _parquet_file(path, options)
+        schema = pf.schema_arrow
+        if "path" not in schema.names:
+            raise ConfigError(f"manifest {path!r} has no 'path' column (columns: {schema.names})")
+        kind = schema.field("path").type
+        if not _is_text(kind):
+            raise ConfigError(
+                f"manifest {path!r} has a 'path' column of {kind} values; it must hold "
+                "text (string): file paths or s3:// URIs"
+            )
+        empty = pf.metadata.num_rows == 0
+    else:
+        empty = next(_manifest_paths(path, options), None) is None
+    if empty:
+        # An empty list is most likely a mistake upstream (a failed export, a wrong file).
+        raise ConfigError(
+            f"manifest {path!r} lists no images (no rows); give a manifest with at least one path"
+        )
 
 
-def _manifest_paths(path: str, options: StorageOptions) -> Iterator[str]:
+def _is_text(kind: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return bool(
+        pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+    )
+
+
+def bad_row_id(manifest: str, row: int) -> str:
+    """The id of a manifest row without a path: ``MANIFEST#row=N``, rows counted from 1
+    (a CSV's header not counted), ``MANIFEST`` as given on the command line."""
+    return f"{manifest}#row={row}"
+
+
+def _manifest_paths(path: str, options: StorageOptions) -> Iterator[str | None]:
+    """The ``path`` of every row; ``None`` for a CSV or Parquet row without one (empty or
+    null), which must become an error row, not vanish. Blank and ``#`` lines of a .txt
+    manifest are not rows."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".txt":
         with _open_text(path, options) as f:
@@ -375,12 +413,11 @@ def _manifest_paths(path: str, options: StorageOptions) -> Iterator[str]:
     elif ext == ".csv":
         with _open_text(path, options) as f:
             for row in csv.DictReader(f):
-                if row.get("path"):
-                    yield row["path"]
+                yield row.get("path") or None
     else:
         pf = _parquet_file(path, options)
         for rb in pf.iter_batches(columns=["path"], batch_size=65_536):
-            yield from (p for p in rb.column(0).to_pylist() if p)
+            yield from (p or None for p in rb.column(0).to_pylist())
 
 
 def _manifest(path: str, options: StorageOptions) -> Iterator[InputItem]:
@@ -402,8 +439,9 @@ def _manifest(path: str, options: StorageOptions) -> Iterator[InputItem]:
             return p if os.path.isabs(p) or storage.is_uri(p) else os.path.join(base, p)
 
     try:
-        for p in _manifest_paths(path, options):
-            yield InputItem(id=p, path=resolve(p))
+        for row, p in enumerate(_manifest_paths(path, options), start=1):
+            # A row without a path keeps its place as an error row (see read_bytes).
+            yield InputItem(id=p, path=resolve(p)) if p else InputItem(bad_row_id(path, row), "")
     except (UnicodeDecodeError, csv.Error) as e:  # found past the header: a bad line
         raise ConfigError(f"manifest {path!r} cannot be read: {e}") from e
 
@@ -462,9 +500,12 @@ def read_bytes(
     Raises:
         ReadError: ``not_found``, ``unreadable``, ``not_a_file`` or ``too_large`` (an S3
             read that still failed after ``max_attempts`` tries is ``unreadable``, with
-            the last error).
+            the last error); ``bad_manifest_row`` for the empty path of a manifest row
+            that has none.
         StorageAuthError: S3 refused the credentials; this stops the run.
     """
+    if not path:
+        raise ReadError("bad_manifest_row", "this manifest row has no path (empty or null)")
     os_path = names.to_os(path)
     if os_path == path and storage.is_uri(path):
         return _read_object(path, storage_options or StorageOptions(), max_bytes)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
 from batchvision.config import Interpolation, PreprocessConfig, PreprocessOverrides
 from batchvision.errors import ConfigError, ModelLoadError
+from batchvision.models import hub
 from batchvision.models.registry import ModelInfo, register_source
 from batchvision.models.spec import ModelSpec, Task
 
@@ -28,6 +30,7 @@ _HEADS = {"classify": "image-classification", "segment": "semantic-segmentation"
 # ConvNeXT-style processors resize to shortest_edge / crop_pct and crop below this size.
 _CROP_PCT_BELOW = 384
 _HF_WEIGHTS = ("DEFAULT", "random")
+_T = TypeVar("_T")
 
 
 def require_transformers() -> Any:
@@ -71,9 +74,15 @@ class HuggingFaceSource:
                 f"--weights {weights!r} is not valid for hf: models; choose DEFAULT (the "
                 "model's own weights) or random"
             )
-        try:
+
+        def configs() -> tuple[Any, dict[str, Any]]:
             config = tf.AutoConfig.from_pretrained(arch)
-            processor = tf.AutoImageProcessor.from_pretrained(arch).to_dict()
+            return config, tf.AutoImageProcessor.from_pretrained(arch).to_dict()
+
+        try:
+            config, processor = _from_hub(arch, configs, ConfigError)
+        except ConfigError:
+            raise
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot load Hugging Face model {arch!r}: {_first_line(e)}") from e
         tasks = _tasks(config)
@@ -107,7 +116,7 @@ class HuggingFaceSource:
         tf = require_transformers()
         auto = _auto_class(tf, spec.tasks[0])
         try:
-            model = auto.from_pretrained(spec.arch)
+            model = _from_hub(spec.arch, lambda: auto.from_pretrained(spec.arch), ModelLoadError)
         except (OSError, ValueError) as e:
             raise ModelLoadError(
                 f"cannot load the weights of {spec.arch!r}: {_first_line(e)}; this machine may "
@@ -181,6 +190,27 @@ class HFTaskModel(torch.nn.Module):
 
 
 register_source(HuggingFaceSource())
+
+
+def _from_hub(
+    arch: str, load: Callable[[], _T], error: type[ConfigError] | type[ModelLoadError]
+) -> _T:
+    """``load()`` from a local folder, or from the hub cache, or once from the hub when it
+    answers; offline and not cached, ``error`` in one line saying what to do."""
+    if os.path.isdir(arch):
+        return load()
+    from huggingface_hub import constants
+
+    def offline(e: BaseException) -> Exception:
+        return error(
+            f"cannot load Hugging Face model {arch!r}: {hub.host(constants.ENDPOINT)} cannot "
+            f"be reached (this machine may be offline) and the model is not in the local "
+            f"cache ({constants.HF_HUB_CACHE}). Fix: on a connected machine, save it with "
+            "save_pretrained (model and image processor) and pass hf:/that/folder, or fill "
+            "that cache (HF_HUB_CACHE)"
+        )
+
+    return hub.cache_first(load, url=constants.ENDPOINT, offline=offline)
 
 
 def _skip_init(tf: Any, skip: bool) -> contextlib.AbstractContextManager[Any]:

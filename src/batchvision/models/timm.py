@@ -15,6 +15,7 @@ import torch
 
 from batchvision.config import Interpolation, PreprocessConfig, PreprocessOverrides
 from batchvision.errors import ConfigError, ModelLoadError
+from batchvision.models import hub
 from batchvision.models.registry import ModelInfo, register_source
 from batchvision.models.spec import ModelSpec, Task, WeightsKind
 
@@ -112,12 +113,31 @@ class TimmSource:
 
             return read_checkpoint(spec.weights)
         timm = require_timm()
+        url, cached = _weights_location(timm, spec.arch)
+        fix = (
+            "pass --weights PATH to a local checkpoint (.pth/.safetensors), or --weights "
+            "random (meaningless predictions, for testing only)"
+        )
+
+        def offline(e: BaseException) -> ModelLoadError:
+            return ModelLoadError(
+                f"cannot download timm weights for {spec.arch!r}: {hub.host(url)} cannot be "
+                "reached (this machine may be offline) and they are not in the local cache; " + fix
+            )
+
         try:
-            model = timm.create_model(spec.arch, pretrained=True)
+            model = hub.cache_first(
+                lambda: timm.create_model(spec.arch, pretrained=True),
+                url=url,
+                offline=offline,
+                cached=cached,
+            )
+        except ModelLoadError:
+            raise
         except Exception as e:
             raise ModelLoadError(
-                f"cannot download timm weights for {spec.arch!r} ({type(e).__name__}); this "
-                "machine may be offline: pass --weights PATH to a local checkpoint"
+                f"cannot download timm weights for {spec.arch!r} ({type(e).__name__}: "
+                f"{_first_line(e)}); this machine may be offline: {fix}"
             ) from e
         return model.state_dict()
 
@@ -210,6 +230,29 @@ def _labels(timm: Any, model: torch.nn.Module, num_classes: int) -> tuple[str, .
         if len(names) == num_classes:
             return tuple(str(n) for n in names)
     return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def _weights_location(timm: Any, arch: str) -> tuple[str, bool]:
+    """Where timm downloads ``arch``'s weights from, and whether a cache-only load can be
+    tried first (hub downloads can; plain URLs only when torch hub has the file)."""
+    with torch.device("meta"):
+        cfg = timm.create_model(arch, pretrained=False).pretrained_cfg
+    if cfg.get("hf_hub_id"):
+        from huggingface_hub import constants
+
+        return constants.ENDPOINT, True
+    url = str(cfg.get("url") or "")
+    if not url:
+        raise ConfigError(
+            f"timm has no pretrained weights for {arch!r}; pass --weights PATH to a local "
+            "checkpoint, or --weights random"
+        )
+    return url, (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else type(e).__name__
 
 
 def _checkpoint_num_classes(timm: Any, arch: str, path: str) -> int:

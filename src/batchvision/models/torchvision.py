@@ -7,6 +7,7 @@ import difflib
 import logging
 import os
 import warnings
+import zipfile
 from collections.abc import Iterable, Mapping
 from enum import Enum
 from pathlib import Path
@@ -18,6 +19,7 @@ from torchvision.models import WeightsEnum
 
 from batchvision.config import Interpolation, PreprocessConfig, PreprocessOverrides
 from batchvision.errors import ConfigError, ModelLoadError
+from batchvision.models import hub
 from batchvision.models.registry import ModelInfo, register_source
 from batchvision.models.spec import ModelSpec, Task, WeightsKind
 
@@ -314,7 +316,10 @@ def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
 
             raw: Any = load_file(path)
         else:
-            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            # mmap reads only the zip format (torch >= 1.6); older files and those saved
+            # with _use_new_zipfile_serialization=False are read whole, as safely.
+            mmap = zipfile.is_zipfile(path)
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         raise ModelLoadError(f"cannot read checkpoint {path!r}: {e}") from e
     return _unwrap_state_dict(raw, path)
@@ -454,14 +459,35 @@ def _load_into(
 
 
 def _download_pretrained(arch: str, weights: WeightsEnum) -> torch.nn.Module:
+    """The pretrained model: from the torch hub cache, else downloaded once if the host
+    answers; offline, one line saying how to supply the weights."""
+    name = Path(weights.url).name
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / name
+    fix = (
+        "Fix: pass --weights PATH to a local checkpoint, --weights random (meaningless "
+        f"predictions, for testing only), or put the file {name} at {cache} (the torch hub "
+        "cache)"
+    )
+
+    def offline(e: BaseException) -> ModelLoadError:
+        return ModelLoadError(
+            f"cannot download {_qualname(weights)}: {hub.host(weights.url)} cannot be reached "
+            f"(this machine may be offline) and the torch hub cache has no copy. {fix}"
+        )
+
     try:
-        return tvm.get_model(arch, weights=weights)
+        return hub.cache_first(
+            lambda: tvm.get_model(arch, weights=weights),
+            url=weights.url,
+            offline=offline,
+            cached=cache.is_file(),
+        )
+    except ModelLoadError:
+        raise
     except Exception as e:
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise ModelLoadError(
             f"cannot download {_qualname(weights)} ({type(e).__name__}: {_short(e)}); "
-            f"this machine may be offline. Fix: pass --weights PATH to a local checkpoint, "
-            f"or put the file {Path(weights.url).name} at {cache} (the torch hub cache)"
+            f"this machine may be offline. {fix}"
         ) from e
 
 

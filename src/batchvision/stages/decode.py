@@ -21,6 +21,9 @@ from batchvision.errors import RowError
 _ORIENTATION = ExifTags.Base.Orientation
 # EXIF orientations 5-8 swap width and height.
 _TRANSPOSED = frozenset({5, 6, 7, 8})
+# EXIF orientations whose display mirrors the stored x (left-right) or y axis.
+_FLIPS_X = frozenset({2, 3, 6, 7})
+_FLIPS_Y = frozenset({3, 4, 7, 8})
 # JPEG, and MPO (multi-picture JPEG, common from phone cameras) decode through libjpeg.
 _DRAFTABLE = frozenset({"JPEG", "MPO"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -40,6 +43,11 @@ class Decoded:
     image: Image.Image
     width: int
     height: int
+    #: After a reduced-size (draft) decode: where the full image lies in ``image``'s pixel
+    #: coordinates, ``(left, top, right, bottom)``. DCT scaling rounds each side up to
+    #: whole pixels, so the last pixel covers part of the image only, and an EXIF rotation
+    #: can move that partial pixel to the left or top. ``None``: decoded at full size.
+    region: tuple[float, float, float, float] | None = None
 
 
 def decode_image(
@@ -87,11 +95,25 @@ def decode_image(
         img.load()
         if orientation not in (None, 1):
             img = ImageOps.exif_transpose(img)
-        return Decoded(image=to_rgb(img), width=full_w, height=full_h)
+        region = None
+        if img.size != (full_w, full_h):
+            region = _draft_region(img.size, (full_w, full_h), orientation)
+        return Decoded(image=to_rgb(img), width=full_w, height=full_h, region=region)
     except DecodeError:
         raise
     except _DECODE_FAILURES as e:
         raise _classify(e) from e
+
+
+def _draft_region(
+    size: tuple[int, int], full: tuple[int, int], orientation: int | None
+) -> tuple[float, float, float, float]:
+    """The full image's extent in a drafted image of ``size`` (both upright)."""
+    (dw, dh), (w, h) = size, full
+    scale = next((s for s in (2, 4, 8) if -(-w // s) == dw), w / dw)
+    left = (dw * scale - w) / scale if orientation in _FLIPS_X else 0.0
+    top = (dh * scale - h) / scale if orientation in _FLIPS_Y else 0.0
+    return (left, top, left + w / scale, top + h / scale)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:

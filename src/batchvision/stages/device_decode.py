@@ -145,7 +145,7 @@ def decode_batch_device(
     device: torch.device,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    draft: bool = True,
+    draft: bool = False,
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
 ) -> dict[str, np.ndarray | torch.Tensor]:
     """``decode_batch``'s output, with ``image`` as a uint8 NHWC tensor on ``device``.
