@@ -15,14 +15,22 @@ import torch
 
 from batchvision import __version__
 from batchvision.config import PreprocessConfig, RunConfig
-from batchvision.engines.base import EngineResult, Job, ProgressCallback, get_engine
+from batchvision.engines.base import (
+    Engine,
+    EngineResult,
+    Job,
+    ProgressCallback,
+    get_engine,
+)
 from batchvision.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_TERMINATED,
     EXIT_TOO_MANY_ERRORS,
     ConfigError,
     OutputDirError,
 )
+from batchvision.interrupts import sigterm_interrupts
 from batchvision.io import sinks, sources
 from batchvision.models.registry import load_state_dict, resolve_model
 from batchvision.models.spec import ModelSpec
@@ -48,6 +56,8 @@ class Summary:
     device: str = ""
     precision: str = ""
     skipped_examples: list[str] = field(default_factory=list)
+    #: Interrupted by SIGTERM (exit 143) rather than Ctrl-C (exit 130).
+    terminated: bool = False
 
     @property
     def processed(self) -> int:
@@ -64,7 +74,7 @@ class Summary:
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return EXIT_INTERRUPTED
+            return EXIT_TERMINATED if self.terminated else EXIT_INTERRUPTED
         if self.error_rate > self.max_error_rate:
             return EXIT_TOO_MANY_ERRORS
         return EXIT_OK
@@ -74,13 +84,30 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     """Run ``config`` to completion and return its summary.
 
     Everything that can be checked is checked before the output folder is touched: inputs,
-    duplicate ids, model name, weights (downloaded or read here, once) and options.
+    duplicate ids, model name, weights (downloaded or read here, once), options, and that
+    the engine's cluster can be reached.
+
+    On the main thread, SIGTERM stops the run as Ctrl-C does (completed rows written, the
+    run marked interrupted, ``exit_code`` 143) while it runs; the process's own SIGTERM
+    handler is put back afterwards.
 
     Raises:
         BatchvisionError: (exit code 2) for anything the user must fix.
     """
     start = time.perf_counter()
-    engine = get_engine(config.engine)  # e.g. a missing optional dependency: fail first
+    with sigterm_interrupts() as sigterm:
+        engine = get_engine(config.engine)  # e.g. a missing optional dependency: fail first
+        try:
+            summary = _run(config, progress, engine, start)
+        finally:
+            engine.close()
+    summary.terminated = sigterm.received
+    return summary
+
+
+def _run(
+    config: RunConfig, progress: ProgressCallback | None, engine: Engine, start: float
+) -> Summary:
     storage = config.storage
     kinds = sources.check_inputs(config.inputs, storage)
     known_total = _check_duplicates(config, kinds)
@@ -106,6 +133,7 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     before = sinks.read_manifest(config.output, storage) if reusing else None
     # Every refusal comes before any deletion, in either folder.
     _prepare_mask_dir(config, before, check_only=True)
+    engine.connect(config)  # an unreachable cluster fails here, the output untouched
     sinks.prepare_output_dir(
         config.output,
         resume=config.resume,

@@ -29,6 +29,8 @@ DECODE_DEVICES: tuple[str, ...] = get_args(DecodeDevice)
 
 #: Pillow's own warning threshold for decompression bombs.
 DEFAULT_MAX_PIXELS = 89_478_485
+#: Seconds ``--ray-address`` may take to answer (``--ray-connect-timeout``).
+DEFAULT_RAY_CONNECT_TIMEOUT = 30.0
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -173,6 +175,9 @@ class RunConfig:
     mask_dir: str | None = None
     #: Ray engine only. ``None``: RAY_ADDRESS, else a local instance; or ``auto``, ``ray://h:p``.
     ray_address: str | None = None
+    #: Ray engine only: seconds to reach ``ray_address`` before giving up (``None``:
+    #: ``DEFAULT_RAY_CONNECT_TIMEOUT``).
+    ray_connect_timeout: float | None = None
     #: Ray engine only: predictor actors, ``(n, n)`` fixed or ``(min, max)`` autoscaling.
     concurrency: tuple[int, int] | None = None
     #: Ray engine only: GPUs per predictor actor (``None``: 1 where the cluster has GPUs).
@@ -237,6 +242,7 @@ class RunConfig:
             flag
             for flag, value in (
                 ("--ray-address", self.ray_address),
+                ("--ray-connect-timeout", self.ray_connect_timeout),
                 ("--concurrency", self.concurrency),
                 ("--num-gpus", self.num_gpus),
                 ("--num-cpus", self.num_cpus),
@@ -269,6 +275,10 @@ class RunConfig:
                 raise ConfigError(f"{flag} must be >= 0, got {value}")
         if self.num_cpus == 0 and self.num_gpus == 0:
             raise ConfigError("--num-cpus 0 with --num-gpus 0 gives the predictor no resources")
+        if self.ray_connect_timeout is not None and not self.ray_connect_timeout > 0:
+            raise ConfigError(
+                f"--ray-connect-timeout must be > 0 seconds, got {self.ray_connect_timeout}"
+            )
         if self.ray_address is not None and not self.ray_address.strip():
             raise ConfigError("--ray-address is empty; give auto, HOST:PORT or ray://HOST:PORT")
 

@@ -7,7 +7,10 @@ Exit codes (documented in the README):
        folder, or object storage refusing the credentials (checked up front, and also
        raised if it happens mid-run)
     3  the run finished and wrote everything, but too many images failed (--max-error-rate)
-    130 interrupted (Ctrl-C); completed rows are written and the run can be resumed
+    130 interrupted (Ctrl-C, or SIGINT from a scheduler or script); completed rows are
+        written and the run can be resumed
+    143 terminated (SIGTERM, what schedulers send first); as 130: completed rows are
+        written and the run can be resumed
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_TOO_MANY_ERRORS = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class BatchvisionError(Exception):
