@@ -12,7 +12,6 @@ engine's commits them as atomic part files. Nothing relies on order.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import itertools
 import logging
 import os
@@ -152,11 +151,14 @@ def check_reachable(address: str, timeout: float) -> None:
     from this machine's running instance, and fails at once when there is none.
     """
     client = address.startswith("ray://")
-    if client and importlib.util.find_spec("grpc") is None:
-        raise ConfigError(
-            f"--ray-address {address!r} needs Ray Client, which is not installed: "
-            "pip install 'ray[client]'"
-        )
+    if client:
+        try:
+            import grpc  # noqa: F401 - what ray[client] adds to Ray
+        except ImportError as e:
+            raise ConfigError(
+                f"--ray-address {address!r} needs Ray Client, which is not installed: "
+                "pip install 'ray[client]'"
+            ) from e
     hostport = address.removeprefix("ray://")
     if not client and hostport in ("auto", "local"):
         return
