@@ -164,21 +164,24 @@ def test_kill_9_driver_then_resume(
     assert f"already done {len(first)}" in done.stdout
 
 
-N_LISTED = 20_000
+N_LISTED = 4_000
 
 
 @pytest.fixture(scope="module")
 def long_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A text manifest of 20,000 inputs: 4 real images, the rest missing files (error rows,
-    cheap): long enough that a run ignoring a signal would still be going for minutes."""
+    """A text manifest of 4,000 images (links to 4 small JPEGs): long enough that a run
+    ignoring a signal would go on well after it; the model's work, not the driver's
+    writing, takes most of the time, as in a real run."""
     root = tmp_path_factory.mktemp("long_manifest")
     rng = np.random.default_rng(8)
+    (root / "base").mkdir()
+    (root / "img").mkdir()
+    for i in range(4):
+        synth.photo_like(rng, (96, 96)).save(root / "base" / f"b{i}.jpg", "JPEG", quality=85)
     lines = []
     for i in range(N_LISTED):
-        name = f"real/im_{i}.jpg" if i < 4 else f"missing/m_{i:05d}.jpg"
-        if i < 4:
-            (root / "real").mkdir(exist_ok=True)
-            synth.photo_like(rng, (96, 96)).save(root / name, "JPEG", quality=85)
+        name = f"img/im_{i:05d}.jpg"
+        (root / name).symlink_to(root / "base" / f"b{i % 4}.jpg")
         lines.append(name)
     (root / "inputs.txt").write_text("\n".join(lines) + "\n")
     return root / "inputs.txt"
@@ -231,8 +234,6 @@ def test_a_signal_to_the_driver_alone_stops_the_run(
         "16",
         "--part-rows",
         "16",
-        "--max-error-rate",
-        "1",
     ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
