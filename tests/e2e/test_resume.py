@@ -205,14 +205,16 @@ def test_ctrl_c_writes_rows_and_prints_resume_command(
 
 
 @pytest.mark.parametrize(
-    ("signum", "sigint_ignored", "code"),
+    ("signum", "sigint_ignored", "group", "code"),
     [
-        # What Slurm and Kubernetes send first, to the main process only.
-        (signal.SIGTERM, False, 143),
+        # What Kubernetes sends first, to the main process only.
+        (signal.SIGTERM, False, False, 143),
+        # What Slurm sends first, to every process of the job, workers included.
+        (signal.SIGTERM, False, True, 143),
         # A scheduler's or wrapper's ``kill -INT`` to a run it started in the background.
-        (signal.SIGINT, True, 130),
+        (signal.SIGINT, True, False, 130),
     ],
-    ids=["sigterm", "sigint-started-ignored"],
+    ids=["sigterm", "sigterm-to-all", "sigint-started-ignored"],
 )
 def test_signal_to_the_main_process_writes_rows_and_prints_resume_command(
     many_dir: Path,
@@ -220,13 +222,17 @@ def test_signal_to_the_main_process_writes_rows_and_prints_resume_command(
     tmp_path: Path,
     signum: int,
     sigint_ignored: bool,
+    group: bool,
     code: int,
 ) -> None:
     out = tmp_path / "out"
     proc = _start(_args(many_dir, out, tiny_checkpoint), sigint_ignored=sigint_ignored)
     _wait_for_parts(proc, out, 1)
     workers = descendants(proc.pid)
-    os.kill(proc.pid, signum)  # the main process alone, not its workers
+    if group:
+        os.killpg(proc.pid, signum)
+    else:
+        os.kill(proc.pid, signum)  # the main process alone, not its workers
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, (stdout, stderr)
     assert "Traceback" not in stdout + stderr
