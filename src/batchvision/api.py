@@ -13,10 +13,12 @@ from batchvision.engines.base import Engine, Job, ProgressCallback, get_engine
 from batchvision.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_TERMINATED,
     EXIT_TOO_MANY_ERRORS,
     ConfigError,
     OutputWriteError,
 )
+from batchvision.interrupts import sigterm_interrupts
 from batchvision.io import outdir, outlock, sinks, sources
 from batchvision.models.registry import load_state_dict, resolve_model
 from batchvision.models.spec import ModelSpec
@@ -42,6 +44,8 @@ class Summary:
     device: str = ""
     precision: str = ""
     skipped_examples: list[str] = field(default_factory=list)
+    #: Interrupted by SIGTERM (exit 143) rather than Ctrl-C (exit 130).
+    terminated: bool = False
 
     @property
     def processed(self) -> int:
@@ -58,7 +62,7 @@ class Summary:
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return EXIT_INTERRUPTED
+            return EXIT_TERMINATED if self.terminated else EXIT_INTERRUPTED
         if self.error_rate > self.max_error_rate:
             return EXIT_TOO_MANY_ERRORS
         return EXIT_OK
@@ -68,14 +72,31 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     """Run ``config`` to completion and return its summary.
 
     Everything that can be checked is checked before the output folder is touched: inputs,
-    duplicate ids, model name, weights (downloaded or read here, once) and options.
+    duplicate ids, model name, weights (downloaded or read here, once), options, and that
+    the engine's cluster can be reached.
+
+    On the main thread, SIGTERM stops the run as Ctrl-C does (completed rows written, the
+    run marked interrupted, ``exit_code`` 143) while it runs; the process's own SIGTERM
+    handler is put back afterwards.
 
     Raises:
         BatchvisionError: (exit code 2) for anything the user must fix; OutputWriteError
             (exit code 4) when writing the output fails mid-run (e.g. a full disk).
     """
     start = time.perf_counter()
-    engine = get_engine(config.engine)  # e.g. a missing optional dependency: fail first
+    with sigterm_interrupts() as sigterm:
+        engine = get_engine(config.engine)  # e.g. a missing optional dependency: fail first
+        try:
+            summary = _run(config, progress, engine, start)
+        finally:
+            engine.close()
+    summary.terminated = sigterm.received
+    return summary
+
+
+def _run(
+    config: RunConfig, progress: ProgressCallback | None, engine: Engine, start: float
+) -> Summary:
     storage = config.storage
     kinds = sources.check_inputs(config.inputs, storage)
     known_total = _check_duplicates(config, kinds)
@@ -97,6 +118,7 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
         )
     state_dict = load_state_dict(spec)
 
+    engine.connect(config)  # an unreachable cluster fails here, the output untouched
     run_id = sinks.new_run_id()
     # One writer at a time: the lock comes before any look at the folder, and is held until
     # the manifest's last write (released on any exit, Ctrl-C included).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import signal
 import sys
 from typing import Any
 
@@ -14,13 +15,20 @@ from batchvision.config import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_INPUT_PIXELS,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_RAY_CONNECT_TIMEOUT,
     ENGINES,
     INTERPOLATIONS,
     OUTPUT_FORMATS,
     PRECISIONS,
     TASKS,
 )
-from batchvision.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, BatchvisionError
+from batchvision.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    BatchvisionError,
+)
 
 logger = logging.getLogger("batchvision")
 
@@ -247,6 +255,14 @@ def cli() -> None:
     "[default: RAY_ADDRESS, else a local Ray instance].",
 )
 @click.option(
+    "--ray-connect-timeout",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="--engine ray: how long to try reaching --ray-address before exit 2 "
+    f"[default: {DEFAULT_RAY_CONNECT_TIMEOUT:g}].",
+)
+@click.option(
     "--concurrency",
     default=None,
     metavar="N|MIN,MAX",
@@ -304,6 +320,8 @@ def run_cmd(inputs: tuple[str, ...], quiet: bool, verbose: bool, **opts: Any) ->
         display.close()
     click.echo(format_summary(summary))
     if summary.interrupted:
+        if summary.terminated:
+            click.echo("terminated (SIGTERM): completed rows are written")
         click.echo(f"interrupted; to finish, run:\n  {resume_command(sys.argv)}")
     elif summary.exit_code:
         click.echo(
@@ -573,10 +591,25 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
+def _honour_sigint() -> None:
+    """Stop on SIGINT even when started with it ignored.
+
+    A shell without job control (a script, ``cmd &``) starts background jobs with SIGINT
+    ignored, and Python keeps it so: a scheduler's or wrapper's ``kill -INT`` would then be
+    ignored for the whole run. A batch run stops cleanly and can be resumed, so honour it.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: every user error is one line on stderr and exit code 2."""
+    from batchvision.interrupts import Terminated, sigterm_interrupts
+
+    _honour_sigint()
     try:
-        rc = cli.main(args=argv, prog_name="batchvision", standalone_mode=False)
+        with sigterm_interrupts():
+            rc = cli.main(args=argv, prog_name="batchvision", standalone_mode=False)
     except click.UsageError as e:
         hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
         click.echo(f"batchvision: error: {e.format_message()}{hint}", err=True)
@@ -587,7 +620,11 @@ def main(argv: list[str] | None = None) -> None:
     except BatchvisionError as e:
         click.echo(f"batchvision: error: {e}", err=True)
         sys.exit(e.exit_code)
-    except (KeyboardInterrupt, click.Abort):
+    except (KeyboardInterrupt, click.Abort) as e:
+        # click turns an interrupt while it prompts or parses into Abort, from the interrupt.
+        if isinstance(e, Terminated) or isinstance(e.__cause__, Terminated):
+            click.echo("batchvision: terminated (SIGTERM)", err=True)
+            sys.exit(EXIT_TERMINATED)
         click.echo("batchvision: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except Exception:

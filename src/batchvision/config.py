@@ -37,6 +37,8 @@ DEFAULT_MAX_PIXELS = 178_956_970
 #: can get near it: a 4:3 photo resized to 520 is 0.36 megapixels, a 15:1 panorama 4.1;
 #: a 1x65000 strip would be 17,576 megapixels (and its logits 21 classes x 4 bytes each).
 DEFAULT_MAX_INPUT_PIXELS = 4_194_304
+#: Seconds ``--ray-address`` may take to answer (``--ray-connect-timeout``).
+DEFAULT_RAY_CONNECT_TIMEOUT = 30.0
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -204,6 +206,9 @@ class RunConfig:
     mask_dir: str | None = None
     #: Ray engine only. ``None``: RAY_ADDRESS, else a local instance; or ``auto``, ``ray://h:p``.
     ray_address: str | None = None
+    #: Ray engine only: seconds to reach ``ray_address`` before giving up (``None``:
+    #: ``DEFAULT_RAY_CONNECT_TIMEOUT``).
+    ray_connect_timeout: float | None = None
     #: Ray engine only: predictor actors, ``(n, n)`` fixed or ``(min, max)`` autoscaling.
     concurrency: tuple[int, int] | None = None
     #: Ray engine only: GPUs per predictor actor (``None``: 1 where the cluster has GPUs).
@@ -270,6 +275,7 @@ class RunConfig:
             flag
             for flag, value in (
                 ("--ray-address", self.ray_address),
+                ("--ray-connect-timeout", self.ray_connect_timeout),
                 ("--concurrency", self.concurrency),
                 ("--num-gpus", self.num_gpus),
                 ("--num-cpus", self.num_cpus),
@@ -302,6 +308,10 @@ class RunConfig:
                 raise ConfigError(f"{flag} must be >= 0, got {value}")
         if self.num_cpus == 0 and self.num_gpus == 0:
             raise ConfigError("--num-cpus 0 with --num-gpus 0 gives the predictor no resources")
+        if self.ray_connect_timeout is not None and not self.ray_connect_timeout > 0:
+            raise ConfigError(
+                f"--ray-connect-timeout must be > 0 seconds, got {self.ray_connect_timeout}"
+            )
         if self.ray_address is not None and not self.ray_address.strip():
             raise ConfigError("--ray-address is empty; give auto, HOST:PORT or ray://HOST:PORT")
 

@@ -221,7 +221,7 @@ def cli_reference() -> str:
     lines += [
         "Exit codes (every command): 0 ok; 1 internal error; 2 bad usage (one line on stderr: "
         "`batchvision: error: ...`); 3 `run` finished but more than `--max-error-rate` of the "
-        "images failed; 130 interrupted.",
+        "images failed; 130 interrupted (Ctrl-C, SIGINT); 143 terminated (SIGTERM).",
         "",
     ]
     return "\n".join(lines)

@@ -10,7 +10,10 @@ Exit codes (documented in the README):
     4  writing the output failed mid-run (disk full, storage refusing writes): the parts
        written before are complete, the manifest says "failed"; fix the cause, then run
        the same command with --resume
-    130 interrupted (Ctrl-C); completed rows are written and the run can be resumed
+    130 interrupted (Ctrl-C, or SIGINT from a scheduler or script); completed rows are
+        written and the run can be resumed
+    143 terminated (SIGTERM, what schedulers send first); as 130: completed rows are
+        written and the run can be resumed
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ EXIT_USAGE = 2
 EXIT_TOO_MANY_ERRORS = 3
 EXIT_OUTPUT_FAILED = 4
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class BatchvisionError(Exception):

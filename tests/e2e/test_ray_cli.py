@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import pytest
 from batchvision.cli import main
 from batchvision.demo import synth
 from tests.conftest import run_cli
+from tests.processes import descendants, survivors, title
 
 N_IMAGES = 96
 WAIT_S = 120.0
@@ -80,36 +83,6 @@ def many_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _descendants(root: int) -> set[int]:
-    """Every process below ``root`` (from /proc), e.g. a local Ray instance's processes."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _parts(out: Path) -> list[Path]:
     return sorted(out.glob("part-*.parquet"))
 
@@ -154,30 +127,28 @@ def test_kill_9_driver_then_resume(
         stderr=subprocess.PIPE,
     )
     tree: set[int] = set()
+    titles: list[str] = []
     try:
         deadline = time.monotonic() + WAIT_S
         while len(_parts(out)) < 2:
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
             assert time.monotonic() < deadline, "no part file written in time"
             time.sleep(0.05)
-        tree = _descendants(proc.pid)
+        tree = descendants(proc.pid)  # its local Ray instance: GCS, raylet, agents, workers
+        titles = [title(p) for p in tree]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
-        # The dead driver's Ray instance (GCS, raylet, workers) must not outlive the test.
-        tree |= _descendants(proc.pid) if proc.poll() is None else set()
-        for pid in [proc.pid, *tree]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # failed before the kill: leave nothing behind
+            tree = descendants(proc.pid)
+            proc.kill()
+            proc.wait()
+            survivors(tree, within=0)
         if proc.stderr:
             proc.stderr.close()
-    assert tree, "the driver started no Ray processes?"
-    deadline = time.monotonic() + 20
-    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [p for p in tree if _alive(p)]
+    assert any("raylet" in t for t in titles), "the driver started no Ray instance?"
+    # Nothing here kills them: they must end by themselves (the survivors are killed after).
+    assert not survivors(tree, within=30), "the killed driver's Ray processes live on"
 
     first = _ids(out)
     assert 0 < len(first) < N_IMAGES, "the driver was killed mid-run"
@@ -191,3 +162,165 @@ def test_kill_9_driver_then_resume(
     expected = {p.relative_to(many_dir).as_posix() for p in many_dir.rglob("*.jpg")}
     assert set(ids) == expected
     assert f"already done {len(first)}" in done.stdout
+
+
+N_LISTED = 4_000
+
+
+@pytest.fixture(scope="module")
+def long_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A text manifest of 4,000 images (links to 4 small JPEGs): long enough that a run
+    ignoring a signal would go on well after it; the model's work, not the driver's
+    writing, takes most of the time, as in a real run."""
+    root = tmp_path_factory.mktemp("long_manifest")
+    rng = np.random.default_rng(8)
+    (root / "base").mkdir()
+    (root / "img").mkdir()
+    for i in range(4):
+        synth.photo_like(rng, (96, 96)).save(root / "base" / f"b{i}.jpg", "JPEG", quality=85)
+    lines = []
+    for i in range(N_LISTED):
+        name = f"img/im_{i:05d}.jpg"
+        (root / name).symlink_to(root / "base" / f"b{i % 4}.jpg")
+        lines.append(name)
+    (root / "inputs.txt").write_text("\n".join(lines) + "\n")
+    return root / "inputs.txt"
+
+
+def _ignore_sigint() -> None:
+    # What a shell without job control gives a background job (a wrapper script's
+    # ``batchvision ... &``): SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["sigterm", "sigint"]
+)
+def test_a_signal_to_the_driver_alone_stops_the_run(
+    long_manifest: Path,
+    tiny_checkpoint: tuple[Path, Path],
+    tmp_path: Path,
+    signum: int,
+    code: int,
+) -> None:
+    """As a scheduler or a wrapper script sends it: to the driver process only, which was
+    started with SIGINT ignored (a background job of a script). It stops within seconds,
+    writes the completed rows, ends its Ray instance and prints the command that resumes."""
+    ckpt, labels = tiny_checkpoint
+    out = tmp_path / "out"
+    args = [
+        "run",
+        str(long_manifest),
+        "-m",
+        "mobilenet_v3_small",
+        "-w",
+        str(ckpt),
+        "--labels",
+        str(labels),
+        "--resize-size",
+        "64",
+        "--crop-size",
+        "64",
+        "-o",
+        str(out),
+        "--engine",
+        "ray",
+        "-b",
+        "16",
+        "--part-rows",
+        "16",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchvision", *args, "-q"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ignore_sigint if signum == signal.SIGINT else _default_sigint,
+    )
+    tree: set[int] = set()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not _parts(out):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no part file written in time"
+            time.sleep(0.05)
+        tree = descendants(proc.pid)
+        os.kill(proc.pid, signum)
+        stdout, stderr = proc.communicate(timeout=60)  # not the minutes the rest would take
+    finally:
+        if proc.poll() is None:
+            tree |= descendants(proc.pid)
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code, (stdout, stderr)
+    assert "Traceback" not in stdout + stderr
+    assert not survivors(tree, within=30), "the driver's Ray processes outlived it"
+
+    written = _ids(out)
+    # Ray itself may print a "(raylet) Task ... failed" line about the actors it ended.
+    summary = re.search(r"^(\d+) images in ", stdout, re.MULTILINE)
+    assert summary, stdout
+    processed = int(summary.group(1))
+    assert 0 < processed < N_LISTED
+    assert len(written) == len(set(written)) == processed  # every completed row is written
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert manifest["runs"][-1]["rows_written"] == processed
+    lines = stdout.splitlines()
+    command = shlex.split(lines[lines.index("interrupted; to finish, run:") + 1])
+    assert command[1:] == [*args, "-q", "--resume"]
+
+    # The local engine finishes the rest sooner on 2 cores; resuming works across engines.
+    command[command.index("--engine") + 1] = "local"
+    done = run_cli(*command[1:], timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert f"already done {processed}" in done.stdout
+    ids = _ids(out)
+    assert len(ids) == len(set(ids)) == N_LISTED
+    assert set(ids) == set(long_manifest.read_text().split())
+
+
+def test_an_unreachable_cluster_fails_in_one_line_before_the_output_exists(
+    many_dir: Path, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
+) -> None:
+    ckpt, labels = tiny_checkpoint
+    out = tmp_path / "out"
+    args = ["run", str(many_dir), "-m", "mobilenet_v3_small", "-w", str(ckpt)]
+    args += ["--labels", str(labels), "-o", str(out), "--engine", "ray", "-q"]
+    done = run_cli(*args, "--ray-address", "127.0.0.1:1", "--ray-connect-timeout", "5", timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("batchvision: error: --ray-address '127.0.0.1:1': no Ray ")
+    assert "within 5 s" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # no retries printed
+    assert not out.exists(), "the output folder was touched"
+
+
+def test_ray_client_without_its_package_gives_the_install_command(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    many_dir: Path,
+    tiny_checkpoint: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    ckpt, labels = tiny_checkpoint
+    out = tmp_path / "out"
+    monkeypatch.setitem(sys.modules, "grpc", None)  # import grpc -> ImportError
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    args = ["run", str(many_dir), "-m", "mobilenet_v3_small", "-w", str(ckpt)]
+    args += ["--labels", str(labels), "-o", str(out), "--engine", "ray"]
+    code, err = _cli(capsys, *args, "--ray-address", "ray://127.0.0.1:1")
+    assert code == 2
+    assert err.strip() == (
+        "batchvision: error: --ray-address 'ray://127.0.0.1:1' needs Ray Client, which is "
+        "not installed: pip install 'ray[client]'"
+    )
+    assert not out.exists()

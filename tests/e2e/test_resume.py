@@ -20,6 +20,7 @@ import batchvision
 from batchvision import PreprocessOverrides, RunConfig
 from batchvision.demo import synth
 from tests.conftest import run_cli
+from tests.processes import descendants, survivors
 
 N_IMAGES = 120
 WAIT_S = 90.0
@@ -83,7 +84,13 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _start(args: list[str]) -> subprocess.Popen[str]:
+def _ignore_sigint() -> None:
+    # What a shell without job control gives a background job (``batchvision ... &`` in a
+    # script, or a wrapper that starts it so): SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _start(args: list[str], sigint_ignored: bool = False) -> subprocess.Popen[str]:
     """``python -m batchvision ARGS`` in its own process group (like a terminal job)."""
     return subprocess.Popen(
         [sys.executable, "-m", "batchvision", *args],
@@ -92,7 +99,7 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         start_new_session=True,
-        preexec_fn=_default_sigint,
+        preexec_fn=_ignore_sigint if sigint_ignored else _default_sigint,
     )
 
 
@@ -195,6 +202,83 @@ def test_ctrl_c_writes_rows_and_prints_resume_command(
         "interrupted",
         "complete",
     ]
+
+
+@pytest.mark.parametrize(
+    ("signum", "sigint_ignored", "group", "code"),
+    [
+        # What Kubernetes sends first, to the main process only.
+        (signal.SIGTERM, False, False, 143),
+        # What Slurm sends first, to every process of the job, workers included.
+        (signal.SIGTERM, False, True, 143),
+        # A scheduler's or wrapper's ``kill -INT`` to a run it started in the background.
+        (signal.SIGINT, True, False, 130),
+    ],
+    ids=["sigterm", "sigterm-to-all", "sigint-started-ignored"],
+)
+def test_signal_to_the_main_process_writes_rows_and_prints_resume_command(
+    many_dir: Path,
+    tiny_checkpoint: tuple[Path, Path],
+    tmp_path: Path,
+    signum: int,
+    sigint_ignored: bool,
+    group: bool,
+    code: int,
+) -> None:
+    out = tmp_path / "out"
+    proc = _start(_args(many_dir, out, tiny_checkpoint), sigint_ignored=sigint_ignored)
+    _wait_for_parts(proc, out, 1)
+    workers = descendants(proc.pid)
+    if group:
+        os.killpg(proc.pid, signum)
+    else:
+        os.kill(proc.pid, signum)  # the main process alone, not its workers
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, (stdout, stderr)
+    assert "Traceback" not in stdout + stderr
+    assert not survivors(workers, within=20), "decode workers outlived the run"
+
+    written = _visible_ids(out)
+    processed = int(stdout.split(" images in ", 1)[0])
+    assert 1 <= processed < N_IMAGES
+    assert len(written) == len(set(written)) == processed  # every completed row is written
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert manifest["runs"][-1]["rows_written"] == processed
+    lines = stdout.splitlines()
+    command = shlex.split(lines[lines.index("interrupted; to finish, run:") + 1])
+    assert command[1:-1] == _args(many_dir, out, tiny_checkpoint)
+
+    resumed = run_cli(*command[1:], "-q", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"already done {processed}" in resumed.stdout
+    _assert_complete(out, _expected_ids(many_dir))
+
+
+def test_kill_9_of_the_main_process_ends_its_workers(
+    tiny_checkpoint: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # Batches of a few large JPEGs: a worker's batch of file bytes is more than a pipe
+    # holds, so with nobody left to read it the worker blocks in writing it, and a worker
+    # that only checked on its parent between batches would stay forever.
+    src = tmp_path / "large"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(60):
+        synth.photo_like(rng, (640, 480)).save(src / f"im_{i:02d}.jpg", "JPEG", quality=95)
+    out = tmp_path / "out"
+    args = _args(src, out, tiny_checkpoint)
+    args[args.index("--workers") + 1] = "2"
+    args[args.index("-b") + 1] = "4"
+    proc = _start(args)
+    _wait_for_parts(proc, out, 1)
+    workers = descendants(proc.pid)
+    assert len(workers) >= 2, "no decode workers to watch"
+    os.kill(proc.pid, signal.SIGKILL)  # the main process alone, as the OOM killer does
+    proc.wait(timeout=30)
+    left = survivors(workers, within=20)
+    proc.communicate(timeout=30)  # orphaned workers would hold its output pipes open
+    assert not left, "decode workers outlived the killed run"
 
 
 def test_resume_with_nothing_left(

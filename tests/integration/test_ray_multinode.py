@@ -15,8 +15,10 @@ import pytest
 import batchvision
 from batchvision.config import RunConfig
 from batchvision.demo import synth
+from tests.processes import descendants, title
 
 ray = pytest.importorskip("ray")
+from ray._private import ray_constants  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 N_IMAGES = 80
@@ -67,16 +69,30 @@ def test_worker_node_removed_mid_run(
     out = tmp_path / "out"
     removed: dict[str, Any] = {}
 
+    def model_at_work() -> tuple[Any, list[str]] | None:
+        """The worker node whose predictor actor is running a batch now, and its processes'
+        titles (Ray titles a worker ``ray::Class.method`` while it runs a method)."""
+        for node in workers:
+            raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+            titles = [title(p) for p in descendants(raylet)]
+            if any("Predictor" in t and ")." in t for t in titles):
+                return node, titles
+        return None
+
     def remove_once_rows_are_written() -> None:
         deadline = time.monotonic() + 120
-        while not list(out.glob("part-*.parquet")):
-            if time.monotonic() > deadline:
-                return
+        while time.monotonic() < deadline:
+            found = model_at_work() if list(out.glob("part-*.parquet")) else None
+            if found is not None:
+                break
             time.sleep(0.05)
+        else:
+            return
+        node, removed["titles"] = found
         removed["rows_before"] = len(
             pads.dataset(str(out), format="parquet").to_table(columns=["id"])
         )
-        c.remove_node(workers[0])
+        c.remove_node(node)
         removed["at"] = time.monotonic()
 
     remover = threading.Thread(target=remove_once_rows_are_written, daemon=True)
@@ -101,6 +117,8 @@ def test_worker_node_removed_mid_run(
 
     assert "at" in removed and removed["at"] < finished, "the node went before the run ended"
     assert 0 < removed["rows_before"] < N_IMAGES
+    # The node went with work at stake: the model's actor, in the middle of a batch.
+    assert any("Predictor" in t and ")." in t for t in removed["titles"]), removed["titles"]
     assert sum(1 for n in ray.nodes() if n["Alive"]) == 2  # head + the surviving worker
     ids = pads.dataset(str(out), format="parquet").to_table(columns=["id"])["id"].to_pylist()
     assert len(ids) == N_IMAGES and set(ids) == {f"im_{i:03d}.jpg" for i in range(N_IMAGES)}

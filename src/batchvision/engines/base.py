@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -109,33 +106,20 @@ class RunStats:
         )
 
 
-@contextlib.contextmanager
-def defer_sigint() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, so the rows of a batch are written and counted together.
-
-    Without it, an interrupt between committing a part and resetting the buffer writes those
-    rows twice, and one between writing and counting under-reports the run in its summary.
-    """
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is None  # a handler set outside Python: leave it
-    ):
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-
-
 class Engine(ABC):
     """Runs a Job's stages somewhere: this process and its workers, or a cluster."""
 
     name: str
+
+    def connect(self, config: RunConfig) -> None:  # noqa: B027 - optional: most need none
+        """Reach where the stages will run (e.g. a cluster), before the output is touched.
+
+        Raises:
+            BatchvisionError: when it cannot be reached, so the run stops with one line.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional, as connect
+        """Let go of what :meth:`connect` started."""
 
     @abstractmethod
     def run(self, job: Job) -> EngineResult:

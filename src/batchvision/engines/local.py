@@ -18,6 +18,8 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,13 +36,15 @@ from batchvision.config import (
     PreprocessConfig,
     RunConfig,
 )
-from batchvision.engines.base import Engine, EngineResult, Job, RunStats, defer_sigint
+from batchvision.engines.base import Engine, EngineResult, Job, RunStats
 from batchvision.engines.prefetch import prefetch_to_device
 from batchvision.errors import ConfigError, StorageAuthError
+from batchvision.interrupts import defer_interrupts
 from batchvision.io.sinks import batch_to_table
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
 from batchvision.io.storage import StorageOptions
 from batchvision.memory import HeapTrimmer
+from batchvision.orphans import die_with_parent
 from batchvision.stages.device_decode import decode_batch_device
 from batchvision.stages.postprocess import postprocess_batch
 from batchvision.stages.predict import PredictOptions, Predictor
@@ -119,6 +123,15 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def _worker_init(parent: int, worker_id: int) -> None:
+    """A decode worker ends with the run's process, however that ends (even ``kill -9``).
+
+    SIGTERM is left to that process: it stops the run and then ends the workers itself.
+    """
+    die_with_parent(parent)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def decode_target(setting: DecodeDevice, model_device: torch.device) -> torch.device | None:
     """The device JPEGs are decoded on, or ``None`` for the CPU worker processes."""
     if setting == "cpu" or (setting == "auto" and model_device.type != "cuda"):
@@ -174,6 +187,7 @@ class LocalEngine(Engine):
             pin_memory=predictor.device.type == "cuda",
             collate_fn=_identity,
             in_order=False,
+            worker_init_fn=functools.partial(_worker_init, os.getpid()),
         )
         result.device, result.precision, result.workers = (
             str(predictor.device),
@@ -224,7 +238,7 @@ class LocalEngine(Engine):
                     seconds["decode"] += t_infer - t1
                 labelled = postprocess_batch(predictor(batch), job.spec)
                 t2 = time.perf_counter()
-                with defer_sigint():  # a batch is written and counted, or neither
+                with defer_interrupts():  # a batch is written and counted, or neither
                     job.writer.add(batch_to_table(labelled))
                     t3 = time.perf_counter()
                     seconds["wait"] += t1 - t0

@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,10 +24,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from batchvision.config import RunConfig
-from batchvision.engines.base import Engine, EngineResult, Job, RunStats, defer_sigint
+from batchvision.config import DEFAULT_RAY_CONNECT_TIMEOUT, RunConfig
+from batchvision.engines.base import Engine, EngineResult, Job, RunStats
 from batchvision.errors import ConfigError
+from batchvision.interrupts import defer_interrupts, keep_sigterm_handler
 from batchvision.io.sources import InputItem
+from batchvision.orphans import Reaper
 from batchvision.stages.predict import PredictOptions, resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -140,6 +143,49 @@ def decode_memory(batch_size: int, crop_size: tuple[int, int]) -> int:
     return batch_size * crop_size[0] * crop_size[1] * 3 + DECODE_WORKING_SET
 
 
+def check_reachable(address: str, timeout: float) -> None:
+    """Fail within ``timeout`` seconds, with one line, when nothing answers at ``address``.
+
+    ``ray.init`` would retry an unreachable GCS for minutes, printing its retries whatever
+    the logging level; a TCP connection first bounds that. ``auto`` is resolved by Ray
+    from this machine's running instance, and fails at once when there is none.
+    """
+    client = address.startswith("ray://")
+    if client:
+        try:
+            import grpc  # noqa: F401 - what ray[client] adds to Ray
+        except ImportError as e:
+            raise ConfigError(
+                f"--ray-address {address!r} needs Ray Client, which is not installed: "
+                "pip install 'ray[client]'"
+            ) from e
+    hostport = address.removeprefix("ray://")
+    if not client and hostport in ("auto", "local"):
+        return
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        if not client:
+            raise ConfigError(
+                f"--ray-address {address!r} is not valid; give auto, HOST:PORT or ray://HOST[:PORT]"
+            )
+        host, port = hostport, "10001"  # Ray Client's default port
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ConfigError(
+            f"--ray-address {address!r}: no Ray cluster answers at {host}:{port} within "
+            f"{timeout:g} s ({reason}); check the address, start one (`ray start --head`), "
+            "allow longer with --ray-connect-timeout, or leave --ray-address and RAY_ADDRESS "
+            "unset for a local instance"
+        ) from e
+
+
+def _psutil_path(ray: Any) -> str:
+    """The folder of the psutil that Ray ships (and imports itself), for the reaper."""
+    return os.path.join(os.path.dirname(ray.__file__), "thirdparty_files")
+
+
 class RayEngine(Engine):
     """Ray Data: decode as CPU tasks, the model on an actor pool, rows written here."""
 
@@ -147,17 +193,32 @@ class RayEngine(Engine):
 
     def __init__(self) -> None:
         self.ray = import_ray()
+        self._connected = False
+        self._started = False  # this engine called ray.init, so it must call ray.shutdown
+        self._reaper = Reaper()
+
+    def connect(self, config: RunConfig) -> None:
+        """Attach to the cluster, or start a local instance, before the output is touched."""
+        if not self._connected:
+            self._started = self._connect(config)
+            self._connected = True
+
+    def close(self) -> None:
+        if self._started:
+            self.ray.shutdown()
+            self._started = False
+        self._reaper.stop()
+        self._connected = False
 
     def run(self, job: Job) -> EngineResult:
-        ray = self.ray
-        cfg = job.config
-        started = self._connect(cfg)
+        own = not self._connected  # called without connect(): connect and close here
+        self.connect(job.config)
         try:
-            with _ray_data_output(cfg.verbose):
+            with _ray_data_output(job.config.verbose):
                 return self._run(job)
         finally:
-            if started:
-                ray.shutdown()
+            if own:
+                self.close()
 
     def _connect(self, cfg: RunConfig) -> bool:
         """Attach to ``--ray-address`` (or RAY_ADDRESS), else start a local instance.
@@ -169,15 +230,21 @@ class RayEngine(Engine):
             logger.info("ray: already connected in this process: using that cluster")
             return False
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            # Ray ends its GCS and raylet with a killed driver, but not their agents.
+            self._reaper.start(_psutil_path(ray))
+        else:
+            check_reachable(address, cfg.ray_connect_timeout or DEFAULT_RAY_CONNECT_TIMEOUT)
         try:
-            ray.init(
-                address=address,
-                include_dashboard=False if address is None else None,
-                log_to_driver=cfg.verbose,
-                # Ray's start-up notices (e.g. that token auth is on) only with --verbose.
-                logging_level=logging.INFO if cfg.verbose else logging.ERROR,
-                configure_logging=True,
-            )
+            with keep_sigterm_handler():  # ray.init's own handler exits, losing the rows
+                ray.init(
+                    address=address,
+                    include_dashboard=False if address is None else None,
+                    log_to_driver=cfg.verbose,
+                    # Ray's start-up notices (e.g. that token auth is on) only with --verbose.
+                    logging_level=logging.INFO if cfg.verbose else logging.ERROR,
+                    configure_logging=True,
+                )
         except ConnectionError as e:
             raise ConfigError(
                 f"--ray-address {address!r}: cannot attach to a Ray cluster ({e}); start one "
@@ -347,7 +414,7 @@ class RayEngine(Engine):
                 "status": np.asarray(table.column("status").to_pylist(), dtype=object),
                 "error": np.asarray(errors, dtype=object),
             }
-            with defer_sigint():  # a batch is written and counted, or neither
+            with defer_interrupts():  # a batch is written and counted, or neither
                 job.writer.add(table)
                 stats.observe(counts)
                 seen.update(table.column("id").to_pylist())
