@@ -479,4 +479,4 @@ def test_odd_files_and_names_cost_one_row_each_resume_and_report(
     report = run_cli("report", str(out), "--sample", "10", timeout=120)
     assert report.returncode == 0, report.stderr
     assert "thumbnail of" not in report.stderr
-    assert "file:latin1_%E9.jpg" in (out / "report.html").read_text(encoding="utf-8")
+    assert "file:latin1_%E9.jpg" in (out / "_report.html").read_text(encoding="utf-8")

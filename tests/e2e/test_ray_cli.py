@@ -310,7 +310,10 @@ def test_ray_client_without_its_package_gives_the_install_command(
     many_dir: Path,
     tiny_checkpoint: tuple[Path, Path],
     tmp_path: Path,
+    ray_local: str,
 ) -> None:
+    """Checked even while this process is attached to a Ray instance (as a library user's may
+    be): the setup is wrong whatever the state of this process."""
     ckpt, labels = tiny_checkpoint
     out = tmp_path / "out"
     monkeypatch.setitem(sys.modules, "grpc", None)  # import grpc -> ImportError

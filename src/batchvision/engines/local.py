@@ -132,6 +132,19 @@ def _worker_init(parent: int, worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _end_workers(batches: Iterator[Any] | None) -> None:
+    """End the decode workers now, not when the loader's iterator is collected.
+
+    A run that stops on an error keeps that iterator alive in the error's traceback until the
+    process exits, and there the workers (which ignore SIGTERM, see :func:`_worker_init`)
+    would never answer multiprocessing's terminate: the process would hang at exit. torch's
+    own ``__del__`` calls the same method.
+    """
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
 def decode_target(setting: DecodeDevice, model_device: torch.device) -> torch.device | None:
     """The device JPEGs are decoded on, or ``None`` for the CPU worker processes."""
     if setting == "cpu" or (setting == "auto" and model_device.type != "cuda"):
@@ -216,8 +229,10 @@ class LocalEngine(Engine):
                 max_input_pixels=cfg.max_input_pixels,
             )
         trim = HeapTrimmer()  # keeps this process's memory flat however many images
+        workers_iter: Iterator[dict[str, Any]] | None = None
         try:
             batches: Iterator[dict[str, Any]] = iter(loader)
+            workers_iter = batches
             if predictor.device.type == "cuda" and on_device is None:
                 batches = prefetch_to_device(batches, predictor.device)  # copy overlaps compute
             it = batches
@@ -252,6 +267,7 @@ class LocalEngine(Engine):
         finally:
             if pool is not None:
                 pool.shutdown()
+            _end_workers(workers_iter)
             result.batch_size = predictor.batch_size_used(batch_size)
             t = time.perf_counter()
             job.writer.close()

@@ -143,6 +143,18 @@ def decode_memory(batch_size: int, crop_size: tuple[int, int]) -> int:
     return batch_size * crop_size[0] * crop_size[1] * 3 + DECODE_WORKING_SET
 
 
+def check_client_installed(address: str) -> None:
+    """Refuse a ``ray://`` address, with the install command, when Ray Client is missing."""
+    if address.startswith("ray://"):
+        try:
+            import grpc  # noqa: F401 - what ray[client] adds to Ray
+        except ImportError as e:
+            raise ConfigError(
+                f"--ray-address {address!r} needs Ray Client, which is not installed: "
+                "pip install 'ray[client]'"
+            ) from e
+
+
 def check_reachable(address: str, timeout: float) -> None:
     """Fail within ``timeout`` seconds, with one line, when nothing answers at ``address``.
 
@@ -151,14 +163,6 @@ def check_reachable(address: str, timeout: float) -> None:
     from this machine's running instance, and fails at once when there is none.
     """
     client = address.startswith("ray://")
-    if client:
-        try:
-            import grpc  # noqa: F401 - what ray[client] adds to Ray
-        except ImportError as e:
-            raise ConfigError(
-                f"--ray-address {address!r} needs Ray Client, which is not installed: "
-                "pip install 'ray[client]'"
-            ) from e
     hostport = address.removeprefix("ray://")
     if not client and hostport in ("auto", "local"):
         return
@@ -226,10 +230,12 @@ class RayEngine(Engine):
         Returns whether this call started the connection (and so must end it).
         """
         ray = self.ray
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+        if address is not None:
+            check_client_installed(address)  # a wrong setup fails alike in every process
         if ray.is_initialized():
             logger.info("ray: already connected in this process: using that cluster")
             return False
-        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
         if address is None:
             # Ray ends its GCS and raylet with a killed driver, but not their agents.
             self._reaper.start(_psutil_path(ray))
