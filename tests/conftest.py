@@ -68,6 +68,19 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     return path, labels
 
 
+def tiny_run_args(
+    src: Path, out: Path | str, tiny: tuple[Path, Path], *extra: str, workers: int = 1
+) -> list[str]:
+    """``batchvision run`` arguments for the tiny model at 64 px: 2 images a batch, 4 rows a
+    part, top-2, ``workers`` decode processes; ``extra`` last."""
+    ckpt, labels = tiny
+    return [
+        "run", str(src), "--model", TINY_ARCH, "--weights", str(ckpt), "--labels", str(labels),
+        "--resize-size", "64", "--crop-size", "64", "-o", str(out), "-b", "2",
+        "--workers", str(workers), "--part-rows", "4", "--top-k", "2", *extra,
+    ]  # fmt: skip
+
+
 def run_cli(*args: str, timeout: float = 300, **kwargs: object) -> subprocess.CompletedProcess[str]:
     """Run ``python -m batchvision ARGS`` and capture its output (bounded in time)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -14,7 +14,7 @@ import pytest
 
 from batchvision.demo import synth
 from batchvision.io import outlock
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_run_args
 
 N = 40
 
@@ -34,33 +34,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _args(src: Path, out: Path | str, tiny: tuple[Path, Path], *extra: str) -> list[str]:
-    ckpt, labels = tiny
-    return [
-        "run",
-        str(src),
-        "--model",
-        "mobilenet_v3_small",
-        "--weights",
-        str(ckpt),
-        "--labels",
-        str(labels),
-        "--resize-size",
-        "64",
-        "--crop-size",
-        "64",
-        "-o",
-        str(out),
-        "-b",
-        "2",
-        "--workers",
-        "0",
-        "--part-rows",
-        "4",
-        "--top-k",
-        "2",
-        "-q",
-        *extra,
-    ]
+    return tiny_run_args(src, out, tiny, "-q", *extra, workers=0)
 
 
 @pytest.fixture

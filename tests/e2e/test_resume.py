@@ -19,7 +19,7 @@ import pytest
 import batchvision
 from batchvision import PreprocessOverrides, RunConfig
 from batchvision.demo import synth
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_run_args
 from tests.processes import descendants, survivors
 
 N_IMAGES = 120
@@ -50,31 +50,7 @@ def _expected_ids(root: Path) -> set[str]:
 
 
 def _args(src: Path, out: Path, tiny: tuple[Path, Path]) -> list[str]:
-    ckpt, labels = tiny
-    return [
-        "run",
-        str(src),
-        "--model",
-        "mobilenet_v3_small",
-        "--weights",
-        str(ckpt),
-        "--labels",
-        str(labels),
-        "--resize-size",
-        "64",
-        "--crop-size",
-        "64",
-        "-o",
-        str(out),
-        "-b",
-        "2",
-        "--workers",
-        "1",
-        "--part-rows",
-        "4",
-        "--top-k",
-        "2",
-    ]
+    return tiny_run_args(src, out, tiny, workers=1)
 
 
 def _default_sigint() -> None:
