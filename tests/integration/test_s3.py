@@ -189,6 +189,9 @@ def test_listing_matches_local_folder(s3_server: S3Server, bucket: str, images: 
         sources.check_inputs([f"s3://{bucket}/nope"], opts)
     with pytest.raises(ConfigError, match="matches no files"):
         sources.check_inputs([f"s3://{bucket}/in/*.png"], opts)
+    s3_server.put(f"s3://{bucket}/docs/a/notes.txt", b"x")
+    with pytest.raises(ConfigError, match=rf"^folder 's3://{bucket}/docs' holds no images: 0 "):
+        sources.check_inputs([f"s3://{bucket}/docs"], opts)
 
 
 @pytest.mark.parametrize("ext", [".txt", ".csv", ".parquet"])

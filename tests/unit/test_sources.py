@@ -201,6 +201,30 @@ def test_glob_matching_nothing_is_a_config_error(tmp_path: Path) -> None:
     assert check_inputs([str(tmp_path / "*.jpg")]) == ["glob"]
 
 
+def test_folder_or_glob_without_images_is_a_config_error(tmp_path: Path) -> None:
+    """0 images would be a run that looks like success: refused up front, like an empty
+    manifest, saying what was skipped."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=rf"^folder {re.escape(repr(str(empty)))} holds no files"):
+        check_inputs([str(empty)])
+    docs = tmp_path / "docs"
+    _touch(docs, "notes.txt")
+    _touch(docs, ".hidden.jpg")
+    _touch(docs, "sub/readme.md")
+    with pytest.raises(ConfigError) as e:
+        check_inputs([str(docs)])
+    message = str(e.value)
+    assert message.startswith(f"folder {str(docs)!r} holds no images: 1 hidden and 2 with ")
+    assert "notes.txt" in message and ".jpeg, .jpg, .png" in message
+    with pytest.raises(ConfigError, match=r"matches no images: 0 hidden and 1 with"):
+        check_inputs([str(docs / "*.txt")])
+    # One image deep in the tree is enough, and the listing is unchanged by the check.
+    _touch(docs, "sub/deeper/x.png")
+    assert check_inputs([str(docs)]) == ["folder"]
+    assert [i.id for i in iter_inputs([str(docs)])] == ["sub/deeper/x.png"]
+
+
 def test_single_file_id_is_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _touch(tmp_path, "sub/Pic.JPG", "notes.md")
     monkeypatch.chdir(tmp_path)

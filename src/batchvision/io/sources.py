@@ -121,11 +121,45 @@ def check_inputs(inputs: Sequence[str], storage_options: StorageOptions | None =
     options = storage_options or StorageOptions()
     kinds = [input_kind(spec, options) for spec in inputs]
     for spec, kind in zip(inputs, kinds, strict=True):
-        if kind == "glob" and not _glob_matches(spec, options):
-            raise ConfigError(f"glob {spec!r} matches no files")
+        if kind in ("folder", "glob"):
+            _check_lists_images(spec, kind, options)
         if kind == "manifest":
             _check_manifest(spec, options)
     return kinds
+
+
+def _check_lists_images(spec: str, kind: str, options: StorageOptions) -> None:
+    """A folder or glob that yields no image is refused, as an empty manifest is: most
+    likely a wrong path, and a run of 0 images would look like success. The listing stops
+    at the first image, so a large folder costs one step of its walk."""
+    stats = ListingStats()
+    if next(iter(_listed(spec, kind, stats, options)), None) is not None:
+        return
+    what = f"glob {spec!r} matches" if kind == "glob" else f"folder {spec!r} holds"
+    if stats.skipped == 0:
+        raise ConfigError(f"{what} no files" + ("" if kind == "glob" else " (it is empty)"))
+    examples = ", ".join(repr(p) for p in stats.skipped_examples[:3])
+    raise ConfigError(
+        f"{what} no images: {stats.skipped_hidden} hidden and {stats.skipped_extension} with "
+        f"other extensions skipped (e.g. {examples}); images end in "
+        f"{', '.join(sorted(IMAGE_EXTENSIONS))}; a list of paths is a .txt, .csv or .parquet "
+        "manifest"
+    )
+
+
+def _listed(
+    spec: str, kind: str, stats: ListingStats, options: StorageOptions
+) -> Iterable[InputItem]:
+    """The images of one input of the given kind, lazily."""
+    if kind == "folder":
+        return _walk_s3(spec, stats, options) if storage.is_uri(spec) else _walk(spec, stats)
+    if kind == "glob":
+        return _glob_any(spec, stats, options)
+    if kind == "manifest":
+        return _manifest(spec, options)
+    if storage.is_uri(spec):
+        return [InputItem(id=spec, path=spec)]
+    return [_local_item(spec, spec)]
 
 
 def iter_inputs(
@@ -137,20 +171,7 @@ def iter_inputs(
     stats = stats if stats is not None else ListingStats()
     options = storage_options or StorageOptions()
     for spec in inputs:
-        kind = input_kind(spec, options)
-        if kind == "folder":
-            items: Iterable[InputItem] = (
-                _walk_s3(spec, stats, options) if storage.is_uri(spec) else _walk(spec, stats)
-            )
-        elif kind == "glob":
-            items = _glob_any(spec, stats, options)
-        elif kind == "manifest":
-            items = _manifest(spec, options)
-        elif storage.is_uri(spec):
-            items = [InputItem(id=spec, path=spec)]
-        else:
-            items = [_local_item(spec, spec)]
-        for item in items:
+        for item in _listed(spec, input_kind(spec, options), stats, options):
             stats.listed += 1
             yield item
     stats.done = True
@@ -260,12 +281,6 @@ def _filter_keys(
             yield InputItem(id=rel, path=uri)
         else:
             _skip(stats, uri, hidden=False)
-
-
-def _glob_matches(spec: str, options: StorageOptions) -> bool:
-    if storage.is_uri(spec):
-        return next(_glob_s3(spec, ListingStats(), options), None) is not None
-    return next(glob.iglob(spec, recursive=True), None) is not None
 
 
 def _glob_any(spec: str, stats: ListingStats, options: StorageOptions) -> Iterator[InputItem]:
