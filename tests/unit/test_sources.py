@@ -676,3 +676,11 @@ def test_names_that_are_not_utf8_are_listed_in_file_form_and_read(tmp_path: Path
     assert list(iter_inputs([single])) == [
         InputItem(f"file://{tmp_path}/latin1_%E9.jpg", f"file://{tmp_path}/latin1_%E9.jpg")
     ]
+    # An output's forms listed in a manifest (to redo some rows) read the same files: the
+    # absolute path form, the relative id form, and the plain name that starts with file:.
+    manifest = tmp_path / "redo.txt"
+    listed = [f"file://{tmp_path}/latin1_%E9.jpg", "file:latin1_%E9.jpg", "file:x.jpg"]
+    manifest.write_text("\n".join(listed) + "\n")
+    again = list(iter_inputs([str(manifest)]))
+    assert [i.id for i in again] == listed  # ids: the paths as given
+    assert read_batch(items_to_batch(again))["bytes"].tolist() == [b"A", b"A", b"C"]

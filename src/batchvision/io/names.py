@@ -26,8 +26,8 @@ RULE = (
     "`file:a/latin1_%E9.jpg`; `urllib.parse.unquote_to_bytes` gives the bytes back. Every "
     "valid UTF-8 name is written exactly as it is, except one that is itself such a form "
     "(starts with `file:` and its escapes decode to bytes that are not UTF-8): that one is "
-    "encoded once more, so no two names share a form. `--resume` and `batchvision report` "
-    "read these forms back."
+    "encoded once more, so no two names share a form. `--resume`, `batchvision report` and "
+    "manifests (so an output's rows can be listed again) read these forms back."
 )
 MARKER = "file:"
 #: Bytes kept as they are in the ``file:`` form (besides letters and digits).

@@ -439,6 +439,9 @@ def _manifest(path: str, options: StorageOptions) -> Iterator[InputItem]:
     """Rows of a manifest; relative paths are relative to the manifest's folder.
 
     Listed paths are taken as they are, whatever their extension: the user named them.
+    A path in the ``file:`` form of a name that is not UTF-8 (``io.names``), as the output's
+    ``id`` and ``path`` columns hold it, is read as that name, so an output's rows can be
+    listed again (e.g. to redo its errors).
     A listed ``s3://`` URI is absolute; in a manifest stored on S3, a relative path is a
     key relative to the manifest's own prefix.
     """
@@ -451,7 +454,10 @@ def _manifest(path: str, options: StorageOptions) -> Iterator[InputItem]:
         base = os.path.dirname(path)
 
         def resolve(p: str) -> str:
-            return p if os.path.isabs(p) or storage.is_uri(p) else os.path.join(base, p)
+            name = names.to_os(p)  # a name in its file: form, as an output lists it
+            if os.path.isabs(name) or (name == p and storage.is_uri(p)):
+                return p
+            return names.to_text(os.path.join(base, name))
 
     try:
         for row, p in enumerate(_manifest_paths(path, options), start=1):
