@@ -259,8 +259,9 @@ def cli() -> None:
     type=float,
     default=None,
     metavar="SECONDS",
-    help="--engine ray: how long to try reaching --ray-address before exit 2 "
-    f"[default: {DEFAULT_RAY_CONNECT_TIMEOUT:g}].",
+    help="--engine ray: how long to try reaching --ray-address before exit 2: nothing "
+    "listening fails after this; a listener that is not a Ray cluster after about this "
+    f"plus 7 s [default: {DEFAULT_RAY_CONNECT_TIMEOUT:g}].",
 )
 @click.option(
     "--concurrency",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import signal
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -301,6 +304,41 @@ def test_an_unreachable_cluster_fails_in_one_line_before_the_output_exists(
     assert done.stderr.startswith("batchvision: error: --ray-address '127.0.0.1:1': no Ray ")
     assert "within 5 s" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # no retries printed
+    assert not out.exists(), "the output folder was touched"
+
+
+class _Silent(socketserver.BaseRequestHandler):
+    def handle(self) -> None:  # accepts, reads, never answers: not a Ray cluster
+        with contextlib.suppress(OSError):
+            while self.request.recv(65536):
+                pass
+
+
+def test_a_listener_that_is_not_ray_fails_in_bounded_time_in_one_line(
+    many_dir: Path, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The TCP check passes (something listens), so ray.init itself must give up: by
+    default Ray tries 20 times, about 41 s each, printing three warnings a try."""
+    ckpt, labels = tiny_checkpoint
+    out = tmp_path / "out"
+    args = ["run", str(many_dir), "-m", "mobilenet_v3_small", "-w", str(ckpt)]
+    args += ["--labels", str(labels), "-o", str(out), "--engine", "ray", "-q"]
+    # All interfaces: Ray may connect to this host's own IP address for 127.0.0.1.
+    with socketserver.ThreadingTCPServer(("0.0.0.0", 0), _Silent) as server:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        address = f"127.0.0.1:{server.server_address[1]}"
+        try:
+            args += ["--ray-address", address, "--ray-connect-timeout", "3"]
+            done = run_cli(*args, timeout=90)
+        finally:
+            server.shutdown()
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(
+        f"batchvision: error: --ray-address {address!r}: cannot attach to a Ray cluster ("
+    ), done.stderr
+    assert "GCS address (port 6379 unless changed)" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # Ray's warnings set aside
     assert not out.exists(), "the output folder was touched"
 
 

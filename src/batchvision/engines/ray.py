@@ -12,10 +12,14 @@ engine's commits them as atomic part files. Nothing relies on order.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import logging
+import math
 import os
 import socket
+import sys
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -185,6 +189,47 @@ def check_reachable(address: str, timeout: float) -> None:
         ) from e
 
 
+@contextlib.contextmanager
+def bounded_connect(timeout: float) -> Iterator[None]:
+    """Within the block, Ray's settings make ``ray.init(address=...)`` give up after about
+    ``timeout`` + 7 seconds when what answers is not a Ray cluster: one try (by default 20,
+    of about 41 s each). Settings a user exported are kept.
+
+    Ray's C++ side reads two of them once, when ``ray`` is imported: import it within the
+    block too. In a process that imported Ray before, the bound is one try of ~41 s.
+    """
+    seconds = max(1, math.ceil(timeout))
+    values = {
+        "RAY_gcs_server_port_wait_time_s": "1",
+        "RAY_gcs_rpc_server_connect_timeout_s": str(min(3, seconds)),
+        "RAY_py_gcs_connect_timeout_s": str(seconds),
+    }
+    added = [k for k in values if k not in os.environ]
+    os.environ.update({k: values[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+@contextlib.contextmanager
+def _stderr_aside(aside: bool) -> Iterator[None]:
+    """With ``aside``, file descriptor 2 goes to a temporary file for the block: Ray's C++
+    side prints a warning there for each failed try, and the run says it in one line."""
+    if not aside:
+        yield
+        return
+    with tempfile.TemporaryFile() as file:
+        saved = os.dup(2)
+        try:
+            os.dup2(file.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _psutil_path(ray: Any) -> str:
     """The folder of the psutil that Ray ships (and imports itself), for the reaper."""
     return os.path.join(os.path.dirname(ray.__file__), "thirdparty_files")
@@ -196,10 +241,20 @@ class RayEngine(Engine):
     name = "ray"
 
     def __init__(self) -> None:
-        self.ray = import_ray()
+        # Ray is imported when connecting: its C++ side reads the connect bound
+        # (bounded_connect) once, at import. Missing, it is a usage error here, first.
+        self._ray: Any = None
+        if "ray" in sys.modules or importlib.util.find_spec("ray") is None:
+            self._ray = import_ray()
         self._connected = False
         self._started = False  # this engine called ray.init, so it must call ray.shutdown
         self._reaper = Reaper()
+
+    @property
+    def ray(self) -> Any:
+        if self._ray is None:
+            self._ray = import_ray()
+        return self._ray
 
     def connect(self, config: RunConfig) -> None:
         """Attach to the cluster, or start a local instance, before the output is touched."""
@@ -229,36 +284,55 @@ class RayEngine(Engine):
 
         Returns whether this call started the connection (and so must end it).
         """
-        ray = self.ray
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
-        if address is not None:
-            check_client_installed(address)  # a wrong setup fails alike in every process
+        if address is None:
+            return self._start_local(cfg)
+        check_client_installed(address)  # a wrong setup fails alike in every process
+        timeout = cfg.ray_connect_timeout or DEFAULT_RAY_CONNECT_TIMEOUT
+        with bounded_connect(timeout):
+            ray = self.ray  # imported here, under the bound, unless it was before
         if ray.is_initialized():
             logger.info("ray: already connected in this process: using that cluster")
             return False
-        if address is None:
-            # Ray ends its GCS and raylet with a killed driver, but not their agents.
-            self._reaper.start(_psutil_path(ray))
-        else:
-            check_reachable(address, cfg.ray_connect_timeout or DEFAULT_RAY_CONNECT_TIMEOUT)
+        check_reachable(address, timeout)
         try:
-            with keep_sigterm_handler():  # ray.init's own handler exits, losing the rows
-                ray.init(
-                    address=address,
-                    include_dashboard=False if address is None else None,
-                    log_to_driver=cfg.verbose,
-                    # Ray's start-up notices (e.g. that token auth is on) only with --verbose.
-                    logging_level=logging.INFO if cfg.verbose else logging.ERROR,
-                    configure_logging=True,
-                )
-        except ConnectionError as e:
+            with bounded_connect(timeout), _stderr_aside(not cfg.verbose):
+                self._init(cfg, address)
+        except (ConnectionError, RuntimeError) as e:
+            if isinstance(e, RuntimeError) and "connect to GCS" not in str(e):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(
-                f"--ray-address {address!r}: cannot attach to a Ray cluster ({e}); start one "
-                "(`ray start --head`) or leave --ray-address and RAY_ADDRESS unset for a "
-                "local instance"
+                f"--ray-address {address!r}: cannot attach to a Ray cluster ({first}); give "
+                "the head node's GCS address (port 6379 unless changed), start one (`ray "
+                "start --head`), or leave --ray-address and RAY_ADDRESS unset for a local "
+                "instance"
             ) from e
-        logger.info("ray: %s", f"attached to {address}" if address else "started a local instance")
+        logger.info("ray: attached to %s", address)
         return True
+
+    def _start_local(self, cfg: RunConfig) -> bool:
+        ray = self.ray
+        if ray.is_initialized():
+            logger.info("ray: already connected in this process: using that cluster")
+            return False
+        # Ray ends its GCS and raylet with a killed driver, but not their agents.
+        self._reaper.start(_psutil_path(ray))
+        self._init(cfg, None)
+        logger.info("ray: started a local instance")
+        return True
+
+    def _init(self, cfg: RunConfig, address: str | None) -> None:
+        # ray.init's own SIGTERM handler exits, losing the rows: the one before is kept.
+        with keep_sigterm_handler():
+            self.ray.init(
+                address=address,
+                include_dashboard=False if address is None else None,
+                log_to_driver=cfg.verbose,
+                # Ray's start-up notices (e.g. that token auth is on) only with --verbose.
+                logging_level=logging.INFO if cfg.verbose else logging.ERROR,
+                configure_logging=True,
+            )
 
     def _run(self, job: Job) -> EngineResult:
         ray = self.ray
