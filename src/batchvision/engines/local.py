@@ -11,6 +11,8 @@ decoded depends on the device (``--decode-device``, ``--decode-threads``):
   come back through shared (pinned) memory and the next one is copied to the GPU while
   the model runs on this one;
 - ``--decode-device cuda``: here, batched on the GPU, with a per-image CPU fallback.
+
+:class:`DecodePlan` is that choice, made once per run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -145,6 +148,56 @@ def _end_workers(batches: Iterator[Any] | None) -> None:
         shutdown()
 
 
+@dataclass(frozen=True)
+class DecodePlan:
+    """Where the run decodes its images (read always happens in the worker processes).
+
+    - ``workers``: in the DataLoader's worker processes, with the read (a model on CUDA:
+      decoding overlaps the GPU's work);
+    - ``threads``: on ``threads`` threads of this process, between model batches (a model on
+      the CPU: inference never shares the cores with decoders);
+    - ``device``: batched on ``device``, the model's GPU, with a per-image CPU fallback.
+    """
+
+    where: Literal["workers", "threads", "device"]
+    threads: int = 0
+    device: torch.device | None = None
+
+    @classmethod
+    def choose(cls, cfg: RunConfig, model_device: torch.device) -> DecodePlan:
+        """``--decode-device`` and ``--decode-threads`` for a model on ``model_device``."""
+        on_device = decode_target(cfg.decode_device, model_device)
+        if on_device is not None:
+            return cls("device", device=on_device)
+        threads = cfg.num_decode_threads(model_device.type)
+        return cls("threads", threads=threads) if threads else cls("workers")
+
+    def decoder(
+        self, cfg: RunConfig, preprocess: PreprocessConfig, pool: ThreadPoolExecutor | None
+    ) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """The batch function that decodes read batches in this process, or ``None`` when
+        they arrive decoded (``workers``)."""
+        if self.device is not None:  # where == "device"
+            return functools.partial(
+                decode_batch_device,
+                preprocess=preprocess,
+                device=self.device,
+                max_pixels=cfg.max_pixels,
+                draft=cfg.draft,
+                max_input_pixels=cfg.max_input_pixels,
+            )
+        if self.where == "threads":
+            return functools.partial(
+                decode_batch,
+                preprocess=preprocess,
+                max_pixels=cfg.max_pixels,
+                draft=cfg.draft,
+                pool=pool,
+                max_input_pixels=cfg.max_input_pixels,
+            )
+        return None
+
+
 def decode_target(setting: DecodeDevice, model_device: torch.device) -> torch.device | None:
     """The device JPEGs are decoded on, or ``None`` for the CPU worker processes."""
     if setting == "cpu" or (setting == "auto" and model_device.type != "cuda"):
@@ -178,10 +231,12 @@ class LocalEngine(Engine):
         predictor = Predictor(job.spec, PredictOptions.from_config(cfg), job.state_dict)
         result = stats.result
         batch_size = resolve_batch_size(cfg, predictor, result)
-        on_device = decode_target(cfg.decode_device, predictor.device)
-        # CPU decoding in this process, on threads, between model batches (workers only read).
-        threads = cfg.num_decode_threads(predictor.device.type) if on_device is None else 0
-        pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads else None
+        plan = DecodePlan.choose(cfg, predictor.device)
+        pool = (
+            ThreadPoolExecutor(plan.threads, thread_name_prefix="decode")
+            if plan.where == "threads"
+            else None
+        )
         workers = cfg.num_workers
         loader = DataLoader(
             DecodeDataset(
@@ -189,7 +244,7 @@ class LocalEngine(Engine):
                 cfg.max_pixels,
                 cfg.draft,
                 cfg.storage,
-                decode=on_device is None and pool is None,
+                decode=plan.where == "workers",
                 max_input_pixels=cfg.max_input_pixels,
                 max_file_bytes=cfg.max_file_bytes,
             ),
@@ -207,33 +262,15 @@ class LocalEngine(Engine):
             predictor.precision,
             workers,
         )
-        result.decode_device = "cpu" if on_device is None else str(on_device)
-        result.decode_threads = threads
-        decode_here: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-        if on_device is not None:  # batched on the model's device
-            decode_here = functools.partial(
-                decode_batch_device,
-                preprocess=job.spec.preprocess,
-                device=on_device,
-                max_pixels=cfg.max_pixels,
-                draft=cfg.draft,
-                max_input_pixels=cfg.max_input_pixels,
-            )
-        elif pool is not None:  # on this process's threads, between model batches
-            decode_here = functools.partial(
-                decode_batch,
-                preprocess=job.spec.preprocess,
-                max_pixels=cfg.max_pixels,
-                draft=cfg.draft,
-                pool=pool,
-                max_input_pixels=cfg.max_input_pixels,
-            )
+        result.decode_device = "cpu" if plan.device is None else str(plan.device)
+        result.decode_threads = plan.threads
+        decode_here = plan.decoder(cfg, job.spec.preprocess, pool)
         trim = HeapTrimmer()  # keeps this process's memory flat however many images
         workers_iter: Iterator[dict[str, Any]] | None = None
         try:
             batches: Iterator[dict[str, Any]] = iter(loader)
             workers_iter = batches
-            if predictor.device.type == "cuda" and on_device is None:
+            if predictor.device.type == "cuda" and plan.device is None:
                 batches = prefetch_to_device(batches, predictor.device)  # copy overlaps compute
             it = batches
             while True:
