@@ -17,6 +17,7 @@ import batchvision
 from batchvision.config import PreprocessConfig, PreprocessOverrides, RunConfig
 from batchvision.errors import ConfigError, ModelLoadError
 from batchvision.models import hub
+from batchvision.models.checkpoints import read_checkpoint
 from batchvision.models.registry import (
     build_model,
     list_models,
@@ -24,7 +25,7 @@ from batchvision.models.registry import (
     parse_model_name,
     resolve_model,
 )
-from batchvision.models.torchvision import preprocess_from_weights, read_checkpoint
+from batchvision.models.torchvision import preprocess_from_weights
 
 CLASSES = 7
 

@@ -8,7 +8,6 @@ processor config travel in the spec as plain dicts, and the weights are read onc
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -20,8 +19,6 @@ from batchvision.errors import ConfigError, ModelLoadError
 from batchvision.models import hub
 from batchvision.models.registry import ModelInfo, register_source
 from batchvision.models.spec import ModelSpec, Task
-
-logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'batchvision[hf]'"
 # PIL resampling codes used by image processors.
@@ -91,7 +88,7 @@ class HuggingFaceSource:
             id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
             labels = tuple(id2label.get(i, f"class_{i}") for i in range(config.num_labels))
         if labels_path:
-            from batchvision.models.torchvision import read_labels
+            from batchvision.models.checkpoints import read_labels
 
             labels = read_labels(labels_path, len(labels) or None)
         base = preprocess_from_processor(processor)
@@ -133,11 +130,6 @@ class HuggingFaceSource:
         auto = _auto_class(tf, spec.tasks[0])
         if state_dict is None and spec.weights_kind != "random":
             state_dict = self.load_state_dict(spec)
-        if state_dict is None and torch.get_default_device().type != "meta":
-            logger.warning(
-                "RANDOM WEIGHTS (--weights random, seed %d): predictions are meaningless",
-                spec.seed,
-            )
         with torch.random.fork_rng(devices=[]), _skip_init(tf, state_dict is not None):
             torch.manual_seed(spec.seed)
             model = auto.from_config(config)

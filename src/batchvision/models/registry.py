@@ -173,7 +173,16 @@ def load_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor] | None:
 def build_model(
     spec: ModelSpec, state_dict: dict[str, torch.Tensor] | None = None
 ) -> torch.nn.Module:
-    """Build ``spec``'s module in eval mode."""
+    """Build ``spec``'s module in eval mode; random weights are said loudly, here for every
+    source (not on the meta device, where a module is only a shape probe)."""
+    import torch
+
+    if spec.weights_kind == "random" and torch.get_default_device().type != "meta":
+        logger.warning(
+            "RANDOM WEIGHTS (--weights random, seed %d): predictions are meaningless; "
+            "use this only for benchmarking and testing",
+            spec.seed,
+        )
     module = get_source(spec.source).build(spec, state_dict)
     return module.eval()
 

@@ -6,7 +6,6 @@ interpolation, mean, std), as ``timm.data.resolve_model_data_config`` reads it.
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,6 @@ from batchvision.errors import ConfigError, ModelLoadError
 from batchvision.models import hub
 from batchvision.models.registry import ModelInfo, register_source
 from batchvision.models.spec import ModelSpec, Task, WeightsKind
-
-logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'batchvision[timm]'"
 _INTERPOLATIONS: dict[str, Interpolation] = {
@@ -59,7 +56,7 @@ class TimmSource:
         seed: int,
     ) -> ModelSpec:
         timm = require_timm()
-        from batchvision.models.torchvision import _looks_like_path, read_labels
+        from batchvision.models.checkpoints import looks_like_path, read_labels
 
         if not timm.is_model(arch):
             import difflib
@@ -74,7 +71,7 @@ class TimmSource:
             probe = timm.create_model(arch, pretrained=False)
         data = timm.data.resolve_model_data_config(probe)
         kind: WeightsKind
-        if _looks_like_path(weights):
+        if looks_like_path(weights):
             num_classes = _checkpoint_num_classes(timm, arch, weights)
             kind, desc = "checkpoint", str(Path(weights).resolve())
         elif weights in ("DEFAULT", "random"):
@@ -109,7 +106,7 @@ class TimmSource:
         if spec.weights_kind == "random":
             return None
         if spec.weights_kind == "checkpoint":
-            from batchvision.models.torchvision import read_checkpoint
+            from batchvision.models.checkpoints import read_checkpoint
 
             return read_checkpoint(spec.weights)
         timm = require_timm()
@@ -147,11 +144,6 @@ class TimmSource:
         timm = require_timm()
         if state_dict is None and spec.weights_kind != "random":
             state_dict = self.load_state_dict(spec)
-        if state_dict is None and torch.get_default_device().type != "meta":
-            logger.warning(
-                "RANDOM WEIGHTS (--weights random, seed %d): predictions are meaningless",
-                spec.seed,
-            )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
             model = timm.create_model(spec.arch, pretrained=False, num_classes=spec.num_classes)
@@ -256,13 +248,13 @@ def _first_line(e: BaseException) -> str:
 
 
 def _checkpoint_num_classes(timm: Any, arch: str, path: str) -> int:
-    from batchvision.models.torchvision import (
-        _HEAD_PROBE_CLASSES,
-        _checkpoint_shapes,
+    from batchvision.models.checkpoints import (
+        HEAD_PROBE_CLASSES,
+        checkpoint_shapes,
         head_classes,
     )
 
-    shapes = _checkpoint_shapes(path)
+    shapes = checkpoint_shapes(path)
     with torch.device("meta"):
-        probe = timm.create_model(arch, pretrained=False, num_classes=_HEAD_PROBE_CLASSES)
+        probe = timm.create_model(arch, pretrained=False, num_classes=HEAD_PROBE_CLASSES)
     return head_classes(probe, shapes, path, f"timm {arch!r}")
