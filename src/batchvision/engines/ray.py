@@ -216,18 +216,32 @@ def bounded_connect(timeout: float) -> Iterator[None]:
 @contextlib.contextmanager
 def _stderr_aside(aside: bool) -> Iterator[None]:
     """With ``aside``, file descriptor 2 goes to a temporary file for the block: Ray's C++
-    side prints a warning there for each failed try, and the run says it in one line."""
+    side prints a warning there for each failed try, and a failed connection is said in one
+    line. What was printed comes back to stderr unless the block failed to connect."""
     if not aside:
         yield
         return
     with tempfile.TemporaryFile() as file:
         saved = os.dup(2)
+        replay = True
         try:
             os.dup2(file.fileno(), 2)
             yield
+        except (ConnectionError, RuntimeError) as e:
+            replay = not _failed_to_connect(e)  # the caller's one line says that
+            raise
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+            if replay:
+                file.seek(0)
+                sys.stderr.flush()
+                os.write(2, file.read())
+
+
+def _failed_to_connect(e: Exception) -> bool:
+    """Whether ``ray.init`` raised ``e`` because nothing it could attach to answered."""
+    return isinstance(e, ConnectionError) or "connect to GCS" in str(e)
 
 
 def _psutil_path(ray: Any) -> str:
@@ -299,7 +313,7 @@ class RayEngine(Engine):
             with bounded_connect(timeout), _stderr_aside(not cfg.verbose):
                 self._init(cfg, address)
         except (ConnectionError, RuntimeError) as e:
-            if isinstance(e, RuntimeError) and "connect to GCS" not in str(e):
+            if not _failed_to_connect(e):
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(
