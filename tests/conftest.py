@@ -13,6 +13,7 @@ import pytest
 import torch
 import torchvision
 
+from batchvision import RunConfig
 from batchvision.demo import synth
 
 TINY_ARCH = "mobilenet_v3_small"
@@ -79,6 +80,21 @@ def tiny_run_args(
         "--resize-size", "64", "--crop-size", "64", "-o", str(out), "-b", "2",
         "--workers", str(workers), "--part-rows", "4", "--top-k", "2", *extra,
     ]  # fmt: skip
+
+
+def tiny_config(src: Path, out: Path, tiny: tuple[Path, Path], **kw: object) -> RunConfig:
+    """A RunConfig for the tiny model: 4 images a batch, read in this process; ``kw`` adds
+    or overrides options."""
+    ckpt, labels = tiny
+    opts: dict[str, object] = {
+        "model": TINY_ARCH,
+        "weights": str(ckpt),
+        "labels": str(labels),
+        "batch_size": 4,
+        "workers": 0,
+        **kw,
+    }
+    return RunConfig(inputs=(str(src),), output=str(out), **opts)  # type: ignore[arg-type]
 
 
 def run_cli(*args: str, timeout: float = 300, **kwargs: object) -> subprocess.CompletedProcess[str]:

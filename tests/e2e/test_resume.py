@@ -145,6 +145,25 @@ def test_kill_9_then_resume(
     assert (run["already_done"], run["rows_written"]) == (len(before), N_IMAGES - len(before))
 
 
+def _check_interrupted_then_resume(stdout: str, out: Path, args: list[str]) -> None:
+    """An interrupted run wrote every row it completed, once, recorded itself as
+    interrupted, and printed the command that resumes it; that command finds them done."""
+    written = _visible_ids(out)
+    processed = int(stdout.split(" images in ", 1)[0])
+    assert 1 <= processed < N_IMAGES
+    assert len(written) == len(set(written)) == processed  # every completed row is written
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert manifest["runs"][-1]["rows_written"] == processed
+    lines = stdout.splitlines()
+    command = shlex.split(lines[lines.index("interrupted; to finish, run:") + 1])
+    assert command[0] == "batchvision" and command[-1] == "--resume"
+    assert command[1:-1] == args
+    resumed = run_cli(*command[1:], "-q", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"already done {processed}" in resumed.stdout
+
+
 def test_ctrl_c_writes_rows_and_prints_resume_command(
     many_dir: Path, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -156,23 +175,7 @@ def test_ctrl_c_writes_rows_and_prints_resume_command(
     assert proc.returncode == 130, (stdout, stderr)
     assert "Traceback" not in stdout + stderr
 
-    written = _visible_ids(out)
-    processed = int(stdout.split(" images in ", 1)[0])
-    assert 1 <= processed < N_IMAGES
-    assert len(written) == len(set(written)) == processed  # every completed row is written
-    manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["status"] == "interrupted"
-    assert manifest["runs"][-1]["rows_written"] == processed
-
-    lines = stdout.splitlines()
-    i = lines.index("interrupted; to finish, run:")
-    command = shlex.split(lines[i + 1])
-    assert command[0] == "batchvision" and command[-1] == "--resume"
-    assert command[1:-1] == _args(many_dir, out, tiny_checkpoint)
-
-    resumed = run_cli(*command[1:], "-q", timeout=120)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"already done {processed}" in resumed.stdout
+    _check_interrupted_then_resume(stdout, out, _args(many_dir, out, tiny_checkpoint))
     _assert_complete(out, _expected_ids(many_dir))
     assert [r["status"] for r in json.loads((out / "_manifest.json").read_text())["runs"]] == [
         "interrupted",
@@ -214,20 +217,7 @@ def test_signal_to_the_main_process_writes_rows_and_prints_resume_command(
     assert "Traceback" not in stdout + stderr
     assert not survivors(workers, within=20), "decode workers outlived the run"
 
-    written = _visible_ids(out)
-    processed = int(stdout.split(" images in ", 1)[0])
-    assert 1 <= processed < N_IMAGES
-    assert len(written) == len(set(written)) == processed  # every completed row is written
-    manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["status"] == "interrupted"
-    assert manifest["runs"][-1]["rows_written"] == processed
-    lines = stdout.splitlines()
-    command = shlex.split(lines[lines.index("interrupted; to finish, run:") + 1])
-    assert command[1:-1] == _args(many_dir, out, tiny_checkpoint)
-
-    resumed = run_cli(*command[1:], "-q", timeout=120)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"already done {processed}" in resumed.stdout
+    _check_interrupted_then_resume(stdout, out, _args(many_dir, out, tiny_checkpoint))
     _assert_complete(out, _expected_ids(many_dir))
 
 

@@ -22,6 +22,7 @@ from batchvision import PreprocessOverrides, RunConfig
 from batchvision.demo import synth
 from batchvision.errors import OutputDirError
 from batchvision.io import outdir, outlock, sinks
+from tests.conftest import tiny_config
 
 N = 14
 FORMAT_OF = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json"}
@@ -45,19 +46,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(src: Path, out: Path, tiny: tuple[Path, Path], **kw: object) -> RunConfig:
-    ckpt, labels = tiny
-    opts: dict[str, object] = {
-        "model": "mobilenet_v3_small",
-        "weights": str(ckpt),
-        "labels": str(labels),
-        "batch_size": 4,
-        "workers": 0,
-        "top_k": 2,
-        "part_rows": 4,
-        "preprocess": PreprocessOverrides(resize_size=64, crop_size=64),
-    }
-    opts.update(kw)
-    return RunConfig(inputs=(str(src),), output=str(out), **opts)  # type: ignore[arg-type]
+    small = PreprocessOverrides(resize_size=64, crop_size=64)
+    return tiny_config(src, out, tiny, **{"top_k": 2, "part_rows": 4, "preprocess": small, **kw})
 
 
 def _all_ids(out: Path, fmt: str = "parquet") -> list[str]:

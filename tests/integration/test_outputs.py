@@ -23,6 +23,7 @@ from batchvision import PreprocessOverrides, RunConfig
 from batchvision.demo import synth
 from batchvision.errors import OutputDirError
 from batchvision.io.sinks import CLASSIFY_SCHEMA
+from tests.conftest import tiny_config
 
 TOP_K = 3
 # A small model input keeps these runs well under a second each on a busy CPU.
@@ -90,19 +91,8 @@ def plain_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(inputs: Path, output: Path, tiny: tuple[Path, Path], **kw: object) -> RunConfig:
-    ckpt, labels = tiny
-    opts: dict[str, object] = {
-        "model": "mobilenet_v3_small",
-        "weights": str(ckpt),
-        "labels": str(labels),
-        "batch_size": 4,
-        "workers": 0,
-        "top_k": TOP_K,
-        "preprocess": SMALL,
-        "max_error_rate": 1.0,
-    }
-    opts.update(kw)
-    return RunConfig(inputs=(str(inputs),), output=str(output), **opts)  # type: ignore[arg-type]
+    opts = {"top_k": TOP_K, "preprocess": SMALL, "max_error_rate": 1.0, **kw}
+    return tiny_config(inputs, output, tiny, **opts)
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
