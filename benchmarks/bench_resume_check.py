@@ -1,11 +1,11 @@
 """What ``--resume``'s part check costs: whole parts read for their CRC-32 vs only the columns
 resume needs.
 
-Writes an embedding output (``--rows`` rows of ``--dim`` float32, 10,000 rows a part) with
-batchvision's own part writer, then times, from a cold page cache where this process may
-drop it (root), ``outdir.read_written`` (every part read whole and checked against the
-CRC-32 in its name, as ``--resume`` does) against reading only the ``id`` and ``status``
-columns of every part. The two are measured side by side in one run.
+Writes an embedding output (``--rows`` rows of ``--dim`` float32, ``--part-rows`` rows a
+part, default 10,000) with batchvision's own part writer, then times, from a cold page
+cache where this process may drop it (root), ``outdir.read_written`` (every part read
+whole and checked against the CRC-32 in its name, as ``--resume`` does) against reading
+only the ``id`` and ``status`` columns of every part. The two are measured side by side in one run.
 
 Usage::
 
@@ -25,14 +25,12 @@ import pyarrow.parquet as pq
 
 from batchvision.io import outdir, sinks
 
-PART_ROWS = 10_000
 
-
-def write_output(out: str, rows: int, dim: int) -> None:
-    writer = sinks.PartWriter(out, "parquet", part_rows=PART_ROWS, flush_seconds=1e9, run_id="r1")
+def write_output(out: str, rows: int, dim: int, part_rows: int) -> None:
+    writer = sinks.PartWriter(out, "parquet", part_rows=part_rows, flush_seconds=1e9, run_id="r1")
     rng = np.random.default_rng(0)
-    for start in range(0, rows, PART_ROWS):
-        n = min(PART_ROWS, rows - start)
+    for start in range(0, rows, part_rows):
+        n = min(part_rows, rows - start)
         names = [f"dir/img_{i:09d}.jpg" for i in range(start, start + n)]
         batch = {
             "id": np.array(names, dtype=object),
@@ -55,13 +53,55 @@ def drop_caches() -> bool:
     return False
 
 
+def time_s3(out: str, concurrency: int, latency_ms: float) -> None:
+    """``read_written`` on S3 copies of the parts, one part at a time vs ``concurrency``."""
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="b", AWS_SECRET_ACCESS_KEY="b", AWS_DEFAULT_REGION="us-east-1"
+    )
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+    from tests.s3_proxy import FaultProxy
+
+    from batchvision.io.storage import StorageOptions
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket="bench")
+        names = sorted(f for f in os.listdir(out) if f.startswith("part-"))
+        for name in names:
+            with open(os.path.join(out, name), "rb") as f:
+                client.put_object(Bucket="bench", Key=f"out/{name}", Body=f.read())
+        with FaultProxy(endpoint, delay=latency_ms / 1000) as proxy:
+            for threads in (1, concurrency):
+                opts = StorageOptions(endpoint=proxy.url, read_concurrency=threads)
+                t = time.perf_counter()
+                written = outdir.read_written("s3://bench/out", opts, {"run_ids": ["r1"]})
+                took = time.perf_counter() - t
+                print(
+                    f"S3 ({latency_ms:g} ms added per request), {len(names)} parts, "
+                    f"{threads} at once: {took:.2f} s ({len(written.ids)} ids)"
+                )
+    finally:
+        server.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--dim", type=int, default=768)
+    ap.add_argument("--s3", type=int, default=0, metavar="N", help="also time S3, N parts at once")
+    ap.add_argument("--latency-ms", type=float, default=20.0)
+    ap.add_argument("--part-rows", type=int, default=10_000)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as out:
-        write_output(out, args.rows, args.dim)
+        write_output(out, args.rows, args.dim, args.part_rows)
         files = sorted(os.path.join(out, f) for f in os.listdir(out) if f.startswith("part-"))
         size = sum(os.path.getsize(f) for f in files)
         cold = drop_caches()
@@ -72,6 +112,8 @@ def main() -> None:
         t = time.perf_counter()
         n = sum(pq.read_table(f, columns=["id", "status"]).num_rows for f in files)
         columns = time.perf_counter() - t
+        if args.s3:
+            time_s3(out, args.s3, args.latency_ms)
     assert len(written.ids) == n == args.rows
     print(
         f"{args.rows} rows of {args.dim} float32 in {len(files)} parts, {size / 1e6:.0f} MB "
