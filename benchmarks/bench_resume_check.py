@@ -5,7 +5,8 @@ Writes an embedding output (``--rows`` rows of ``--dim`` float32, ``--part-rows`
 part, default 10,000) with batchvision's own part writer, then times, from a cold page
 cache where this process may drop it (root), ``outdir.read_written`` (every part read
 whole and checked against the CRC-32 in its name, as ``--resume`` does) against reading
-only the ``id`` and ``status`` columns of every part. The two are measured side by side in one run.
+only the ``id`` and ``status`` columns of every part. The two are measured side by side
+in one run.
 
 Usage::
 
