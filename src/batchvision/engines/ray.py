@@ -299,41 +299,37 @@ class RayEngine(Engine):
         Returns whether this call started the connection (and so must end it).
         """
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
-        if address is None:
-            return self._start_local(cfg)
-        check_client_installed(address)  # a wrong setup fails alike in every process
+        if address is not None:
+            check_client_installed(address)  # a wrong setup fails alike in every process
         timeout = cfg.ray_connect_timeout or DEFAULT_RAY_CONNECT_TIMEOUT
-        with bounded_connect(timeout):
-            ray = self.ray  # imported here, under the bound, unless it was before
-        if ray.is_initialized():
-            logger.info("ray: already connected in this process: using that cluster")
-            return False
-        check_reachable(address, timeout)
-        try:
-            with bounded_connect(timeout), _stderr_aside(not cfg.verbose):
-                self._init(cfg, address)
-        except (ConnectionError, RuntimeError) as e:
-            if not _failed_to_connect(e):
-                raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(
-                f"--ray-address {address!r}: cannot attach to a Ray cluster ({first}); give "
-                "the head node's GCS address (port 6379 unless changed), start one (`ray "
-                "start --head`), or leave --ray-address and RAY_ADDRESS unset for a local "
-                "instance"
-            ) from e
+        # Ray is imported within the bound (its C++ side reads it then), unless it was before;
+        # a local instance starts its own GCS, which the bound must not hurry.
+        with contextlib.nullcontext() if address is None else bounded_connect(timeout):
+            ray = self.ray
+            if ray.is_initialized():
+                logger.info("ray: already connected in this process: using that cluster")
+                return False
+            if address is None:
+                # Ray ends its GCS and raylet with a killed driver, but not their agents.
+                self._reaper.start(_psutil_path(ray))
+                self._init(cfg, None)
+                logger.info("ray: started a local instance")
+                return True
+            check_reachable(address, timeout)
+            try:
+                with _stderr_aside(not cfg.verbose):
+                    self._init(cfg, address)
+            except (ConnectionError, RuntimeError) as e:
+                if not _failed_to_connect(e):
+                    raise
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ConfigError(
+                    f"--ray-address {address!r}: cannot attach to a Ray cluster ({first}); "
+                    "give the head node's GCS address (port 6379 unless changed), start one "
+                    "(`ray start --head`), or leave --ray-address and RAY_ADDRESS unset for "
+                    "a local instance"
+                ) from e
         logger.info("ray: attached to %s", address)
-        return True
-
-    def _start_local(self, cfg: RunConfig) -> bool:
-        ray = self.ray
-        if ray.is_initialized():
-            logger.info("ray: already connected in this process: using that cluster")
-            return False
-        # Ray ends its GCS and raylet with a killed driver, but not their agents.
-        self._reaper.start(_psutil_path(ray))
-        self._init(cfg, None)
-        logger.info("ray: started a local instance")
         return True
 
     def _init(self, cfg: RunConfig, address: str | None) -> None:
