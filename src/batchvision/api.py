@@ -158,12 +158,21 @@ def _write_output(
     manifest = outdir.new_manifest(config, spec, previous, run_id)
     if previous is not None:
         outdir.check_resumable(previous, manifest)
-    earlier = (
-        outdir.read_written(config.output, storage, previous) if config.resume else outdir.Written()
-    )
+    committed = None
+    if engine.by_unit:  # resumed by unit, from the part names: O(units), no row read
+        committed = outdir.read_units(config.output, storage, previous) if config.resume else None
+        earlier = outdir.Written.of_units(committed)
+    elif config.resume:
+        earlier = outdir.read_written(config.output, storage, previous)
+    else:
+        earlier = outdir.Written()
     done = earlier.ids
-    if done:
-        logger.info("resuming: %d ids already written in %s", len(done), config.output)
+    if done or committed:
+        logger.info(
+            "resuming: %d rows already written in %s",
+            sum(earlier.statuses.values()),
+            config.output,
+        )
     manifest["status"] = "running"
     outdir.write_manifest(config.output, manifest, storage)
 
@@ -183,12 +192,17 @@ def _write_output(
         config=config,
         spec=spec,
         state_dict=state_dict,
-        items=_not_done(sources.iter_inputs(config.inputs, listing, storage), done, skipped_done),
+        items=(
+            iter(())
+            if engine.by_unit
+            else _not_done(sources.iter_inputs(config.inputs, listing, storage), done, skipped_done)
+        ),
         writer=writer,
         listing=listing,
         already_done=len(done),
         known_total=None if known_total is None else max(0, known_total - len(done)),
         progress=progress,
+        committed=committed,
     )
     try:
         result = engine.run(job)
@@ -202,7 +216,7 @@ def _write_output(
         ok=result.ok,
         error=result.error,
         skipped=listing.skipped,
-        already_done=skipped_done[0],
+        already_done=result.already_done if engine.by_unit else skipped_done[0],
         wall_seconds=time.perf_counter() - start,
         stage_seconds=result.stage_seconds,
         error_codes=dict(result.error_codes.most_common()),

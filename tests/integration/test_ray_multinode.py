@@ -29,8 +29,8 @@ pytestmark = pytest.mark.timeout(180)
 def cluster() -> Iterator[tuple[Any, list[Any]]]:
     """A head (no CPUs: the driver only) and two worker nodes of 2 logical CPUs each.
 
-    Two CPUs per worker, so the surviving node still fits one predictor actor and one decode
-    task after the other node is gone.
+    Two CPUs per worker, so the surviving node still fits the unit worker actor after the
+    other node is gone.
     """
     if ray.is_initialized():
         ray.shutdown()
@@ -70,12 +70,12 @@ def test_worker_node_removed_mid_run(
     removed: dict[str, Any] = {}
 
     def model_at_work() -> tuple[Any, list[str]] | None:
-        """The worker node whose predictor actor is running a batch now, and its processes'
+        """The worker node whose unit worker actor is running a unit now, and its processes'
         titles (Ray titles a worker ``ray::Class.method`` while it runs a method)."""
         for node in workers:
             raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
             titles = [title(p) for p in descendants(raylet)]
-            if any("Predictor" in t and ")." in t for t in titles):
+            if any("UnitWorker" in t and ")." in t for t in titles):
                 return node, titles
         return None
 
@@ -107,9 +107,7 @@ def test_worker_node_removed_mid_run(
             engine="ray",
             batch_size=2,
             part_rows=2,
-            # The default pool (1 actor on 4 CPUs). With an actor per surviving CPU, the
-            # restarted actors would hold every CPU while their inputs, lost with the node,
-            # wait for decode tasks to be re-run: a deadlock in Ray, not in the engine.
+            # The default pool: 1 actor on 4 CPUs, restarted on the surviving node.
         )
     )
     finished = time.monotonic()
@@ -117,8 +115,8 @@ def test_worker_node_removed_mid_run(
 
     assert "at" in removed and removed["at"] < finished, "the node went before the run ended"
     assert 0 < removed["rows_before"] < N_IMAGES
-    # The node went with work at stake: the model's actor, in the middle of a batch.
-    assert any("Predictor" in t and ")." in t for t in removed["titles"]), removed["titles"]
+    # The node went with work at stake: the model's actor, in the middle of a unit.
+    assert any("UnitWorker" in t and ")." in t for t in removed["titles"]), removed["titles"]
     assert sum(1 for n in ray.nodes() if n["Alive"]) == 2  # head + the surviving worker
     ids = pads.dataset(str(out), format="parquet").to_table(columns=["id"])["id"].to_pylist()
     assert len(ids) == N_IMAGES and set(ids) == {f"im_{i:03d}.jpg" for i in range(N_IMAGES)}

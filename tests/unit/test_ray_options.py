@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import pickle
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from batchvision.config import PreprocessConfig, RunConfig, parse_concurrency
-from batchvision.engines.ray import (
-    _drop_repeats,
-    actor_resources,
-    manifest_blocks,
-    pool_size,
-)
+from batchvision.engines.ray import actor_resources, pool_size
 from batchvision.errors import ConfigError
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
 from batchvision.stages.preprocess import decode_batch
@@ -61,31 +54,11 @@ def test_actor_resources_default_to_a_gpu_where_there_is_one() -> None:
 
 def test_pool_size_defaults() -> None:
     ray_cfg = _cfg(engine="ray")
-    assert pool_size(ray_cfg, {"CPU": 2}, 0) == (1, 1)  # 2 cores: 1 actor + 1 decode task
+    assert pool_size(ray_cfg, {"CPU": 2}, 0) == (1, 1)  # 2 cores: 1 actor, 2 threads
     assert pool_size(ray_cfg, {"CPU": 16}, 0) == (1, 4)
     assert pool_size(ray_cfg, {"CPU": 16, "GPU": 4}, 1) == (1, 4)
     assert pool_size(ray_cfg, {"CPU": 16, "GPU": 4}, 0.5) == (1, 8)
     assert pool_size(_cfg(engine="ray", concurrency="2"), {"CPU": 16}, 0) == (2, 2)
-
-
-def test_manifest_blocks_cover_every_item_once() -> None:
-    items = [InputItem(f"id{i}", f"/p/{i}.jpg") for i in range(10)]
-    blocks = list(manifest_blocks(iter(items), 4))
-    assert [b.num_rows for b in blocks] == [4, 4, 2]
-    assert [i for b in blocks for i in b["id"].to_pylist()] == [i.id for i in items]
-    assert blocks[0].column_names == ["id", "path"]
-
-
-def test_repeated_ids_are_dropped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
-    seen = {"a"}
-    table = pa.table({"id": ["a", "b", "c", "b"], "score": [1.0, 2.0, 3.0, 4.0]})
-    with caplog.at_level(logging.ERROR):
-        out = _drop_repeats(table, seen)
-    assert out.column("id").to_pylist() == ["b", "c"]
-    assert out.column("score").to_pylist() == [2.0, 3.0]
-    assert "2 row(s) this run already has" in caplog.text
-    clean = pa.table({"id": ["x", "y"]})
-    assert _drop_repeats(clean, seen) is clean
 
 
 def test_decoder_pickles_and_matches_decode_batch(photo_dir: Path) -> None:
@@ -105,16 +78,6 @@ def test_decoder_pickles_and_matches_decode_batch(photo_dir: Path) -> None:
     assert "_t_read" not in got  # timing columns only on request (the engine's)
 
 
-def test_a_pool_that_takes_every_cpu_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    from batchvision.engines.ray import warn_if_no_cpu_left
-
-    with caplog.at_level(logging.WARNING):
-        warn_if_no_cpu_left(2, 1.0, {"CPU": 4})
-        assert not caplog.text
-        warn_if_no_cpu_left(4, 1.0, {"CPU": 4})
-    assert "4 predictor actor(s) x 1 CPU could take all 4 CPUs" in caplog.text
-
-
 def test_an_unreachable_cluster_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
     from batchvision.engines.ray import RayEngine
@@ -131,8 +94,8 @@ def test_an_unreachable_cluster_is_a_usage_error(monkeypatch: pytest.MonkeyPatch
 def test_actor_threads() -> None:
     from batchvision.engines.ray import actor_threads
 
-    assert actor_threads(1, 0, 1, {"CPU": 2}, 2) == 2  # 2-core local instance, one actor
-    assert actor_threads(1, 0, 4, {"CPU": 16}, 16) == 4
-    assert actor_threads(1, 0, 1, {"CPU": 64}, 8) == 8  # no more than one node has
-    assert actor_threads(1, 1, 1, {"CPU": 64, "GPU": 1}, 64) == 1  # GPU actors: their share
-    assert actor_threads(3, 0, 8, {"CPU": 8}, 8) == 3
+    assert actor_threads(1, 1, {"CPU": 2}, 2) == 2  # 2-core local instance, one actor
+    assert actor_threads(1, 4, {"CPU": 16}, 16) == 4
+    assert actor_threads(1, 1, {"CPU": 64}, 8) == 8  # no more than one node has
+    assert actor_threads(1, 4, {"CPU": 32, "GPU": 4}, 8) == 8  # GPU actors decode on theirs
+    assert actor_threads(3, 8, {"CPU": 8}, 8) == 3  # at least what the actor reserves

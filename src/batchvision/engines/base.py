@@ -15,6 +15,7 @@ import torch
 from batchvision.config import RunConfig
 from batchvision.io.sinks import PartWriter
 from batchvision.io.sources import InputItem, ListingStats
+from batchvision.io.units import Committed
 from batchvision.models.spec import ModelSpec
 
 
@@ -44,6 +45,8 @@ class Job:
     already_done: int = 0
     known_total: int | None = None
     progress: ProgressCallback | None = None
+    #: Engines that run by unit (``Engine.by_unit``): the units earlier runs committed.
+    committed: Committed | None = None
 
 
 @dataclass
@@ -66,6 +69,8 @@ class EngineResult:
     decode_device: str = "cpu"
     #: CPU decode threads in the model's process (0: decoded in worker processes or tasks).
     decode_threads: int = 0
+    #: Inputs skipped as committed by earlier runs (engines that run by unit).
+    already_done: int = 0
 
 
 class RunStats:
@@ -81,11 +86,14 @@ class RunStats:
     def observe(self, batch: dict[str, np.ndarray]) -> None:
         """Count a labelled batch and report progress."""
         ok = int(np.count_nonzero(batch["status"] == "ok"))
+        codes = Counter(str(e).split(":", 1)[0] for e in batch["error"] if e is not None)
+        self.observe_counts(ok, len(batch["status"]) - ok, codes)
+
+    def observe_counts(self, ok: int, error: int, codes: dict[str, int]) -> None:
+        """Count ``ok`` and ``error`` rows (``codes``: errors by code) and report progress."""
         self.result.ok += ok
-        self.result.error += len(batch["status"]) - ok
-        for err in batch["error"]:
-            if err is not None:
-                self.result.error_codes[str(err).split(":", 1)[0]] += 1
+        self.result.error += error
+        self.result.error_codes.update(codes)
         self.report()
 
     def report(self, force: bool = False) -> None:
@@ -110,6 +118,9 @@ class Engine(ABC):
     """Runs a Job's stages somewhere: this process and its workers, or a cluster."""
 
     name: str
+    #: Runs the inputs as units (``io.units``) and resumes by unit: the job's ``items`` are
+    #: not used, ``committed`` says what to skip.
+    by_unit: bool = False
 
     def connect(self, config: RunConfig) -> None:  # noqa: B027 - optional: most need none
         """Reach where the stages will run (e.g. a cluster), before the output is touched.

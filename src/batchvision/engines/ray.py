@@ -1,19 +1,21 @@
-"""The Ray engine: the same stages on Ray Data, from a laptop to a cluster.
+"""The Ray engine: whole units of work on an actor pool, nothing per row on the driver.
 
-The driver lists the inputs (the same streaming listing as the local engine, which skips
-ids a resumed run already wrote) into a dataset of ``(id, path)`` rows in Arrow blocks: the
-manifest as a dataset. Reading is then part of the decode stage, so a missing or corrupt
-file costs one error row, never a failed read task. Decode and preprocess run as CPU tasks,
-the model on an actor pool (restarted on failure, its batches retried: Ray Data's
-defaults), and the rows stream back to this process, where the same writer as the local
-engine's commits them as atomic part files. Nothing relies on order.
+The driver plans the inputs as units (``io.units``: ``--part-rows`` lines of a manifest,
+read once for their line ends; or items of a listed folder), skips the units a resumed run
+already committed, and hands the rest to Ray Data, one unit per block. Each actor of the
+pool loads the model once, then runs whole units: it reads, decodes, infers and commits
+each unit's part itself (temporary name then rename; on S3 one PUT), named after the unit,
+and returns one stats row. Ray restarts a lost actor and retries its unit; a unit retried
+after its part was committed leaves a second copy of the same ids, which the final
+listing deletes. The driver's work is O(units): the plan, one stats row per unit, and a
+listing of the part names at the end, from which the run's counts are taken.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import itertools
+import json
 import logging
 import math
 import os
@@ -21,28 +23,22 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from batchvision.config import DEFAULT_RAY_CONNECT_TIMEOUT, RunConfig
 from batchvision.engines.base import Engine, EngineResult, Job, RunStats
-from batchvision.errors import ConfigError
-from batchvision.interrupts import defer_interrupts, keep_sigterm_handler
-from batchvision.io.sources import InputItem
+from batchvision.errors import ConfigError, OutputWriteError, StorageAuthError
+from batchvision.interrupts import keep_sigterm_handler
+from batchvision.io import units
 from batchvision.orphans import Reaper
 from batchvision.stages.predict import PredictOptions, resolve_precision
 
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'batchvision[ray]'"
-# Decoded batches the driver's iterator may hold ahead of writing.
-PREFETCH_BATCHES = 2
-# Memory one image's decoding may take (a 24-megapixel RGB image is 72 MB).
-DECODE_WORKING_SET = 128 * 2**20
 
 
 def import_ray() -> Any:
@@ -55,20 +51,6 @@ def import_ray() -> Any:
             f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT}"
         ) from e
     return ray
-
-
-def manifest_blocks(items: Iterator[InputItem], rows_per_block: int) -> Iterator[Any]:
-    """The listing as Arrow tables of ``id``/``path`` rows, ``rows_per_block`` at a time."""
-    import pyarrow as pa
-
-    it = iter(items)
-    while chunk := list(itertools.islice(it, rows_per_block)):
-        yield pa.table(
-            {
-                "id": pa.array([i.id for i in chunk], pa.string()),
-                "path": pa.array([i.path for i in chunk], pa.string()),
-            }
-        )
 
 
 def _log_cluster(ray: Any) -> dict[str, float]:
@@ -86,7 +68,7 @@ def _log_cluster(ray: Any) -> dict[str, float]:
 
 
 def actor_resources(cfg: RunConfig, resources: dict[str, float]) -> tuple[float, float]:
-    """``(num_gpus, num_cpus)`` per predictor actor: one GPU each where the cluster has GPUs."""
+    """``(num_gpus, num_cpus)`` per worker actor: one GPU each where the cluster has GPUs."""
     num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1.0 if resources.get("GPU") else 0.0)
     if num_gpus > resources.get("GPU", 0):
         raise ConfigError(
@@ -98,8 +80,8 @@ def actor_resources(cfg: RunConfig, resources: dict[str, float]) -> tuple[float,
 
 
 def pool_size(cfg: RunConfig, resources: dict[str, float], num_gpus: float) -> tuple[int, int]:
-    """Predictor actors ``(min, max)``: ``--concurrency``, else one per GPU (autoscaling),
-    else one per four CPUs, which leaves the other cores to decoding."""
+    """Worker actors ``(min, max)``: ``--concurrency``, else one per GPU (autoscaling),
+    else one per four CPUs (each decodes on its share of the cores, see actor_threads)."""
     if cfg.concurrency is not None:
         return cfg.concurrency
     if num_gpus > 0:
@@ -107,31 +89,16 @@ def pool_size(cfg: RunConfig, resources: dict[str, float], num_gpus: float) -> t
     return 1, max(1, int(resources.get("CPU", 1) // 4))
 
 
-def warn_if_no_cpu_left(actors: int, num_cpus: float, resources: dict[str, float]) -> None:
-    """Warn when the predictor pool alone may take every CPU of the cluster."""
-    cpus = resources.get("CPU", 0)
-    if actors * num_cpus >= cpus:
-        logger.warning(
-            "ray: %d predictor actor(s) x %g CPU could take all %g CPUs, leaving none to "
-            "decode (and after a lost node, restarted actors could wait forever for their "
-            "inputs to be decoded again); use a smaller --concurrency or --num-cpus",
-            *(actors, num_cpus, cpus),
-        )
-
-
 def actor_threads(
-    num_cpus: float, num_gpus: float, actors: int, resources: dict[str, float], node_cpus: float
+    num_cpus: float, actors: int, resources: dict[str, float], node_cpus: float
 ) -> int:
-    """Torch threads per predictor actor.
+    """Threads per worker actor, for torch and for decoding: its share of the cluster's
+    CPUs, as far as one node has them, and at least the CPUs it reserves.
 
-    A GPU actor needs few: its CPU share. A CPU actor gets the cores the pool would leave
-    to decoding, as far as one node has them: decoding costs a fraction of inference (on 2
-    cores, resnet18: 2.5 ms vs 10 ms an image), and a second thread there cut inference
-    time by 40% while slowing decoding by 20% (bench_engines.py, 256 images).
+    A worker decodes and infers in turn on the CPU (so neither slows the other), and with a
+    GPU decodes the next batch while the GPU runs this one: either way its cores serve it.
     """
     own = max(1, int(num_cpus))
-    if num_gpus > 0:
-        return own
     share = int(resources.get("CPU", 0) // max(1, actors))
     return max(own, min(share, int(node_cpus)))
 
@@ -140,11 +107,6 @@ def _max_node_cpus(ray: Any) -> float:
     return max(
         (n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0
     )
-
-
-def decode_memory(batch_size: int, crop_size: tuple[int, int]) -> int:
-    """Bytes a decode task reserves: its uint8 output batch and a large decoded image."""
-    return batch_size * crop_size[0] * crop_size[1] * 3 + DECODE_WORKING_SET
 
 
 def check_client_installed(address: str) -> None:
@@ -250,9 +212,10 @@ def _psutil_path(ray: Any) -> str:
 
 
 class RayEngine(Engine):
-    """Ray Data: decode as CPU tasks, the model on an actor pool, rows written here."""
+    """Ray Data: whole units on an actor pool, each unit's part written by its actor."""
 
     name = "ray"
+    by_unit = True
 
     def __init__(self) -> None:
         # Ray is imported when connecting: its C++ side reads the connect bound
@@ -350,15 +313,14 @@ class RayEngine(Engine):
         resources = _log_cluster(ray)
         num_gpus, num_cpus = actor_resources(cfg, resources)
         lo, hi = pool_size(cfg, resources, num_gpus)
+        threads = actor_threads(num_cpus, hi, resources, _max_node_cpus(ray))
+        pool = Pool(lo, hi, num_gpus, num_cpus, threads)
         logger.info(
-            "ray: predictor pool %d..%d actor(s), %g GPU and %g CPU each",
-            *(lo, hi, num_gpus, num_cpus),
+            "ray: unit worker pool %d..%d actor(s), %g GPU, %g CPU and %d thread(s) each",
+            *(lo, hi, num_gpus, num_cpus, threads),
         )
-
-        warn_if_no_cpu_left(hi, num_cpus, resources)
         stats = RunStats(job)
         result = stats.result
-        seconds = dict.fromkeys(("read", "decode", "inference", "write"), 0.0)
         result.device = ("cuda" if num_gpus > 0 else "cpu") if cfg.device == "auto" else cfg.device
         # Actors resolve "auto" on their own device; the driver can only tell for CPUs.
         result.precision = (
@@ -367,45 +329,53 @@ class RayEngine(Engine):
             else cfg.precision
         )
         result.workers = hi
-        threads = actor_threads(num_cpus, num_gpus, hi, resources, _max_node_cpus(ray))
+        seconds = dict.fromkeys(("read", "decode", "inference", "write"), 0.0)
         try:
+            todo = self._plan(job, result)
             # The weights travel once, through the object store; actors never download.
             weights_ref = ray.put(job.state_dict) if job.state_dict is not None else None
-            batch_size = self._batch_size(job, weights_ref, num_gpus, num_cpus, threads, result)
-            result.batch_size = batch_size
-            refs = [ray.put(t) for t in manifest_blocks(job.items, batch_size)]
+            result.batch_size = self._batch_size(job, weights_ref, pool, result)
             stats.report(force=True)
-            if refs:
-                pool = (lo, hi, num_gpus, num_cpus, threads, batch_size)
-                self._stream(job, refs, weights_ref, stats, seconds, pool)
+            if todo:
+                self._stream(job, todo, weights_ref, stats, seconds, pool)
         except KeyboardInterrupt:
             result.interrupted = True
-            logger.warning("interrupted: writing the rows completed so far")
-        finally:
-            job.writer.close()
-            seconds["write"] += job.writer.write_seconds
-            stats.report(force=True)
+            logger.warning("interrupted: the units committed so far are kept")
+        self._count_committed(job, result)
+        stats.report(force=True)
         result.stage_seconds = seconds
         return result
 
-    def _batch_size(
-        self,
-        job: Job,
-        weights_ref: Any,
-        num_gpus: float,
-        num_cpus: float,
-        threads: int,
-        result: EngineResult,
-    ) -> int:
-        """``--batch-size``, or ``auto`` resolved once, in a task shaped like a predictor actor."""
+    def _plan(self, job: Job, result: EngineResult) -> list[str]:
+        """The units still to run, as JSON, in order; committed ones are skipped whole.
+
+        Planning keeps one unit at a time besides the list: a manifest is read once for
+        its line ends (never parsed into rows here), a folder is listed into its units.
+        """
+        cfg = job.config
+        committed = job.committed or units.Committed()
+        todo: list[str] = []
+        total = 0
+        for unit in units.plan_units(cfg.inputs, cfg.part_rows, job.listing, cfg.storage):
+            if committed.check(unit):
+                result.already_done += unit.rows
+                continue
+            todo.append(unit.to_json())
+            total += unit.rows
+        job.known_total = total
+        logger.info("ray: %d unit(s) of up to %d inputs to run", len(todo), cfg.part_rows)
+        return todo
+
+    def _batch_size(self, job: Job, weights_ref: Any, pool: Pool, result: EngineResult) -> int:
+        """``--batch-size``, or ``auto`` resolved once, in a task shaped like a worker actor."""
         cfg = job.config
         if cfg.batch_size != "auto":
             return int(cfg.batch_size)
         from batchvision.ray import find_batch_size
 
-        task = self.ray.remote(num_gpus=num_gpus, num_cpus=num_cpus)(find_batch_size)
+        task = self.ray.remote(num_gpus=pool.num_gpus, num_cpus=pool.num_cpus)(find_batch_size)
         opts = PredictOptions.from_config(cfg)
-        search = self.ray.get(task.remote(job.spec, weights_ref, opts, threads))
+        search = self.ray.get(task.remote(job.spec, weights_ref, opts, pool.threads))
         logger.info("ray: --batch-size auto chose %d", search.size)
         result.batch_search = search.as_record()
         return int(search.size)
@@ -413,101 +383,93 @@ class RayEngine(Engine):
     def _stream(
         self,
         job: Job,
-        refs: list[Any],
+        todo: list[str],
         weights_ref: Any,
         stats: RunStats,
         seconds: dict[str, float],
-        pool: tuple[int, int, float, float, int, int],
+        pool: Pool,
     ) -> None:
-        """Build the dataset over the manifest blocks and write its rows as they arrive."""
-        ray = self.ray
+        """Run the units on the actor pool; only their stats rows come back here."""
         from ray.data import ActorPoolStrategy
 
-        from batchvision.ray import (
-            BATCH_LIMIT_COLUMN,
-            FAULT_INJECT_ENV,
-            TIMING_COLUMNS,
-            DecodeOptions,
-            Decoder,
-            Predictor,
-            fatal_error,
-        )
+        from batchvision.engines.unit_worker import FAULT_INJECT_ENV, UnitWorker, WorkerOptions
 
         cfg = job.config
-        opts = PredictOptions.from_config(cfg)
-        lo, hi, num_gpus, num_cpus, threads, batch_size = pool
-        logger.info("ray: %d torch thread(s) per predictor actor", threads)
-        ds = ray.data.from_arrow_refs(refs)
-        ds = ds.map_batches(
-            Decoder(
-                options=DecodeOptions(
-                    job.spec.preprocess,
-                    cfg.max_pixels,
-                    cfg.draft,
-                    timings=True,
-                    storage=cfg.storage,
-                    max_input_pixels=cfg.max_input_pixels,
-                    max_file_bytes=cfg.max_file_bytes,
-                )
-            ),
-            batch_size=batch_size,
-            batch_format="numpy",
-            zero_copy_batch=True,
-            num_cpus=1,
-            # A decode task's peak: its output batch plus one large image being decoded.
-            # Asking for it also keeps Ray Data from fusing decoding into the predictor
-            # actors (it fuses only equal resource requests): decoding then overlaps
-            # inference in its own tasks instead of running inside the model's process.
-            memory=decode_memory(batch_size, job.spec.preprocess.crop_size),
+        options = WorkerOptions(
+            output=cfg.output,
+            fmt=cfg.format,
+            batch_size=stats.result.batch_size,
+            preprocess=job.spec.preprocess,
+            predict=PredictOptions.from_config(cfg),
+            storage=cfg.storage,
+            max_pixels=cfg.max_pixels,
+            max_input_pixels=cfg.max_input_pixels,
+            max_file_bytes=cfg.max_file_bytes,
+            draft=cfg.draft,
+            mask_dir=None if cfg.mask_dir is None else os.path.abspath(cfg.mask_dir),
+            threads=pool.threads,
+            fault_inject=os.environ.get(FAULT_INJECT_ENV),
         )
+        # One unit per block, so each actor call is one unit and idle actors take the next.
+        ds = self.ray.data.from_items([{"unit": u} for u in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(
-            Predictor,
-            fn_constructor_kwargs={
-                "spec": job.spec,
-                "state_dict": weights_ref,
-                "device": opts.device,
-                "precision": opts.precision,
-                "top_k": opts.top_k,
-                "channels_last": opts.channels_last,
-                "normalize": opts.normalize,
-                "table": True,
-                "threads": threads,
-                "timings": True,
-                "fault_inject": os.environ.get(FAULT_INJECT_ENV),
-                "compile": opts.compile,
-                "fuse": opts.fuse,
-                "inject_oom_above": opts.inject_oom_above,
-            },
-            compute=ActorPoolStrategy(min_size=lo, max_size=hi),
-            batch_size=batch_size,
+            UnitWorker,
+            fn_constructor_kwargs={"options": options, "spec": job.spec, "state_dict": weights_ref},
+            compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+            batch_size=1,
             batch_format="numpy",
-            zero_copy_batch=True,
-            num_gpus=num_gpus,
-            num_cpus=num_cpus,
+            num_gpus=pool.num_gpus,
+            num_cpus=pool.num_cpus,
         )
-        seen: set[str] = set()
-        for table in ds.iter_batches(
-            batch_size=None, batch_format="pyarrow", prefetch_batches=PREFETCH_BATCHES
-        ):
-            for col, stage in zip(TIMING_COLUMNS, ("read", "decode", "inference"), strict=True):
-                seconds[stage] += float(pc.sum(table.column(col)).as_py() or 0.0)
-            limits = [v for v in table.column(BATCH_LIMIT_COLUMN).to_pylist() if v]
-            if limits:  # an actor ran out of memory and halved its batches
-                stats.result.batch_size = min(stats.result.batch_size, *limits)
-            dropped = [*TIMING_COLUMNS, BATCH_LIMIT_COLUMN]
-            table = _drop_repeats(table.drop_columns(dropped), seen)
-            errors = table.column("error").to_pylist()
-            fatal = fatal_error(errors)
-            if fatal is not None:
-                raise fatal
-            counts = {
-                "status": np.asarray(table.column("status").to_pylist(), dtype=object),
-                "error": np.asarray(errors, dtype=object),
-            }
-            with defer_interrupts():  # a batch is written and counted, or neither
-                job.writer.add(table)
-                stats.observe(counts)
-                seen.update(table.column("id").to_pylist())
+        guard = job.writer.guard
+        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+            for row in table.to_pylist():  # one row per unit
+                _raise_fatal(row)
+                if guard is not None:
+                    guard()
+                stats.observe_counts(row["ok"], row["error"], json.loads(row["error_codes"]))
+                for stage in seconds:
+                    seconds[stage] += row[f"t_{stage}"]
+                if row["batch_limit"]:  # the model ran out of memory and halved its batches
+                    stats.result.batch_size = min(stats.result.batch_size, row["batch_limit"])
+
+    def _count_committed(self, job: Job, result: EngineResult) -> None:
+        """What this run committed, from the part names (exact whatever Ray retried); a
+        unit committed twice keeps one part."""
+        from batchvision.io import outdir
+
+        cfg = job.config
+        earlier = job.committed or units.Committed()
+        now = outdir.read_units(cfg.output, cfg.storage)
+        new = [p for k, p in now.units.items() if k not in earlier.units]
+        # The run record's writer: what this run committed, though its workers wrote it.
+        job.writer.rows_written = sum(p.rows for p in new)
+        job.writer.parts_written = len(new)
+        result.error = sum(p.errors for p in new)
+        result.ok = job.writer.rows_written - result.error
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The unit worker actors: how many (``min``..``max``, autoscaling), and each one's share."""
+
+    min_actors: int
+    max_actors: int
+    num_gpus: float
+    num_cpus: float
+    threads: int
+
+
+def _raise_fatal(row: dict[str, Any]) -> None:
+    """Stop the run with what stopped a unit, as the local engine would raise it."""
+    message, kind = row["fatal"], row["fatal_kind"]
+    if not message:
+        return
+    if kind == "storage_auth":
+        raise StorageAuthError(message)
+    if kind == "output_write":
+        raise OutputWriteError(message)
+    raise ConfigError(message)
 
 
 @contextlib.contextmanager
@@ -526,25 +488,3 @@ def _ray_data_output(verbose: bool) -> Iterator[None]:
     finally:
         ctx.enable_progress_bars, ctx.print_on_execution_start, level = saved
         log.setLevel(level)
-
-
-def _drop_repeats(table: pa.Table, seen: set[str]) -> pa.Table:
-    """Defence in depth: a row whose id this run already wrote is logged and dropped.
-
-    Ray retries a lost batch rather than repeat a finished one, so this should never fire;
-    if it does, writing the row twice would break "every id exactly once".
-    """
-    ids = table.column("id").to_pylist()
-    drop = np.zeros(len(ids), dtype=bool)
-    here: set[str] = set()
-    for i, item in enumerate(ids):
-        drop[i] = item in seen or item in here
-        here.add(item)
-    if not drop.any():
-        return table
-    logger.error(
-        "ray returned %d row(s) this run already has (e.g. id %r); not writing them twice",
-        int(drop.sum()),
-        ids[int(np.flatnonzero(drop)[0])],
-    )
-    return table.filter(pa.array(~drop))

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from batchvision import __version__
 from batchvision.config import PreprocessConfig, RunConfig
 from batchvision.errors import OutputDirError, OutputWriteError
-from batchvision.io import storage
+from batchvision.io import storage, units
 from batchvision.io.outlock import LOCK_NAME
 from batchvision.io.sinks import (
     EXTENSIONS,
@@ -40,7 +40,7 @@ from batchvision.io.sinks import (
     PART_PREFIX,
     REPORT_NAME,
     PartWriter,
-    _write_atomic,
+    write_atomic,
 )
 from batchvision.io.storage import StorageOptions
 
@@ -277,8 +277,20 @@ def _is_temp(name: str) -> bool:
 
 
 def _is_our_part(name: str, run_ids: set[str]) -> bool:
+    """A part of the runs ``run_ids``: named with one of them, or a unit's part (named after
+    its unit, not its run) in a folder whose manifest records runs."""
     m = PART_RE.match(name)
-    return m is not None and m["run"] in run_ids
+    if m is not None:
+        return m["run"] in run_ids
+    return bool(run_ids) and units.UNIT_PART_RE.match(name) is not None
+
+
+def _recorded(name: str) -> tuple[int, int] | None:
+    """The row count and CRC-32 a part's name records, if it records them."""
+    m = PART_RE.match(name) or units.UNIT_PART_RE.match(name)
+    if m is None or m["crc"] is None:
+        return None
+    return int(m["rows"]), int(m["crc"], 16)
 
 
 def _ours(entries: list[str], manifest: dict[str, Any] | None) -> list[str]:
@@ -306,9 +318,45 @@ class Written:
     #: Damaged parts set aside (their new names); their rows are written again.
     set_aside: list[str] = field(default_factory=list)
 
+    @classmethod
+    def of_units(cls, committed: units.Committed | None) -> Written:
+        """What committed units hold, from their part names (no ids: skipped by unit)."""
+        if committed is None:
+            return cls()
+        return cls(statuses=committed.statuses, set_aside=list(committed.removed))
+
 
 class _Damaged(Exception):
     pass
+
+
+def read_units(
+    out_dir: str,
+    storage_options: StorageOptions | None = None,
+    previous: dict[str, Any] | None = None,
+) -> units.Committed:
+    """The units committed to ``out_dir``, from one listing of its names (no part is read).
+
+    A data file that is not a unit's part is refused: parts of the local engine (or of
+    earlier versions) are resumed by id, which that engine does.
+    """
+    options = storage_options or StorageOptions()
+    names = [n for n in _entries(out_dir, options) if _is_data_name(n)]
+    run_ids = set((previous or {}).get("run_ids") or [])
+    for name in names:
+        if units.UNIT_PART_RE.match(name) is not None:
+            continue
+        if previous is not None and _is_our_part(name, run_ids):
+            raise OutputDirError(
+                f"cannot --resume {out_dir!r} with --engine ray: {name} was written by the "
+                "local engine (or an earlier version), whose parts are resumed by id; run the "
+                "same command with --engine local, or --overwrite"
+            )
+        raise OutputDirError(
+            f"cannot --resume in {out_dir!r}: {name} is not a part batchvision wrote "
+            "there; move it out of the output folder, then run the command again"
+        )
+    return units.read_committed(out_dir, names, options)
 
 
 def read_written(
@@ -372,8 +420,8 @@ def _read_part(path: str, options: StorageOptions) -> tuple[list[str], list[str]
             raise OutputDirError(f"{path} cannot be read: {storage.describe(e)}") from e
     else:
         data = Path(path).read_bytes()
-    m = PART_RE.match(path.replace("\\", "/").rsplit("/", 1)[-1])
-    if m is not None and m["crc"] is not None and zlib.crc32(data) != int(m["crc"], 16):
+    recorded = _recorded(path.replace("\\", "/").rsplit("/", 1)[-1])
+    if recorded is not None and zlib.crc32(data) != recorded[1]:
         raise _Damaged(
             f"its {len(data)} bytes do not match the CRC-32 in its name: truncated or changed"
         )
@@ -381,8 +429,8 @@ def _read_part(path: str, options: StorageOptions) -> tuple[list[str], list[str]
         ids, statuses = _decode_ids_statuses(data, os.path.splitext(path)[1])
     except (ValueError, KeyError, TypeError, OSError, pa.ArrowException) as e:
         raise _Damaged(f"unreadable: {' '.join(str(e).split())[:200]}") from e
-    if m is not None and m["rows"] is not None and len(ids) != int(m["rows"]):
-        raise _Damaged(f"it has {len(ids)} rows, its name records {m['rows']}")
+    if recorded is not None and len(ids) != recorded[0]:
+        raise _Damaged(f"it has {len(ids)} rows, its name records {recorded[0]}")
     return ids, statuses
 
 
@@ -473,12 +521,12 @@ def write_manifest(
     data = text.encode("utf-8")
     options = storage_options or StorageOptions()
     try:
-        _write_atomic(out_dir, MANIFEST_NAME, data, options)
+        write_atomic(out_dir, MANIFEST_NAME, data, options)
     except OutputWriteError:
         if on_full is None:
             raise
         on_full()
-        _write_atomic(out_dir, MANIFEST_NAME, data, options)
+        write_atomic(out_dir, MANIFEST_NAME, data, options)
 
 
 # --- the run record ------------------------------------------------------------------------

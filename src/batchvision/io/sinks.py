@@ -214,7 +214,7 @@ def encode_table(table: pa.Table, fmt: str) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
-def _write_atomic(out_dir: str, name: str, data: bytes, options: StorageOptions) -> None:
+def write_atomic(out_dir: str, name: str, data: bytes, options: StorageOptions) -> None:
     """Make ``out_dir/name`` hold ``data``, all or nothing.
 
     Raises:
@@ -372,7 +372,7 @@ class PartWriter:
         table = pa.concat_tables(self._buffer)
         data = encode_table(table, self.fmt)
         name = part_name(self.run_id, self.parts_written, table.num_rows, data, self.fmt)
-        self._failing_safely(_write_atomic, self.out_dir, name, data, self.storage_options)
+        self._failing_safely(write_atomic, self.out_dir, name, data, self.storage_options)
         self.parts_written += 1
         self.rows_written += table.num_rows
         self._buffer, self._buffered = [], 0

@@ -133,7 +133,7 @@ def _check_lists_images(spec: str, kind: str, options: StorageOptions) -> None:
     likely a wrong path, and a run of 0 images would look like success. The listing stops
     at the first image, so a large folder costs one step of its walk."""
     stats = ListingStats()
-    if next(iter(_listed(spec, kind, stats, options)), None) is not None:
+    if next(iter(listed(spec, kind, stats, options)), None) is not None:
         return
     what = f"glob {spec!r} matches" if kind == "glob" else f"folder {spec!r} holds"
     if stats.skipped == 0:
@@ -147,7 +147,7 @@ def _check_lists_images(spec: str, kind: str, options: StorageOptions) -> None:
     )
 
 
-def _listed(
+def listed(
     spec: str, kind: str, stats: ListingStats, options: StorageOptions
 ) -> Iterable[InputItem]:
     """The images of one input of the given kind, lazily."""
@@ -171,7 +171,7 @@ def iter_inputs(
     stats = stats if stats is not None else ListingStats()
     options = storage_options or StorageOptions()
     for spec in inputs:
-        for item in _listed(spec, input_kind(spec, options), stats, options):
+        for item in listed(spec, input_kind(spec, options), stats, options):
             stats.listed += 1
             yield item
     stats.done = True
@@ -358,7 +358,7 @@ def _open_text(path: str, options: StorageOptions) -> Iterator[IO[str]]:
     yield io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
 
 
-def _parquet_file(path: str, options: StorageOptions) -> pq.ParquetFile:
+def parquet_file(path: str, options: StorageOptions) -> pq.ParquetFile:
     import pyarrow.parquet as pq
 
     if not storage.is_uri(path):
@@ -378,7 +378,7 @@ def _check_manifest_columns(path: str, options: StorageOptions) -> None:
                 raise ConfigError(f"manifest {path!r} has no 'path' column (columns: {header})")
             empty = next(reader, None) is None
     elif ext == ".parquet":
-        pf = _parquet_file(path, options)
+        pf = parquet_file(path, options)
         schema = pf.schema_arrow
         if "path" not in schema.names:
             raise ConfigError(f"manifest {path!r} has no 'path' column (columns: {schema.names})")
@@ -430,20 +430,32 @@ def _manifest_paths(path: str, options: StorageOptions) -> Iterator[str | None]:
             for row in csv.DictReader(f):
                 yield row.get("path") or None
     else:
-        pf = _parquet_file(path, options)
+        pf = parquet_file(path, options)
         for rb in pf.iter_batches(columns=["path"], batch_size=65_536):
             yield from (p or None for p in rb.column(0).to_pylist())
 
 
 def _manifest(path: str, options: StorageOptions) -> Iterator[InputItem]:
-    """Rows of a manifest; relative paths are relative to the manifest's folder.
+    """Rows of a manifest, as :func:`manifest_items` makes them."""
+    try:
+        yield from manifest_items(path, _manifest_paths(path, options), options)
+    except (UnicodeDecodeError, csv.Error) as e:  # found past the header: a bad line
+        raise ConfigError(f"manifest {path!r} cannot be read: {e}") from e
+
+
+def manifest_items(
+    path: str, paths: Iterable[str | None], options: StorageOptions, first_row: int = 1
+) -> Iterator[InputItem]:
+    """The inputs of manifest rows ``paths`` (row ``first_row`` first); relative paths are
+    relative to the manifest's folder.
 
     Listed paths are taken as they are, whatever their extension: the user named them.
     A path in the ``file:`` form of a name that is not UTF-8 (``io.names``), as the output's
     ``id`` and ``path`` columns hold it, is read as that name, so an output's rows can be
     listed again (e.g. to redo its errors).
     A listed ``s3://`` URI is absolute; in a manifest stored on S3, a relative path is a
-    key relative to the manifest's own prefix.
+    key relative to the manifest's own prefix. A row without a path keeps its place as an
+    error row (see read_bytes).
     """
     if storage.is_uri(path):
         base_loc = storage.parse_uri(path).parent()
@@ -459,12 +471,8 @@ def _manifest(path: str, options: StorageOptions) -> Iterator[InputItem]:
                 return p
             return names.to_text(os.path.join(base, name))
 
-    try:
-        for row, p in enumerate(_manifest_paths(path, options), start=1):
-            # A row without a path keeps its place as an error row (see read_bytes).
-            yield InputItem(id=p, path=resolve(p)) if p else InputItem(bad_row_id(path, row), "")
-    except (UnicodeDecodeError, csv.Error) as e:  # found past the header: a bad line
-        raise ConfigError(f"manifest {path!r} cannot be read: {e}") from e
+    for row, p in enumerate(paths, start=first_row):
+        yield InputItem(id=p, path=resolve(p)) if p else InputItem(bad_row_id(path, row), "")
 
 
 def needs_duplicate_check(inputs: Sequence[str], kinds: Sequence[str]) -> bool:
