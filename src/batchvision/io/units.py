@@ -48,6 +48,7 @@ UNIT_PART_RE = re.compile(
     r"^part-u(?P<key>\d{3,}-\d{8,})-f(?P<fp>[0-9a-f]{8})-n(?P<rows>\d+)-e(?P<errors>\d+)"
     r"-c(?P<crc>[0-9a-f]{8})(?P<ext>\.parquet|\.csv|\.jsonl)$"
 )
+BOM = b"\xef\xbb\xbf"
 # Manifest bytes read at a time while planning.
 _PLAN_READ = 8 << 20
 
@@ -177,9 +178,9 @@ def _plan_text(
             start = offset = len(header)
             number = rows = rows_before = crc = 0
             for line in f:
-                offset += len(line)
                 crc = zlib.crc32(line, crc)
-                rows += _is_text_row(line, csv_file)
+                rows += _is_text_row(line if offset else line.removeprefix(BOM), csv_file)
+                offset += len(line)
                 if rows == rows_per_unit:
                     yield Unit(
                         unit_key(index, number), "text", spec, rows, crc, start, offset,
@@ -211,7 +212,7 @@ def _plan_parquet(
             for buf in chunk.buffers():
                 if buf is not None:
                     crc = zlib.crc32(memoryview(buf), crc)
-        yield Unit(unit_key(index, number), "parquet", spec, stop - start, crc, start, stop)
+        yield Unit(unit_key(index, number), "parquet", spec, stop - start, crc, start, stop, start)
 
 
 def _parquet_paths(pf: object, start: int, stop: int) -> object:
