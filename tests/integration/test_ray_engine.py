@@ -3,6 +3,7 @@ a killed predictor actor, and the public ``batchvision.ray`` callables."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 import batchvision
 from batchvision.config import RunConfig
+from batchvision.errors import OutputDirError
 from tests.unit import odd_images
 
 ray = pytest.importorskip("ray")
@@ -329,3 +331,83 @@ def test_odd_files_and_names_give_the_local_engines_rows(
 
 def read_rows_of(summary: Any) -> dict[str, dict[str, Any]]:
     return read_rows(Path(summary.output))
+
+
+def _manifest(photo_dir: Path, tmp_path: Path) -> Path:
+    spec = tmp_path / "inputs.txt"
+    spec.write_text("".join(f"{p}\n" for p in sorted(photo_dir.rglob("*.jpg"))))
+    return spec
+
+
+def _parts(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob("part-*"))
+
+
+def test_a_unit_committed_before_its_worker_died_is_not_written_twice(
+    ray_local: str,
+    photo_dir: Path,
+    tiny_checkpoint: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = tmp_path / "died-after-commit"
+    monkeypatch.setenv("BATCHVISION_FAULT_INJECT", f"unit_exit_after_commit_once:{marker}")
+    out = tmp_path / "out"
+    spec = _manifest(photo_dir, tmp_path)
+    summary = batchvision.run(_config((str(spec),), out, tiny_checkpoint, engine="ray"))
+    # The worker ended after committing a unit's part and before replying: Ray ran the
+    # unit again on a new worker, whose part took the same name.
+    assert marker.exists()
+    assert len(read_rows(out)) == 24  # every id once
+    assert len(_parts(out)) == 24 // BATCH
+    assert (summary.ok, summary.error) == (24, 0)
+
+
+def test_resume_skips_committed_units_without_reading_them(
+    ray_local: str, photo_dir: Path, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    spec = _manifest(photo_dir, tmp_path)
+    batchvision.run(_config((str(spec),), out, tiny_checkpoint, engine="ray"))
+    parts = _parts(out)
+    assert [p.split("-")[1:3] for p in parts] == [["u000", f"{k:08d}"] for k in range(3)]
+    # One unit lost (as if killed before its commit), another's bytes replaced: resume
+    # redoes the lost unit alone, and never reads the committed ones (a reader would fail).
+    (out / parts[1]).unlink()
+    (out / parts[2]).write_bytes(b"not read by --resume")
+    again = batchvision.run(_config((str(spec),), out, tiny_checkpoint, engine="ray", resume=True))
+    assert (again.ok, again.already_done) == (BATCH, 24 - BATCH)
+    assert _parts(out) == parts
+    assert (out / parts[2]).read_bytes() == b"not read by --resume"
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["counts"]["ok"] == 24 and manifest["status"] == "complete"
+
+
+def test_resume_refuses_inputs_that_changed(
+    ray_local: str, photo_dir: Path, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    spec = _manifest(photo_dir, tmp_path)
+    batchvision.run(_config((str(spec),), out, tiny_checkpoint, engine="ray"))
+    lines = spec.read_text().splitlines()
+    spec.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")  # two swapped
+    with pytest.raises(OutputDirError, match="the inputs of unit 000-00000000 .* changed"):
+        batchvision.run(_config((str(spec),), out, tiny_checkpoint, engine="ray", resume=True))
+
+
+def test_outputs_resume_across_engines_where_they_can(
+    ray_local: str, photo_dir: Path, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
+) -> None:
+    spec = _manifest(photo_dir, tmp_path)
+    # The local engine resumes by id, so it finishes a Ray run's output...
+    out = tmp_path / "from_ray"
+    batchvision.run(_config((str(spec),), out, tiny_checkpoint, engine="ray"))
+    (out / _parts(out)[0]).unlink()
+    done = batchvision.run(_config((str(spec),), out, tiny_checkpoint, resume=True))
+    assert (done.ok, done.already_done) == (BATCH, 24 - BATCH)
+    assert len(read_rows(out)) == 24
+    # ...but the Ray engine resumes by unit, and says so of a local engine's output.
+    out = tmp_path / "from_local"
+    batchvision.run(_config((str(spec),), out, tiny_checkpoint))
+    with pytest.raises(OutputDirError, match="was written by the local engine .* --engine local"):
+        batchvision.run(_config((str(spec),), out, tiny_checkpoint, engine="ray", resume=True))

@@ -43,7 +43,9 @@ logger = logging.getLogger(__name__)
 
 #: Test hook, in the engine's environment: ``predictor_exit_once:MARKER`` makes the first
 #: worker that sees it create the file MARKER and end its process (``os._exit(1)``) in the
-#: middle of a unit, its first batch inferred and nothing committed, once per marker.
+#: middle of a unit, its first batch inferred and nothing committed, once per marker;
+#: ``unit_exit_after_commit_once:MARKER`` does it just after a unit's part is committed,
+#: before the worker can reply (Ray then runs that unit again).
 FAULT_INJECT_ENV = "BATCHVISION_FAULT_INJECT"
 
 #: Stats columns, one row per unit (``fatal``: what stopped the unit, else empty).
@@ -123,6 +125,7 @@ class UnitWorker:
             ext = sinks.EXTENSIONS[opts.fmt]
             name = units.unit_part_name(unit, table.num_rows, errors, data, ext)
             sinks.write_atomic(opts.output, name, data, opts.storage)
+            self._maybe_fault("unit_exit_after_commit_once")
             stats["t_write"] += time.perf_counter() - t0
             stats["part"] = name
         except StorageAuthError as e:
@@ -147,7 +150,7 @@ class UnitWorker:
                 warnings.filterwarnings("ignore", message=".*not writable.*")
                 labelled = postprocess_batch(self.predictor(batch), self.spec)
             stats["t_inference"] += time.perf_counter() - t0
-            self._maybe_fault()
+            self._maybe_fault("predictor_exit_once")
             ok = int(np.count_nonzero(labelled["status"] == "ok"))
             stats["ok"] += ok
             stats["error"] += len(labelled["status"]) - ok
@@ -194,9 +197,9 @@ class UnitWorker:
             max_input_pixels=opts.max_input_pixels,
         )
 
-    def _maybe_fault(self) -> None:
+    def _maybe_fault(self, point: str) -> None:
         hook = self.options.fault_inject
-        if self._faulted or not hook or not hook.startswith("predictor_exit_once:"):
+        if self._faulted or not hook or not hook.startswith(f"{point}:"):
             return
         self._faulted = True
         marker = hook.split(":", 1)[1]
