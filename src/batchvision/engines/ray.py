@@ -410,13 +410,16 @@ class RayEngine(Engine):
             threads=pool.threads,
             fault_inject=os.environ.get(FAULT_INJECT_ENV),
         )
-        # One unit per block, so each actor call is one unit and idle actors take the next.
-        ds = self.ray.data.from_items([{"unit": u} for u in todo], override_num_blocks=len(todo))
+        # A block is one actor call: a few units (TASK_ROWS inputs or more), so that Ray
+        # Data's few milliseconds of driver work per task are spread over many rows.
+        per_task = units_per_task(cfg.part_rows)
+        blocks = math.ceil(len(todo) / per_task)
+        ds = self.ray.data.from_items([{"unit": u} for u in todo], override_num_blocks=blocks)
         ds = ds.map_batches(
             UnitWorker,
             fn_constructor_kwargs={"options": options, "spec": job.spec, "state_dict": weights_ref},
             compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
-            batch_size=1,
+            batch_size=per_task,
             batch_format="numpy",
             num_gpus=pool.num_gpus,
             num_cpus=pool.num_cpus,
@@ -447,6 +450,16 @@ class RayEngine(Engine):
         job.writer.parts_written = len(new)
         result.error = sum(p.errors for p in new)
         result.ok = job.writer.rows_written - result.error
+
+
+#: Inputs an actor call runs at least (whole units): Ray Data costs its driver about 5 ms
+#: of CPU per task (bench_driver.py), so tasks of 4,096 inputs keep it near 1 us a row.
+TASK_ROWS = 4096
+
+
+def units_per_task(part_rows: int) -> int:
+    """Units an actor call runs: one unit of ``TASK_ROWS`` or more, else enough of them."""
+    return max(1, math.ceil(TASK_ROWS / part_rows))
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import contextlib
 import csv
 import fnmatch
 import glob
-import hashlib
 import io
+import itertools
 import logging
 import os
 import stat
@@ -480,34 +480,47 @@ def needs_duplicate_check(inputs: Sequence[str], kinds: Sequence[str]) -> bool:
     return len(inputs) > 1 or any(k == "manifest" for k in kinds)
 
 
-def _id_hash(item_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little")
+def _ids(inputs: Sequence[str], options: StorageOptions) -> Iterator[str]:
+    """The ids :func:`iter_inputs` gives, without resolving a manifest's paths."""
+    for spec in inputs:
+        kind = input_kind(spec, options)
+        if kind != "manifest":
+            yield from (item.id for item in listed(spec, kind, ListingStats(), options))
+            continue
+        for row, p in enumerate(_manifest_paths(spec, options), start=1):
+            yield p if p else bad_row_id(spec, row)
 
 
 def duplicate_ids(
     inputs: Sequence[str], limit: int = 5, storage_options: StorageOptions | None = None
 ) -> tuple[int, list[str]]:
-    """Count all items of ``inputs`` and name up to ``limit`` duplicate ids (two passes)."""
+    """Count all items of ``inputs`` and name up to ``limit`` duplicate ids (two passes).
+
+    The first pass keeps 8 bytes per id (Python's string hash: the same within this
+    process, which is all it needs); the second names the ids whose hash repeats, compared
+    as strings, so a hash collision is never reported as a duplicate.
+    """
+    options = storage_options or StorageOptions()
     chunks: list[np.ndarray] = []
-    buf: list[int] = []
     count = 0
-    for item in iter_inputs(inputs, storage_options=storage_options):
-        buf.append(_id_hash(item.id))
-        count += 1
-        if len(buf) >= 65_536:
-            chunks.append(np.array(buf, dtype=np.uint64))
-            buf = []
-    chunks.append(np.array(buf, dtype=np.uint64))
-    hashes = np.sort(np.concatenate(chunks))
+    it = _ids(inputs, options)
+    while len(chunk := np.fromiter(map(hash, itertools.islice(it, 65_536)), dtype=np.int64)):
+        chunks.append(chunk)
+        count += len(chunk)
+    hashes = np.sort(np.concatenate(chunks)) if chunks else np.empty(0, np.int64)
     dup = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
     if not dup:
         return count, []
+    seen: set[str] = set()
     names: list[str] = []
-    for item in iter_inputs(inputs, storage_options=storage_options):
-        if _id_hash(item.id) in dup and item.id not in names:
-            names.append(item.id)
+    for item_id in _ids(inputs, options):
+        if hash(item_id) not in dup:
+            continue
+        if item_id in seen and item_id not in names:
+            names.append(item_id)
             if len(names) >= limit:
                 break
+        seen.add(item_id)
     return count, names
 
 
