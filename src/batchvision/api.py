@@ -158,14 +158,7 @@ def _write_output(
     manifest = outdir.new_manifest(config, spec, previous, run_id)
     if previous is not None:
         outdir.check_resumable(previous, manifest)
-    committed = None
-    if engine.by_unit:  # resumed by unit, from the part names: O(units), no row read
-        committed = outdir.read_units(config.output, storage, previous) if config.resume else None
-        earlier = outdir.Written.of_units(committed)
-    elif config.resume:
-        earlier = outdir.read_written(config.output, storage, previous)
-    else:
-        earlier = outdir.Written()
+    earlier, committed = outdir.read_earlier(config, previous, by_unit=engine.by_unit)
     done = earlier.ids
     if done or committed:
         logger.info(

@@ -231,8 +231,9 @@ def cli() -> None:
     type=click.IntRange(min=1),
     default=10_000,
     show_default=True,
-    help="Commit a part once this many rows are buffered (parts end on batch boundaries; "
-    "a part is also committed every 30 s).",
+    help="Local engine: commit a part once this many rows are buffered (parts end on batch "
+    "boundaries; a part is also committed every 30 s). --engine ray: inputs per unit of work, "
+    "each committed whole as one part.",
 )
 @click.option(
     "--s3-endpoint",
@@ -267,21 +268,21 @@ def cli() -> None:
     "--concurrency",
     default=None,
     metavar="N|MIN,MAX",
-    help="--engine ray: predictor actors, N (fixed) or MIN,MAX (autoscaling) "
+    help="--engine ray: worker actors, N (fixed) or MIN,MAX (autoscaling) "
     "[default: 1..GPUs, or 1..CPUs/4 without GPUs].",
 )
 @click.option(
     "--num-gpus",
     type=float,
     default=None,
-    help="--engine ray: GPUs per predictor actor [default: 1 where the cluster has GPUs, else 0].",
+    help="--engine ray: GPUs per worker actor [default: 1 where the cluster has GPUs, else 0].",
 )
 @click.option(
     "--num-cpus",
     type=float,
     default=None,
-    help="--engine ray: CPUs reserved per predictor actor [default: 1]; a CPU actor runs "
-    "torch on the cores the pool leaves free, up to one node's.",
+    help="--engine ray: CPUs reserved per worker actor [default: 1]; an actor decodes and "
+    "runs torch on its share of the cluster's cores, up to one node's.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines.")
 @click.option(

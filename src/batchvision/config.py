@@ -375,3 +375,41 @@ def _check_batch_size(value: object) -> None:
 def _positive(name: str, value: int) -> None:
     if value < 1:
         raise ConfigError(f"{name} must be >= 1, got {value}")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to run the model; resolved values are recorded in the manifest."""
+
+    device: str = "auto"
+    precision: Precision = "auto"
+    top_k: int = 5
+    channels_last: bool = True
+    normalize: bool = False
+    #: Run the model through ``torch.compile`` (compiled on the first batch).
+    compile: bool = False
+    #: Fold BatchNorm layers into the convolutions before them (see :func:`fold_batch_norms`).
+    fuse: bool = True
+    #: Test hook (``BATCHVISION_INJECT_OOM_ABOVE``): model calls on more images than this
+    #: raise ``torch.cuda.OutOfMemoryError``, on any device.
+    inject_oom_above: int | None = None
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> PredictOptions:
+        """The options a run's config asks for; every engine builds its predictor from these."""
+        return cls(
+            device=config.device,
+            precision=config.precision,
+            top_k=config.top_k,
+            channels_last=config.channels_last,
+            normalize=config.normalize,
+            compile=config.compile,
+            fuse=config.fuse,
+            inject_oom_above=_injected_oom_limit(),
+        )
+
+
+def _injected_oom_limit() -> int | None:
+    from batchvision.stages.batching import injected_oom_limit
+
+    return injected_oom_limit()

@@ -1,6 +1,6 @@
 """batchvision's stages as Ray Data callables, for your own ``ray.data`` pipelines.
 
-The Ray engine (``--engine ray``) is built from these very classes, so a pipeline of your
+These are batchvision's stages (the very functions the engines run), so a pipeline of your
 own gives the same rows as ``batchvision run``::
 
     import ray
@@ -10,7 +10,7 @@ own gives the same rows as ``batchvision run``::
     ds = ds.map_batches(bvr.Decoder(model="resnet50"), batch_size=32)  # CPU tasks
     ds = ds.map_batches(
         bvr.Predictor,  # a class: an actor pool, one model per actor
-        fn_constructor_kwargs={"model": "resnet50", "top_k": 5},
+        fn_constructor_kwargs={"model": "resnet50", "options": bvr.PredictOptions(top_k=5)},
         compute=ray.data.ActorPoolStrategy(size=2),
         batch_size=32,
     )
@@ -23,14 +23,11 @@ A file that cannot be read or decoded becomes an error row (``status`` "error", 
 from __future__ import annotations
 
 import logging
-import os
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 try:
     import ray
@@ -45,12 +42,11 @@ from batchvision.config import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_INPUT_PIXELS,
     DEFAULT_MAX_PIXELS,
-    Precision,
+    PredictOptions,
     PreprocessConfig,
     TaskName,
 )
 from batchvision.errors import StorageAuthError
-from batchvision.io.sinks import batch_to_table
 from batchvision.io.sources import read_batch
 from batchvision.io.storage import StorageOptions
 from batchvision.memory import HeapTrimmer
@@ -59,9 +55,9 @@ from batchvision.stages.postprocess import postprocess_batch
 from batchvision.stages.preprocess import decode_batch
 
 __all__ = [
-    "FAULT_INJECT_ENV",
     "DecodeOptions",
     "Decoder",
+    "PredictOptions",
     "Predictor",
     "find_batch_size",
     "resolve",
@@ -69,22 +65,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Test hook: ``predictor_exit_once:<marker path>`` makes the first predictor actor that
-#: sees it create the marker file and exit its process (``os._exit(1)``) in the middle of a
-#: batch, once per marker. The fault-tolerance tests use it to check that Ray replaces the
-#: actor and retries its batch. Never set it in production.
-FAULT_INJECT_ENV = "BATCHVISION_FAULT_INJECT"
-
-#: The error code of rows whose read hit an authentication failure: never written, the
-#: driver stops the run with it (:func:`fatal_error`).
+#: The error code of rows whose read hit an authentication failure (S3 refused the
+#: credentials): every row after it would fail alike.
 FATAL_CODE = "storage_auth"
-
-#: Per-row timing columns the engine asks for (seconds of the batch / rows); dropped before
-#: writing.
-TIMING_COLUMNS = ("_t_read", "_t_decode", "_t_inference")
-#: With timings: the largest batch the actor's model now runs at (0: whole batches, no OOM
-#: yet), so the driver can record the size finally used; dropped before writing.
-BATCH_LIMIT_COLUMN = "_batch_limit"
 
 
 @dataclass(frozen=True)
@@ -94,7 +77,6 @@ class DecodeOptions:
     preprocess: PreprocessConfig
     max_pixels: int = DEFAULT_MAX_PIXELS
     draft: bool = False
-    timings: bool = False
     #: How to reach ``s3://`` paths (endpoint, retries); ``None``: AWS defaults.
     storage: StorageOptions | None = None
     #: Larger resized images (model inputs, or crops) are error rows (from the header).
@@ -176,14 +158,13 @@ class Decoder:
         opts = self.options
         if "id" not in batch:
             batch = {**batch, "id": batch["path"]}
-        t0 = time.perf_counter()
         try:
             read = read_batch(
                 {"id": batch["id"], "path": batch["path"]}, opts.storage, opts.max_file_bytes
             )
         except StorageAuthError as e:
-            # Ray would wrap the exception and lose its type on the way back; as rows it
-            # reaches the driver intact, which stops the run with it (see fatal_error).
+            # Ray would wrap the exception and lose its type on the way back: as rows,
+            # each says what happened (code storage_auth), and the pipeline goes on.
             n = len(batch["path"])
             read = {
                 "id": batch["id"],
@@ -191,19 +172,13 @@ class Decoder:
                 "bytes": np.full(n, None, dtype=object),
                 "error": np.full(n, f"{FATAL_CODE}: {e}", dtype=object),
             }
-        t1 = time.perf_counter()
-        out = decode_batch(
+        return decode_batch(
             read,
             opts.preprocess,
             max_pixels=opts.max_pixels,
             draft=opts.draft,
             max_input_pixels=opts.max_input_pixels,
         )
-        if opts.timings:
-            n = max(1, len(out["id"]))
-            out["_t_read"] = np.full(len(out["id"]), (t1 - t0) / n)
-            out["_t_decode"] = np.full(len(out["id"]), (time.perf_counter() - t1) / n)
-        return out
 
 
 class Predictor:
@@ -218,26 +193,16 @@ class Predictor:
     Args:
         model: a model name (resolved and loaded in each actor); or pass ``spec``.
         weights: as ``--weights``.
+        options: how to run it (:class:`PredictOptions`: ``device``, ``precision``,
+            ``top_k``, ``channels_last``, ``normalize``, ``compile``, ``fuse``, as the CLI
+            flags); default: ``PredictOptions()``, the CLI's defaults.
         labels: class names file, for checkpoints.
         task: ``classify``, ``segment`` or ``embed`` (default: the model's own).
-        device: ``auto``, ``cpu``, ``cuda``; ``auto`` uses the actor's GPU when it has one.
-        precision: ``auto``, ``fp32``, ``bf16``, ``fp16``.
-        top_k: predictions per image.
-        channels_last: run the model in channels-last memory format.
-        normalize: embed: L2-normalise the embeddings.
         spec: a spec resolved on the driver (see :func:`resolve`).
         state_dict: the weights resolved on the driver, or an object ref to them.
         postprocess: add the task's output columns (``label``, ``score``, ``topk_labels``;
             ``mask``, ``classes``; ``embedding``) in the actor.
-        table: return the output table itself (``batchvision run``'s exact schema, plus the
-            timing columns): what the engine writes. Implies ``postprocess``.
         threads: torch threads in this actor (default: Ray's, one per CPU reserved).
-        timings: add the ``_t_inference`` and ``_batch_limit`` columns (the engine's stage
-            timings, and the batch size after any out-of-memory halving).
-        fault_inject: the test hook (see ``FAULT_INJECT_ENV``); defaults to that variable.
-        compile: run the model through ``torch.compile``.
-        fuse: fold BatchNorm layers into convolutions (``--fuse``).
-        inject_oom_above: test hook (see ``batchvision.stages.batching.INJECT_OOM_ENV``).
     """
 
     def __init__(
@@ -245,28 +210,17 @@ class Predictor:
         model: str | None = None,
         weights: str = "DEFAULT",
         *,
+        options: PredictOptions | None = None,
         labels: str | None = None,
         task: TaskName | None = None,
-        device: str = "auto",
-        precision: Precision = "auto",
-        top_k: int = 5,
-        channels_last: bool = True,
-        normalize: bool = False,
         spec: ModelSpec | None = None,
         state_dict: Any = None,
         postprocess: bool = True,
-        table: bool = False,
         threads: int | None = None,
-        timings: bool = False,
-        fault_inject: str | None = None,
-        compile: bool = False,
-        fuse: bool = True,
-        inject_oom_above: int | None = None,
     ) -> None:
         import torch
 
         from batchvision.models.registry import load_state_dict, resolve_model
-        from batchvision.stages.predict import PredictOptions
         from batchvision.stages.predict import Predictor as StagePredictor
 
         if threads:
@@ -279,48 +233,19 @@ class Predictor:
                 state_dict = load_state_dict(spec)
         if isinstance(state_dict, ray.ObjectRef):
             state_dict = ray.get(state_dict)
-        options = PredictOptions(
-            device=device,
-            precision=precision,
-            top_k=top_k,
-            channels_last=channels_last,
-            normalize=normalize,
-            compile=compile,
-            fuse=fuse,
-            inject_oom_above=inject_oom_above,
-        )
         self.spec = spec
-        self.predictor = StagePredictor(spec, options, state_dict)
-        self.postprocess = postprocess or table
-        self.table = table
-        self.timings = timings
-        self.fault_inject = fault_inject or os.environ.get(FAULT_INJECT_ENV)
+        self.predictor = StagePredictor(spec, options or PredictOptions(), state_dict)
+        self.postprocess = postprocess
         self.trim = HeapTrimmer()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray] | pa.Table:
-        self._maybe_fault()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.trim(len(batch["id"]))
-        t0 = time.perf_counter()
         with warnings.catch_warnings():
             # Ray hands zero-copy, read-only views of its blocks; the model never writes them.
             warnings.filterwarnings("ignore", message=".*not writable.*")
             out = self.predictor(batch)
-        if self.timings:
-            n = len(out["id"])
-            out["_t_inference"] = np.full(n, (time.perf_counter() - t0) / max(1, n))
-            out[BATCH_LIMIT_COLUMN] = np.full(n, self.predictor.batch_limit or 0, np.int64)
         if self.postprocess:
-            out = postprocess_batch(out, self.spec)
-            if self.table:
-                # Encoded here, in parallel across actors: masks never cross as arrays.
-                table = batch_to_table(_text_columns(out))
-                for col in TIMING_COLUMNS:
-                    if col in out:
-                        table = table.append_column(col, pa.array(out[col], pa.float64()))
-                if BATCH_LIMIT_COLUMN in out:
-                    limits = pa.array(out[BATCH_LIMIT_COLUMN], pa.int64())
-                    table = table.append_column(BATCH_LIMIT_COLUMN, limits)
-                return table
+            out = postprocess_batch(_text_columns(out), self.spec)
             if "topk_labels" in out:
                 # A 1-D column of lists: Arrow stores list<string> where a 2-D object array
                 # would be pickled.
@@ -328,20 +253,6 @@ class Predictor:
                 labels[:] = [list(row) for row in out["topk_labels"]]
                 out["topk_labels"] = labels
         return out
-
-    def _maybe_fault(self) -> None:
-        hook = self.fault_inject
-        if not hook or not hook.startswith("predictor_exit_once:"):
-            return
-        marker = hook.split(":", 1)[1]
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, f"{os.getpid()}\n".encode())
-        os.close(fd)
-        logger.warning("%s: exiting this actor process once (test hook)", FAULT_INJECT_ENV)
-        os._exit(1)
 
 
 def find_batch_size(
@@ -371,12 +282,3 @@ def _text_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         [e if isinstance(e, str) else None for e in batch["error"].tolist()], dtype=object
     )
     return out
-
-
-def fatal_error(errors: list[str | None]) -> StorageAuthError | None:
-    """The error that must stop the run, if one of these rows' errors carries it."""
-    prefix = f"{FATAL_CODE}: "
-    for e in errors:
-        if e is not None and e.startswith(prefix):
-            return StorageAuthError(e[len(prefix) :])
-    return None

@@ -191,8 +191,7 @@ def test_public_callables_in_a_users_pipeline(
         fn_constructor_kwargs={
             "spec": spec,
             "state_dict": weights,
-            "precision": "fp32",
-            "top_k": 3,
+            "options": bvr.PredictOptions(precision="fp32", top_k=3),
         },
         compute=ray.data.ActorPoolStrategy(size=1),
         batch_size=5,
@@ -229,7 +228,7 @@ def test_public_predictor_resolves_its_own_model(
             "model": "mobilenet_v3_small",
             "weights": str(ckpt),
             "labels": str(labels),
-            "top_k": 2,
+            "options": bvr.PredictOptions(top_k=2),
         },
         compute=ray.data.ActorPoolStrategy(size=1),
         batch_size=3,
@@ -391,7 +390,7 @@ def test_resume_refuses_inputs_that_changed(
     batchvision.run(_config((str(spec),), out, tiny_checkpoint, engine="ray"))
     lines = spec.read_text().splitlines()
     spec.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")  # two swapped
-    with pytest.raises(OutputDirError, match="the inputs of unit 000-00000000 .* changed"):
+    with pytest.raises(OutputDirError, match=r"the inputs of unit 000-00000000 .* changed"):
         batchvision.run(_config((str(spec),), out, tiny_checkpoint, engine="ray", resume=True))
 
 
@@ -409,5 +408,5 @@ def test_outputs_resume_across_engines_where_they_can(
     # ...but the Ray engine resumes by unit, and says so of a local engine's output.
     out = tmp_path / "from_local"
     batchvision.run(_config((str(spec),), out, tiny_checkpoint))
-    with pytest.raises(OutputDirError, match="was written by the local engine .* --engine local"):
+    with pytest.raises(OutputDirError, match=r"was written by the local engine .* --engine local"):
         batchvision.run(_config((str(spec),), out, tiny_checkpoint, engine="ray", resume=True))

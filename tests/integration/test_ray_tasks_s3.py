@@ -186,3 +186,48 @@ def test_s3_auth_failure_in_a_decode_task_stops_the_run(
         )
         with pytest.raises(StorageAuthError, match=f"S3 refused access to s3:/{denied}"):
             batchvision.run(config)
+
+
+def test_s3_manifest_units_resume_by_unit_in_csv(
+    ray_s3: S3Server, inputs: Path, tiny_checkpoint: tuple[Path, Path]
+) -> None:
+    """A CSV manifest on S3 is cut into units read by ranged GETs; a lost unit's part (as
+    if its worker died before the PUT) is all that --resume redoes, in the output's format."""
+    bucket = ray_s3.new_bucket("rayunits")
+    ray_s3.upload_dir(inputs, f"s3://{bucket}/in")
+    rels = sorted(p.relative_to(inputs).as_posix() for p in inputs.rglob("*.jpg"))
+    ray_s3.put(f"s3://{bucket}/in/list.csv", ("path\n" + "\n".join(rels) + "\n").encode())
+    ckpt, labels = tiny_checkpoint
+    out = f"s3://{bucket}/preds"
+
+    def run(**kw: Any) -> batchvision.Summary:
+        return batchvision.run(
+            RunConfig(
+                inputs=(f"s3://{bucket}/in/list.csv",),
+                output=out,
+                engine="ray",
+                model="mobilenet_v3_small",
+                weights=str(ckpt),
+                labels=str(labels),
+                batch_size=4,
+                part_rows=10,
+                format="csv",
+                s3_endpoint=ray_s3.endpoint,
+                **kw,
+            )
+        )
+
+    first = run()
+    assert (first.ok, first.error) == (24, 1)
+    parts = sorted(k for k in ray_s3.keys(out) if k.startswith("part-"))
+    assert [p.split("-")[2] for p in parts] == ["00000000", "00000001", "00000002"]
+    assert all(p.endswith(".csv") for p in parts)
+    client = ray_s3.client()
+    client.delete_object(Bucket=bucket, Key=f"preds/{parts[1]}")  # type: ignore[attr-defined]
+    again = run(resume=True)
+    assert (again.processed, again.already_done) == (10, 15)
+    assert sorted(k for k in ray_s3.keys(out) if k.startswith("part-")) == parts
+    fs = pafs.S3FileSystem(endpoint_override=ray_s3.endpoint, region="us-east-1")
+    table = pads.dataset(f"{bucket}/preds", format="csv", filesystem=fs).to_table()
+    ids = table.column("id").to_pylist()
+    assert sorted(ids) == rels and len(set(ids)) == len(rels)

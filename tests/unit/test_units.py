@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pyarrow as pa
@@ -41,7 +42,7 @@ def test_text_manifest_units_hold_the_listing(tmp_path: Path, rows: int) -> None
     assert [u.key for u in planned] == [f"000-{k:08d}" for k in range(len(planned))]
     # Byte ranges tile the file: nothing read twice, nothing skipped.
     assert planned[0].start == 0 and planned[-1].stop <= spec.stat().st_size
-    assert all(a.stop == b.start for a, b in zip(planned, planned[1:], strict=False))
+    assert all(a.stop == b.start for a, b in itertools.pairwise(planned))
 
 
 @pytest.mark.parametrize("rows", SIZES)
@@ -120,5 +121,5 @@ def test_committed_units_keep_one_part_each_and_refuse_changed_inputs(tmp_path: 
     assert committed.check(u0) and committed.check(u1)
     spec.write_text("a.jpg\nX.jpg\nc.jpg\n")
     changed = next(iter(units.plan_units([str(spec)], 2)))
-    with pytest.raises(OutputDirError, match="the inputs of unit 000-00000000 .* changed"):
+    with pytest.raises(OutputDirError, match=r"the inputs of unit 000-00000000 .* changed"):
         committed.check(changed)

@@ -22,6 +22,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ import torch
 
 from batchvision.config import DEFAULT_RAY_CONNECT_TIMEOUT, RunConfig
 from batchvision.engines.base import Engine, EngineResult, Job, RunStats
+from batchvision.engines.commit_gate import CommitGate
 from batchvision.errors import ConfigError, OutputWriteError, StorageAuthError
 from batchvision.interrupts import keep_sigterm_handler
 from batchvision.io import units
@@ -226,6 +228,8 @@ class RayEngine(Engine):
         self._connected = False
         self._started = False  # this engine called ray.init, so it must call ray.shutdown
         self._reaper = Reaper()
+        self._gate: Any = None  # the running dataset's commit gate and stats iterator
+        self._stats: Any = None
 
     @property
     def ray(self) -> Any:
@@ -329,6 +333,7 @@ class RayEngine(Engine):
             else cfg.precision
         )
         result.workers = hi
+        result.decode_threads = threads  # in each actor, between (or ahead of) model batches
         seconds = dict.fromkeys(("read", "decode", "inference", "write"), 0.0)
         try:
             todo = self._plan(job, result)
@@ -341,6 +346,8 @@ class RayEngine(Engine):
         except KeyboardInterrupt:
             result.interrupted = True
             logger.warning("interrupted: the units committed so far are kept")
+        finally:
+            self._stop(job)
         self._count_committed(job, result)
         stats.report(force=True)
         result.stage_seconds = seconds
@@ -395,6 +402,7 @@ class RayEngine(Engine):
         from batchvision.engines.unit_worker import FAULT_INJECT_ENV, UnitWorker, WorkerOptions
 
         cfg = job.config
+        self._gate = self.ray.remote(num_cpus=0)(CommitGate).remote()
         options = WorkerOptions(
             output=cfg.output,
             fmt=cfg.format,
@@ -409,6 +417,7 @@ class RayEngine(Engine):
             mask_dir=None if cfg.mask_dir is None else os.path.abspath(cfg.mask_dir),
             threads=pool.threads,
             fault_inject=os.environ.get(FAULT_INJECT_ENV),
+            gate=self._gate,
         )
         # A block is one actor call: a few units (TASK_ROWS inputs or more), so that Ray
         # Data's few milliseconds of driver work per task are spread over many rows.
@@ -425,7 +434,8 @@ class RayEngine(Engine):
             num_cpus=pool.num_cpus,
         )
         guard = job.writer.guard
-        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+        self._stats = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1)
+        for table in self._stats:
             for row in table.to_pylist():  # one row per unit
                 _raise_fatal(row)
                 if guard is not None:
@@ -435,6 +445,26 @@ class RayEngine(Engine):
                     seconds[stage] += row[f"t_{stage}"]
                 if row["batch_limit"]:  # the model ran out of memory and halved its batches
                     stats.result.batch_size = min(stats.result.batch_size, row["batch_limit"])
+
+    def _stop(self, job: Job) -> None:
+        """Close the commit gate, wait (up to ``STOP_WAIT_S``) for the commits under way,
+        and end the pool: then the output holds all this run will ever have written."""
+        gate, stats = self._gate, self._stats
+        self._gate = self._stats = None
+        if gate is None:
+            return
+        ray = self.ray
+        pending = ray.get(gate.close.remote())
+        deadline = time.monotonic() + STOP_WAIT_S
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+            pending = ray.get(gate.pending.remote())
+        if pending:  # a write that hangs: its part may still appear, and --resume sees it
+            logger.warning("ray: %d unit commit(s) did not finish in time", pending)
+        close = getattr(stats, "close", None)
+        if close is not None:
+            close()  # Ray Data ends the actor pool
+        ray.kill(gate)
 
     def _count_committed(self, job: Job, result: EngineResult) -> None:
         """What this run committed, from the part names (exact whatever Ray retried); a
@@ -451,6 +481,9 @@ class RayEngine(Engine):
         result.error = sum(p.errors for p in new)
         result.ok = job.writer.rows_written - result.error
 
+
+#: Seconds a stopping run waits for the unit commits under way.
+STOP_WAIT_S = 30.0
 
 #: Inputs an actor call runs at least (whole units): Ray Data costs its driver about 5 ms
 #: of CPU per task (bench_driver.py), so tasks of 4,096 inputs keep it near 1 us a row.

@@ -73,6 +73,8 @@ class WorkerOptions:
     #: torch threads, and decode threads, in this worker.
     threads: int = 1
     fault_inject: str | None = None
+    #: The run's :class:`~batchvision.engines.commit_gate.CommitGate` actor, if any.
+    gate: Any = None
 
 
 class UnitWorker:
@@ -124,8 +126,9 @@ class UnitWorker:
             errors = int(np.count_nonzero(np.asarray(table.column("status")) != "ok"))
             ext = sinks.EXTENSIONS[opts.fmt]
             name = units.unit_part_name(unit, table.num_rows, errors, data, ext)
-            sinks.write_atomic(opts.output, name, data, opts.storage)
-            self._maybe_fault("unit_exit_after_commit_once")
+            if not self._commit(unit.key, name, data):
+                stats["fatal_kind"] = "stopped"  # the run stopped: nothing committed
+                return stats
             stats["t_write"] += time.perf_counter() - t0
             stats["part"] = name
         except StorageAuthError as e:
@@ -139,6 +142,25 @@ class UnitWorker:
             )
         stats["batch_limit"] = self.predictor.batch_limit or 0
         return stats
+
+    def _commit(self, key: str, name: str, data: bytes) -> bool:
+        """Commit the part through the run's gate; ``False`` once the run has stopped."""
+        gate = self.options.gate
+        if gate is not None:
+            import ray
+
+            try:
+                if not ray.get(gate.begin.remote(key)):
+                    return False
+            except ray.exceptions.RayError:  # the gate went with its driver
+                return False
+        try:
+            sinks.write_atomic(self.options.output, name, data, self.options.storage)
+            self._maybe_fault("unit_exit_after_commit_once")
+        finally:
+            if gate is not None:
+                gate.end.remote(key)
+        return True
 
     def _tables(self, items: list[InputItem], stats: dict[str, Any]) -> list[pa.Table]:
         tables: list[pa.Table] = []

@@ -330,6 +330,20 @@ class _Damaged(Exception):
     pass
 
 
+def read_earlier(
+    config: RunConfig, previous: dict[str, Any] | None, *, by_unit: bool
+) -> tuple[Written, units.Committed | None]:
+    """What earlier runs wrote to the output that ``config`` resumes (nothing otherwise):
+    by id (every part read, checked and its ids kept), or ``by_unit`` (the part names
+    listed, no part read; the committed units are returned too)."""
+    if not config.resume:
+        return Written(), None
+    if by_unit:
+        committed = read_units(config.output, config.storage, previous)
+        return Written.of_units(committed), committed
+    return read_written(config.output, config.storage, previous), None
+
+
 def read_units(
     out_dir: str,
     storage_options: StorageOptions | None = None,

@@ -32,12 +32,16 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from batchvision.errors import ConfigError, OutputDirError
 from batchvision.io import sources, storage
 from batchvision.io.sources import InputItem, ListingStats
 from batchvision.io.storage import StorageOptions
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
 
@@ -146,11 +150,23 @@ def _listed_unit(index: int, number: int, spec: str, chunk: list[InputItem]) -> 
     )
 
 
-def _open_binary(path: str, options: StorageOptions) -> io.RawIOBase | io.BufferedIOBase:
+def _open_binary(path: str, options: StorageOptions) -> Any:
+    """A binary stream of a local file or an S3 object (read in order, never whole)."""
     if not storage.is_uri(path):
         return open(path, "rb")
     fs, loc = storage.filesystem(path, options)
-    return fs.open_input_stream(loc.path)  # type: ignore[no-any-return]
+    return fs.open_input_stream(loc.path)
+
+
+def _lines(f: Any) -> Iterator[bytes]:
+    """The lines of a binary stream, line ends kept, read ``_PLAN_READ`` bytes at a time."""
+    rest = b""
+    while chunk := f.read(_PLAN_READ):
+        lines = (rest + chunk).splitlines(keepends=True)
+        rest = lines.pop() if lines and not lines[-1].endswith((b"\n", b"\r")) else b""
+        yield from lines
+    if rest:
+        yield rest
 
 
 def _is_text_row(line: bytes, csv_file: bool) -> bool:
@@ -172,12 +188,12 @@ def _plan_text(
     """
     csv_file = spec.lower().endswith(".csv")
     try:
-        with _open_binary(spec, options) as raw:
-            f = io.BufferedReader(raw, _PLAN_READ)  # type: ignore[arg-type]
-            header = f.readline() if csv_file else b""
+        with _open_binary(spec, options) as f:
+            lines = _lines(f)
+            header = next(lines, b"") if csv_file else b""
             start = offset = len(header)
             number = rows = rows_before = crc = 0
-            for line in f:
+            for line in lines:
                 crc = zlib.crc32(line, crc)
                 rows += _is_text_row(line if offset else line.removeprefix(BOM), csv_file)
                 offset += len(line)
@@ -215,11 +231,11 @@ def _plan_parquet(
         yield Unit(unit_key(index, number), "parquet", spec, stop - start, crc, start, stop, start)
 
 
-def _parquet_paths(pf: object, start: int, stop: int) -> object:
+def _parquet_paths(pf: pq.ParquetFile, start: int, stop: int) -> pa.ChunkedArray:
     """The ``path`` column of rows ``[start, stop)``, reading only the row groups they span."""
     import pyarrow as pa
 
-    meta = pf.metadata  # type: ignore[attr-defined]
+    meta = pf.metadata
     groups, first, seen = [], None, 0
     for g in range(meta.num_row_groups):
         n = meta.row_group(g).num_rows
@@ -229,7 +245,7 @@ def _parquet_paths(pf: object, start: int, stop: int) -> object:
         seen += n
     if not groups:
         return pa.chunked_array([], pa.string())
-    table = pf.read_row_groups(groups, columns=["path"])  # type: ignore[attr-defined]
+    table = pf.read_row_groups(groups, columns=["path"])
     return table.column(0).slice(start - (first or 0), stop - start)
 
 
@@ -244,7 +260,7 @@ def unit_items(unit: Unit, storage_options: StorageOptions | None = None) -> lis
         return [InputItem(i, p) for i, p in unit.items]
     if unit.kind == "parquet":
         column = _parquet_paths(sources.parquet_file(unit.source, options), unit.start, unit.stop)
-        paths: list[str | None] = [p or None for p in column.to_pylist()]  # type: ignore[attr-defined]
+        paths: list[str | None] = [p or None for p in column.to_pylist()]
     else:
         paths = list(_text_paths(unit, _read_range(unit.source, unit.start, unit.stop, options)))
     return list(sources.manifest_items(unit.source, paths, options, first_row=unit.rows_before + 1))
@@ -257,7 +273,7 @@ def _read_range(path: str, start: int, stop: int, options: StorageOptions) -> by
             return f.read(stop - start)
     fs, loc = storage.filesystem(path, options)
     with fs.open_input_file(loc.path) as f:
-        return f.read_at(stop - start, start)  # type: ignore[no-any-return]
+        return bytes(f.read_at(stop - start, start))
 
 
 def _text_paths(unit: Unit, data: bytes) -> Iterator[str | None]:

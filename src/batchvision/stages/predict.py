@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from batchvision.config import PRECISIONS, Precision, RunConfig
+from batchvision.config import PRECISIONS, Precision, PredictOptions
 from batchvision.errors import ConfigError
 from batchvision.models.registry import build_model
 from batchvision.models.spec import ModelSpec
@@ -29,7 +28,6 @@ from batchvision.stages.batching import (
     SEARCH_START,
     BatchSearch,
     free_cached_memory,
-    injected_oom_limit,
     is_out_of_memory,
     search_batch_size,
 )
@@ -126,38 +124,6 @@ def fold_batch_norms(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
     folded = before - count(fused)
     logger.debug("folded %d of %d BatchNorm layers into convolutions", folded, before)
     return (fused, folded) if folded else (model, 0)
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    """How to run the model; resolved values are recorded in the manifest."""
-
-    device: str = "auto"
-    precision: Precision = "auto"
-    top_k: int = 5
-    channels_last: bool = True
-    normalize: bool = False
-    #: Run the model through ``torch.compile`` (compiled on the first batch).
-    compile: bool = False
-    #: Fold BatchNorm layers into the convolutions before them (see :func:`fold_batch_norms`).
-    fuse: bool = True
-    #: Test hook (``BATCHVISION_INJECT_OOM_ABOVE``): model calls on more images than this
-    #: raise ``torch.cuda.OutOfMemoryError``, on any device.
-    inject_oom_above: int | None = None
-
-    @classmethod
-    def from_config(cls, config: RunConfig) -> PredictOptions:
-        """The options a run's config asks for; every engine builds its predictor from these."""
-        return cls(
-            device=config.device,
-            precision=config.precision,
-            top_k=config.top_k,
-            channels_last=config.channels_last,
-            normalize=config.normalize,
-            compile=config.compile,
-            fuse=config.fuse,
-            inject_oom_above=injected_oom_limit(),
-        )
 
 
 class Predictor:
