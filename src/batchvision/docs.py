@@ -64,8 +64,9 @@ MANIFEST: dict[str, str] = {
     "runs": "One record per run into the folder (see below).",
     "status": "Status of the last run: `running`, `complete`, `interrupted` or `failed` "
     "(writing the output failed, e.g. a full disk: exit code 4; `--resume` finishes it).",
-    "run_ids": "Ids of every run whose parts are in the folder (part names carry them: "
-    "`part-RUN-NNNNN-nROWS-cCRC32.EXT`); `--overwrite` deletes only those parts.",
+    "run_ids": "Ids of every run whose parts are in the folder (the local engine's part "
+    "names carry them: `part-RUN-NNNNN-nROWS-cCRC32.EXT`); `--overwrite` deletes only those "
+    "parts, and the units' parts of a folder whose manifest records runs.",
     "counts": "`ok`, `error`, `rows_written` from the part files; `skipped` by the last run.",
 }
 
@@ -76,25 +77,28 @@ RUN_FIELDS: dict[str, str] = {
     "status": "`complete`, `interrupted` or `failed` (then `error_message` says why).",
     "error_message": "`failed` runs only: what failed (e.g. no space left) and how to resume.",
     "parts_set_aside": "Damaged parts `--resume` found and renamed `_damaged-NAME` (their "
-    "rows were written again); delete them once no longer needed.",
+    "rows were written again); delete them once no longer needed. With the Ray engine: "
+    "second parts of one unit, deleted (their rows are in the part kept).",
     "config": "The full RunConfig of that run.",
     "device": "Device used, e.g. `cpu`, `cuda:0`.",
     "precision": "`fp32`, `bf16` or `fp16`.",
-    "workers": "Decode workers.",
+    "workers": "Decode workers (the Ray engine: worker actors, at most).",
     "batch_size": "Batch size the model finally ran at: `--batch-size`, the size "
     "`--batch-size auto` chose, or less where a batch ran out of device memory and was "
-    "split in halves (the Ray engine: the smallest any predictor actor kept).",
+    "split in halves (the Ray engine: the smallest any worker actor kept).",
     "batch_size_search": "`--batch-size auto` only (else `null`): the chosen `size`, the "
     "`trials` (`batch_size`, `images_per_second` on synthetic input on the device; 0 where "
     "memory ran out) and the search's `seconds`.",
     "decode_device": "Where images were decoded and resized: `cpu`, or the model's CUDA "
     "device (`--decode-device`).",
     "decode_threads": "Threads that decoded on the CPU in the model's process between model "
-    "batches (`--decode-threads`); 0: decoded in the worker processes (or Ray tasks).",
+    "batches (`--decode-threads`; the Ray engine: in each worker actor); 0: decoded in the "
+    "worker processes.",
     "ok": "Rows with status ok written by this run.",
     "error": "Error rows written by this run.",
     "skipped": "Files skipped while listing (hidden, or not an image name).",
-    "already_done": "Ids skipped because an earlier run wrote them (`--resume`).",
+    "already_done": "Ids skipped because an earlier run wrote them (`--resume`; the Ray "
+    "engine skips whole units).",
     "rows_written": "Rows this run committed.",
     "parts_written": "Part files this run committed.",
     "wall_seconds": "Wall time of the run.",
@@ -278,10 +282,15 @@ def output_schema() -> str:
         "in io/sinks.py; do not edit. -->",
         "",
         "`batchvision run --output DIR` writes part files "
-        "`part-<run id>-<seq>-n<rows>-c<crc32>.<ext>` "
         "(`--format parquet|csv|jsonl`), one row per input image, in plain Arrow types: "
-        "pyarrow, pandas or DuckDB read them without batchvision. A part is written under a "
-        "hidden temporary name and renamed when complete, so readers never see half a part. "
+        "pyarrow, pandas or DuckDB read them without batchvision. The local engine names them "
+        "`part-<run id>-<seq>-n<rows>-c<crc32>.<ext>`; the Ray engine writes one part per "
+        "unit of work (`--part-rows` inputs), named after the unit: "
+        "`part-u<input>-<unit>-f<inputs crc32>-n<rows>-e<errors>-c<crc32>.<ext>` (e.g. "
+        "`part-u000-00000042-f1a2b3c4d-n10000-e3-c5e6f7a8b.parquet`; `f` is a CRC-32 of the "
+        "unit's inputs, so `--resume` can refuse inputs that changed). A part is written "
+        "under a hidden temporary name and renamed when complete (on S3, uploaded in one "
+        "PUT), so readers never see half a part. "
         "Files whose names start with `_` or `.` are not data (pyarrow and pandas skip them "
         "when reading the folder); `_report.html` is the default output of "
         "`batchvision report`.",
