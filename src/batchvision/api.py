@@ -98,7 +98,7 @@ def _run(
     config: RunConfig, progress: ProgressCallback | None, engine: Engine, start: float
 ) -> Summary:
     storage = config.storage
-    kinds = sources.check_inputs(config.inputs, storage)
+    kinds = sources.check_inputs(config.inputs, storage, config.shards, config.manifest)
     known_total = _check_duplicates(config, kinds)
     spec = resolve_model(
         config.model,
@@ -188,14 +188,20 @@ def _write_output(
         items=(
             iter(())
             if engine.by_unit
-            else _not_done(sources.iter_inputs(config.inputs, listing, storage), done, skipped_done)
+            else _not_done(
+                sources.iter_inputs(
+                    config.inputs, listing, storage, config.shards, config.manifest
+                ),
+                done,
+                skipped_done,
+            )
         ),
         writer=writer,
         listing=listing,
         already_done=len(done),
         known_total=None if known_total is None else max(0, known_total - len(done)),
         progress=progress,
-        committed=committed,
+        committed=committed if committed is not None else earlier.committed,
     )
     try:
         result = engine.run(job)
@@ -252,14 +258,19 @@ def _check_duplicates(config: RunConfig, kinds: list[str]) -> int | None:
     """Fail before any work when two inputs share an id; returns the count when listed."""
     if not sources.needs_duplicate_check(config.inputs, kinds):
         return None
-    count, dups = sources.duplicate_ids(config.inputs, storage_options=config.storage)
+    count, dups = sources.duplicate_ids(
+        config.inputs,
+        storage_options=config.storage,
+        shard_opts=config.shards,
+        manifest=config.manifest,
+    )
     if dups:
         raise ConfigError(
             f"duplicate ids in this run: {', '.join(repr(d) for d in dups)}; every input must "
             "have a distinct id (path relative to its INPUT folder, or as listed) - pass "
             "their common parent folder or a manifest without repeats"
         )
-    return count
+    return None if "shards" in kinds else count  # a shard's samples are counted as read
 
 
 def _not_done(

@@ -12,6 +12,7 @@ import click
 
 from batchvision.config import (
     DECODE_DEVICES,
+    DEFAULT_IMAGE_KEYS,
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_INPUT_PIXELS,
     DEFAULT_MAX_PIXELS,
@@ -84,6 +85,34 @@ def cli() -> None:
     default=None,
     help="segment: write each mask as a PNG file here (named after the id) and put its "
     "path in mask_path, instead of the PNG bytes in mask.",
+)
+@click.option(
+    "--image-key",
+    default=",".join(DEFAULT_IMAGE_KEYS),
+    show_default=True,
+    help="WebDataset shards: member extensions that hold the image, in order of preference.",
+)
+@click.option(
+    "--image-column",
+    default=None,
+    help="Parquet shards: the column of image bytes (binary, or a struct with a 'bytes' "
+    "field) [default: the one such column].",
+)
+@click.option(
+    "--id-column",
+    default=None,
+    help="Parquet shards: the column of row ids [default: FILE#ROW].",
+)
+@click.option(
+    "--keep-columns",
+    default="",
+    help="Copy these input columns into the output rows, e.g. url,caption (Parquet "
+    "columns; for WebDataset shards, members by extension, e.g. txt,json, as text).",
+)
+@click.option(
+    "--manifest",
+    is_flag=True,
+    help="Read .parquet inputs as manifests (a path column) even where they hold image bytes.",
 )
 @click.option(
     "--output",
@@ -290,7 +319,7 @@ def cli() -> None:
 )
 def run_cmd(inputs: tuple[str, ...], quiet: bool, verbose: bool, **opts: Any) -> None:
     """Classify, segment or embed every image of INPUT (folders, globs, image files,
-    .txt/.csv/.parquet manifests).
+    .txt/.csv/.parquet manifests, WebDataset .tar shards, Parquet files of image bytes).
 
     Each INPUT, and the output, may be local or s3://bucket/prefix (s3://anonymous@bucket/...
     for public buckets); credentials come from the AWS environment and config files.

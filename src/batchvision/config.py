@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 from batchvision.errors import ConfigError
+from batchvision.io.shards import DEFAULT_IMAGE_KEYS, ShardOptions
 from batchvision.io.sources import DEFAULT_MAX_FILE_BYTES
 from batchvision.io.storage import StorageOptions, env_endpoint, env_max_attempts
 
@@ -204,6 +205,16 @@ class RunConfig:
     task: TaskName | None = None
     normalize: bool = False
     mask_dir: str | None = None
+    #: WebDataset shards: member extensions that hold the image, in order of preference.
+    image_key: tuple[str, ...] = DEFAULT_IMAGE_KEYS
+    #: Parquet shards: the column of image bytes (``None``: the one plausible column).
+    image_column: str | None = None
+    #: Parquet shards: the column of row ids (``None``: ``FILE#ROW``).
+    id_column: str | None = None
+    #: Shard columns (Parquet) or member extensions (tar) copied into the output rows.
+    keep_columns: tuple[str, ...] = ()
+    #: Read ``.parquet`` inputs as manifests of paths even where they hold image bytes.
+    manifest: bool = False
     #: Ray engine only. ``None``: RAY_ADDRESS, else a local instance; or ``auto``, ``ray://h:p``.
     ray_address: str | None = None
     #: Ray engine only: seconds to reach ``ray_address`` before giving up (``None``:
@@ -243,6 +254,17 @@ class RunConfig:
                     f"--mask-dir {self.mask_dir!r}: mask files go to a local folder; for "
                     "S3 output leave --mask-dir out and the masks go into the parts' mask column"
                 )
+        object.__setattr__(self, "keep_columns", _names(self.keep_columns))
+        keys = tuple(k.lstrip(".").lower() for k in _names(self.image_key))
+        object.__setattr__(self, "image_key", keys)
+        if not self.image_key:
+            raise ConfigError("--image-key needs at least one extension, e.g. jpg,png")
+        reserved = set(KEEP_RESERVED) & set(self.keep_columns)
+        if reserved:
+            raise ConfigError(
+                f"--keep-columns {sorted(reserved)[0]!r}: the output has a column of that "
+                "name already; keep other columns"
+            )
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other; pick one")
         _check_batch_size(self.batch_size)
@@ -264,6 +286,16 @@ class RunConfig:
             object.__setattr__(self, "s3_endpoint", None)
         self.storage  # noqa: B018 - validates the endpoint and attempts now, not mid-run
         self._check_ray_options()
+
+    @property
+    def shards(self) -> ShardOptions:
+        """How samples are found in shard inputs: what engines pass to their workers."""
+        return ShardOptions(
+            image_keys=self.image_key,
+            image_column=self.image_column,
+            id_column=self.id_column,
+            keep_columns=self.keep_columns,
+        )
 
     @property
     def storage(self) -> StorageOptions:
@@ -413,3 +445,17 @@ def _injected_oom_limit() -> int | None:
     from batchvision.stages.batching import injected_oom_limit
 
     return injected_oom_limit()
+
+
+#: Output columns a kept input column may not replace.
+KEEP_RESERVED = (
+    "id", "path", "status", "error", "width", "height", "label", "score", "topk_ids",
+    "topk_labels", "topk_scores", "embedding", "mask", "mask_path", "mask_width",
+    "mask_height", "classes",
+)  # fmt: skip
+
+
+def _names(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``a,b`` or a sequence of names, as a tuple without blanks or repeats."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(dict.fromkeys(v.strip() for v in items if v.strip()))

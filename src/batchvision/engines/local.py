@@ -17,17 +17,21 @@ decoded depends on the device (``--decode-device``, ``--decode-threads``):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
 import os
+import queue
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -43,7 +47,8 @@ from batchvision.engines.base import Engine, EngineResult, Job, RunStats
 from batchvision.engines.prefetch import prefetch_to_device
 from batchvision.errors import ConfigError, StorageAuthError
 from batchvision.interrupts import defer_interrupts
-from batchvision.io.sinks import batch_to_table
+from batchvision.io import shards, units
+from batchvision.io.sinks import PartWriter, batch_to_table
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
 from batchvision.io.storage import StorageOptions
 from batchvision.memory import HeapTrimmer
@@ -87,7 +92,11 @@ class DecodeDataset(Dataset[dict[str, Any]]):
         self.decode = decode
         self.trim = HeapTrimmer()  # one per worker process (the dataset is copied into each)
 
-    def __getitem__(self, chunk: list[InputItem]) -> dict[str, Any]:
+    def __getitem__(self, chunk: list[InputItem] | ShardChunk) -> dict[str, Any]:
+        if isinstance(chunk, ShardChunk):  # samples read from a shard: bytes already here
+            batch = shards.samples_batch(chunk.samples, chunk.keep_columns)
+            tag = {"_unit": (chunk.unit, chunk.seq, chunk.last), "_keep": batch.pop("_keep")}
+            return {**self._decoded(batch, 0.0), **tag}
         self.trim(len(chunk))
         t0 = time.perf_counter()
         try:
@@ -96,9 +105,12 @@ class DecodeDataset(Dataset[dict[str, Any]]):
             # Raised in a worker, the DataLoader would re-raise it with the worker's
             # traceback as its message; handed back, the main process raises it as it is.
             return {"_fatal": e}
+        return self._decoded(batch, time.perf_counter() - t0)
+
+    def _decoded(self, batch: dict[str, Any], read_seconds: float) -> dict[str, Any]:
         t1 = time.perf_counter()
         if not self.decode:
-            return {**batch, "_seconds": {"read": t1 - t0}}
+            return {**batch, "_seconds": {"read": read_seconds}}
         out: dict[str, Any] = decode_batch(
             batch,
             self.preprocess,
@@ -108,7 +120,7 @@ class DecodeDataset(Dataset[dict[str, Any]]):
         )
         t2 = time.perf_counter()
         out["image"] = torch.from_numpy(out["image"])  # shared memory back to the main process
-        out["_seconds"] = {"read": t1 - t0, "decode": t2 - t1}
+        out["_seconds"] = {"read": read_seconds, "decode": t2 - t1}
         return out
 
     def __len__(self) -> int:  # the stream of chunks has no length known ahead
@@ -120,6 +132,98 @@ def chunked(items: Iterable[InputItem], size: int) -> Iterator[list[InputItem]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
+
+
+@dataclass(frozen=True)
+class ShardChunk:
+    """A batch of samples read from a shard (unit ``unit``): its ``seq``-th, ``last`` or not."""
+
+    unit: units.Unit
+    seq: int
+    last: bool
+    samples: list[shards.Sample]
+    keep_columns: tuple[str, ...] = ()
+
+
+def shard_chunks(job: Job, size: int) -> Iterator[ShardChunk]:
+    """The run's shards not committed yet, streamed ``size`` samples at a time (the
+    last chunk of a shard is marked, so its unit is committed whole)."""
+    cfg = job.config
+    committed = job.committed or units.Committed()
+    planned = units.plan_shard_units(cfg.inputs, cfg.storage, cfg.shards, cfg.manifest)
+    for unit in planned:
+        if committed.check(unit):
+            continue
+        unit = dataclasses.replace(unit, replaces=committed.stale(unit))
+        samples = units.unit_samples(unit, cfg.shards, cfg.storage, cfg.max_file_bytes)
+        chunk = list(itertools.islice(samples, size))
+        seq = 0
+        while chunk:
+            after = list(itertools.islice(samples, size))
+            yield ShardChunk(unit, seq, not after, chunk, cfg.keep_columns)
+            chunk, seq = after, seq + 1
+
+
+def prefetched(it: Iterator[Any], depth: int = 4) -> Iterator[Any]:
+    """``it``'s items produced on a thread, ``depth`` ahead: a shard read from S3 must not
+    stall the model's loop. Its exceptions are raised here."""
+    q: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in it:
+                while not done.is_set():
+                    try:
+                        q.put((True, item), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if done.is_set():
+                    return
+            q.put((False, None))
+        except BaseException as e:  # handed to the consumer
+            q.put((False, e))
+
+    thread = threading.Thread(target=run, name="shard-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, value = q.get()
+            if not ok:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        done.set()
+
+
+class UnitParts:
+    """The local engine's shard units in flight: their tables until the last one arrives,
+    then one part each (``PartWriter.commit_unit``)."""
+
+    def __init__(self, writer: PartWriter, types: Callable[[units.Unit], dict[str, Any]]):
+        self.writer = writer
+        self.types = types
+        self.open: dict[str, tuple[dict[int, pa.Table], int | None]] = {}
+
+    def add(self, tag: tuple[units.Unit, int, bool], table: pa.Table, kept: dict) -> None:
+        unit, seq, last = tag
+        tables, final = self.open.get(unit.key, ({}, None))
+        tables[seq] = shards.add_kept(table, kept, self.types(unit))
+        final = seq if last else final
+        if final is not None and len(tables) == final + 1:
+            self.open.pop(unit.key, None)
+            self.writer.commit_unit(unit, pa.concat_tables(tables[i] for i in range(final + 1)))
+        else:
+            self.open[unit.key] = (tables, final)
+
+
+def _keep_types(cfg: RunConfig, unit: units.Unit) -> dict[str, Any]:
+    if unit.kind != "parquet_images":
+        return {}
+    return shards.keep_types(unit.source, cfg.shards, cfg.storage)
 
 
 def _identity(x: Any) -> Any:
@@ -249,7 +353,9 @@ class LocalEngine(Engine):
                 max_file_bytes=cfg.max_file_bytes,
             ),
             batch_size=None,
-            sampler=chunked(job.items, batch_size),
+            sampler=itertools.chain(
+                chunked(job.items, batch_size), prefetched(shard_chunks(job, batch_size))
+            ),
             num_workers=workers,
             prefetch_factor=PREFETCH_PER_WORKER if workers else None,
             pin_memory=predictor.device.type == "cuda",
@@ -266,6 +372,7 @@ class LocalEngine(Engine):
         result.decode_threads = plan.threads
         decode_here = plan.decoder(cfg, job.spec.preprocess, pool)
         trim = HeapTrimmer()  # keeps this process's memory flat however many images
+        shard_parts = UnitParts(job.writer, functools.partial(_keep_types, cfg))
         workers_iter: Iterator[dict[str, Any]] | None = None
         try:
             batches: Iterator[dict[str, Any]] = iter(loader)
@@ -283,6 +390,7 @@ class LocalEngine(Engine):
                     raise batch["_fatal"]
                 for stage, s in batch.pop("_seconds").items():
                     seconds[stage] += s
+                tag, kept = batch.pop("_unit", None), batch.pop("_keep", {})
                 t_infer = t1
                 if decode_here is not None:
                     batch = decode_here(batch)
@@ -291,7 +399,10 @@ class LocalEngine(Engine):
                 labelled = postprocess_batch(predictor(batch), job.spec)
                 t2 = time.perf_counter()
                 with defer_interrupts():  # a batch is written and counted, or neither
-                    job.writer.add(batch_to_table(labelled))
+                    if tag is None:
+                        job.writer.add(batch_to_table(labelled))
+                    else:  # a shard's batch: its part is committed once the shard is whole
+                        shard_parts.add(tag, batch_to_table(labelled), kept)
                     t3 = time.perf_counter()
                     seconds["wait"] += t1 - t0
                     seconds["inference"] += t2 - t_infer

@@ -14,6 +14,7 @@ listing of the part names at the end, from which the run's counts are taken.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -362,14 +363,18 @@ class RayEngine(Engine):
         cfg = job.config
         committed = job.committed or units.Committed()
         todo: list[str] = []
-        total = 0
-        for unit in units.plan_units(cfg.inputs, cfg.part_rows, job.listing, cfg.storage):
+        total: int | None = 0
+        planned = units.plan_units(
+            cfg.inputs, cfg.part_rows, job.listing, cfg.storage, cfg.shards, cfg.manifest
+        )
+        for unit in planned:
             if committed.check(unit):
-                result.already_done += unit.rows
+                result.already_done += committed.units[unit.key].rows
                 continue
-            todo.append(unit.to_json())
-            total += unit.rows
-        job.known_total = total
+            stale = committed.stale(unit)  # a damaged shard's part, read again whole
+            todo.append(dataclasses.replace(unit, replaces=stale).to_json())
+            total = None if total is None or unit.is_shard else total + unit.rows
+        job.known_total = total  # a shard's samples are counted as it is read
         logger.info("ray: %d unit(s) of up to %d inputs to run", len(todo), cfg.part_rows)
         return todo
 
@@ -417,6 +422,7 @@ class RayEngine(Engine):
             mask_dir=None if cfg.mask_dir is None else os.path.abspath(cfg.mask_dir),
             threads=pool.threads,
             fault_inject=os.environ.get(FAULT_INJECT_ENV),
+            shards=cfg.shards,
             gate=self._gate,
         )
         # A block is one actor call: a few units (TASK_ROWS inputs or more), so that Ray

@@ -14,6 +14,7 @@ returned as the unit's ``fatal`` message, which stops the run on the driver.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -21,8 +22,8 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,9 @@ import pyarrow as pa
 
 from batchvision.config import PreprocessConfig
 from batchvision.errors import OutputWriteError, StorageAuthError
-from batchvision.io import sinks, units
-from batchvision.io.sources import InputItem, items_to_batch, read_batch
+from batchvision.io import shards, sinks, units
+from batchvision.io.shards import ShardOptions
+from batchvision.io.sources import items_to_batch, read_batch
 from batchvision.io.storage import StorageOptions
 from batchvision.memory import HeapTrimmer
 from batchvision.models.spec import ModelSpec
@@ -73,6 +75,8 @@ class WorkerOptions:
     #: torch threads, and decode threads, in this worker.
     threads: int = 1
     fault_inject: str | None = None
+    #: How samples are found in shard inputs (``--image-key``, ``--keep-columns``, ...).
+    shards: ShardOptions = field(default_factory=ShardOptions)
     #: The run's :class:`~batchvision.engines.commit_gate.CommitGate` actor, if any.
     gate: Any = None
 
@@ -112,21 +116,19 @@ class UnitWorker:
             "t_inference": 0.0, "t_write": 0.0, "batch_limit": 0,
         }  # fmt: skip
         try:
-            t0 = time.perf_counter()
-            items = units.unit_items(unit, opts.storage)
-            stats["t_read"] += time.perf_counter() - t0
-            tables = self._tables(items, stats)
+            tables = self._tables(self._reads(unit), stats, self._keep_types(unit))
             t0 = time.perf_counter()
             table = pa.concat_tables(tables) if tables else None
             if table is not None and opts.mask_dir is not None and "mask" in table.column_names:
                 table = sinks.masks_to_files(table, opts.mask_dir)
-            if table is None:
-                raise OutputWriteError(f"unit {unit.key} gave no rows")
+            if table is None:  # a shard without samples: nothing to commit
+                return stats
             data = sinks.encode_table(table, opts.fmt)
             errors = int(np.count_nonzero(np.asarray(table.column("status")) != "ok"))
+            damaged = any(shards.is_damage(e) for e in table.column("error").to_pylist())
             ext = sinks.EXTENSIONS[opts.fmt]
-            name = units.unit_part_name(unit, table.num_rows, errors, data, ext)
-            if not self._commit(unit.key, name, data):
+            name = units.unit_part_name(unit, table.num_rows, errors, data, ext, damaged)
+            if not self._commit(unit.key, name, data, unit.replaces):
                 stats["fatal_kind"] = "stopped"  # the run stopped: nothing committed
                 return stats
             stats["t_write"] += time.perf_counter() - t0
@@ -143,8 +145,9 @@ class UnitWorker:
         stats["batch_limit"] = self.predictor.batch_limit or 0
         return stats
 
-    def _commit(self, key: str, name: str, data: bytes) -> bool:
-        """Commit the part through the run's gate; ``False`` once the run has stopped."""
+    def _commit(self, key: str, name: str, data: bytes, replaces: str = "") -> bool:
+        """Commit the part through the run's gate; ``False`` once the run has stopped.
+        ``replaces``: an earlier part of the unit (a damaged shard's), deleted after."""
         gate = self.options.gate
         if gate is not None:
             import ray
@@ -157,15 +160,39 @@ class UnitWorker:
         try:
             sinks.write_atomic(self.options.output, name, data, self.options.storage)
             self._maybe_fault("unit_exit_after_commit_once")
+            if replaces and replaces != name:
+                units.delete_part(self.options.output, replaces, self.options.storage)
         finally:
             if gate is not None:
                 gate.end.remote(key)
         return True
 
-    def _tables(self, items: list[InputItem], stats: dict[str, Any]) -> list[pa.Table]:
+    def _reads(self, unit: units.Unit) -> Iterator[dict[str, Any]]:
+        """The unit's read batches (bytes, or read errors), lazily: its files read a batch
+        at a time, or its shard streamed ``batch_size`` samples at a time."""
+        opts = self.options
+        size = opts.batch_size
+        if unit.is_shard:
+            samples = units.unit_samples(unit, opts.shards, opts.storage, opts.max_file_bytes)
+            while batch := list(itertools.islice(samples, size)):
+                yield shards.samples_batch(batch, opts.shards.keep_columns)
+            return
+        items = units.unit_items(unit, opts.storage)
+        for i in range(0, len(items), size):
+            chunk = items_to_batch(items[i : i + size])
+            yield read_batch(chunk, opts.storage, opts.max_file_bytes)
+
+    def _keep_types(self, unit: units.Unit) -> dict[str, Any]:
+        if unit.kind != "parquet_images":
+            return {}
+        return shards.keep_types(unit.source, self.options.shards, self.options.storage)
+
+    def _tables(
+        self, reads: Iterator[dict[str, Any]], stats: dict[str, Any], types: dict[str, Any]
+    ) -> list[pa.Table]:
         tables: list[pa.Table] = []
         codes: Counter[str] = Counter()
-        for batch in self._decoded(items, stats):
+        for batch, kept in self._decoded(reads, stats):
             self.trim(len(batch["id"]))
             t0 = time.perf_counter()
             with warnings.catch_warnings():
@@ -177,24 +204,25 @@ class UnitWorker:
             stats["ok"] += ok
             stats["error"] += len(labelled["status"]) - ok
             codes.update(str(e).split(":", 1)[0] for e in labelled["error"] if e is not None)
-            tables.append(sinks.batch_to_table(labelled))
+            tables.append(shards.add_kept(sinks.batch_to_table(labelled), kept, types))
         stats["rows"] = stats["ok"] + stats["error"]
         stats["error_codes"] = json.dumps(dict(codes))
         return tables
 
-    def _decoded(self, items: list[InputItem], stats: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """The unit's batches decoded, the next one read (and on a GPU, decoded) ahead."""
-        size = self.options.batch_size
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        ahead: Future[dict[str, Any]] | None = None
-        for i, chunk in enumerate(chunks):
-            current = ahead if ahead is not None else self.reader.submit(self._prepare, chunk)
-            ahead = (
-                self.reader.submit(self._prepare, chunks[i + 1]) if i + 1 < len(chunks) else None
-            )
+    def _decoded(
+        self, reads: Iterator[dict[str, Any]], stats: dict[str, Any]
+    ) -> Iterator[tuple[dict[str, Any], dict[str, list[Any]]]]:
+        """The unit's batches decoded (with their kept columns), the next one read (and on a
+        GPU, decoded) ahead on the reader thread."""
+        ahead = self.reader.submit(self._prepare, reads)
+        while True:
             t0 = time.perf_counter()
-            batch = current.result()  # re-raises StorageAuthError
+            prepared = ahead.result()  # re-raises StorageAuthError
             waited = time.perf_counter() - t0
+            if prepared is None:
+                return
+            ahead = self.reader.submit(self._prepare, reads)
+            batch, kept = prepared
             if "image" not in batch:  # the model is on the CPU: decode between its batches
                 t0 = time.perf_counter()
                 batch = self._decode(batch)
@@ -202,11 +230,16 @@ class UnitWorker:
                 stats["t_read"] += waited
             else:
                 stats["t_decode"] += waited
-            yield batch
+            yield batch, kept
 
-    def _prepare(self, chunk: list[InputItem]) -> dict[str, Any]:
-        read = read_batch(items_to_batch(chunk), self.options.storage, self.options.max_file_bytes)
-        return self._decode(read) if self.on_gpu else read
+    def _prepare(
+        self, reads: Iterator[dict[str, Any]]
+    ) -> tuple[dict[str, Any], dict[str, list[Any]]] | None:
+        read = next(reads, None)
+        if read is None:
+            return None
+        kept = read.pop("_keep", {})
+        return (self._decode(read) if self.on_gpu else read), kept
 
     def _decode(self, read: dict[str, Any]) -> dict[str, Any]:
         opts = self.options

@@ -315,6 +315,8 @@ class Written:
 
     ids: set[str] = field(default_factory=set)
     statuses: Counter[str] = field(default_factory=Counter)
+    #: The units among the parts (shards, and the Ray engine's units), from their names.
+    committed: units.Committed = field(default_factory=lambda: units.Committed())
     #: Damaged parts set aside (their new names); their rows are written again.
     set_aside: list[str] = field(default_factory=list)
 
@@ -323,7 +325,9 @@ class Written:
         """What committed units hold, from their part names (no ids: skipped by unit)."""
         if committed is None:
             return cls()
-        return cls(statuses=committed.statuses, set_aside=list(committed.removed))
+        return cls(
+            statuses=committed.statuses, set_aside=list(committed.removed), committed=committed
+        )
 
 
 class _Damaged(Exception):
@@ -397,6 +401,12 @@ def read_written(
                 f"cannot --resume in {out_dir!r}: {name} is not a part batchvision wrote "
                 "there; move it out of the output folder, then run the command again"
             )
+    written.committed = units.read_committed(out_dir, names, options)
+    # A damaged shard's part is read again whole, and replaced: its rows do not count.
+    damaged = {p.name for p in written.committed.units.values() if p.damaged}
+    removed = set(written.committed.removed)
+    paths = [p for p, n in zip(paths, names, strict=True) if n not in damaged | removed]
+    names = [n for n in names if n not in damaged | removed]
     # Parts are read whole (for their CRC): several at once, as S3 reads wait on the
     # network; one part's bytes per thread are held at a time.
     threads = options.read_concurrency if storage.is_uri(out_dir) else LOCAL_CHECK_THREADS

@@ -29,7 +29,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from batchvision.errors import OutputWriteError
-from batchvision.io import storage
+from batchvision.io import shards, storage, units
 from batchvision.io.storage import StorageOptions
 
 logger = logging.getLogger(__name__)
@@ -376,6 +376,28 @@ class PartWriter:
         self.parts_written += 1
         self.rows_written += table.num_rows
         self._buffer, self._buffered = [], 0
+        self.write_seconds += time.perf_counter() - t0
+
+    def commit_unit(self, unit: units.Unit, table: pa.Table) -> None:
+        """Commit a whole unit (a shard's samples) as one part named after it, at once;
+        the part of it an earlier run left damaged (``unit.replaces``) is deleted after."""
+        if self.failed:
+            return
+        t0 = time.perf_counter()
+        if self.guard is not None:
+            self._failing_safely(self.guard)
+        if self.mask_dir is not None and "mask" in table.column_names:
+            table = self._failing_safely(masks_to_files, table, self.mask_dir)
+        data = encode_table(table, self.fmt)
+        errors = table.num_rows - sum(1 for s in table.column("status").to_pylist() if s == "ok")
+        damaged = any(shards.is_damage(e) for e in table.column("error").to_pylist())
+        ext = EXTENSIONS[self.fmt]
+        name = units.unit_part_name(unit, table.num_rows, errors, data, ext, damaged)
+        self._failing_safely(write_atomic, self.out_dir, name, data, self.storage_options)
+        if unit.replaces and unit.replaces != name:
+            units.delete_part(self.out_dir, unit.replaces, self.storage_options)
+        self.parts_written += 1
+        self.rows_written += table.num_rows
         self.write_seconds += time.perf_counter() - t0
 
     def _failing_safely(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fnmatch
+import functools
 import glob
 import io
 import itertools
@@ -25,7 +26,8 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from batchvision.errors import ConfigError, RowError
-from batchvision.io import names, storage
+from batchvision.io import names, shards, storage
+from batchvision.io.shards import ShardOptions
 from batchvision.io.storage import StorageOptions
 
 if TYPE_CHECKING:
@@ -112,14 +114,23 @@ def _s3_input_kind(spec: str, options: StorageOptions) -> str:
     return "folder" if kind == "folder" else _file_kind(spec)
 
 
-def check_inputs(inputs: Sequence[str], storage_options: StorageOptions | None = None) -> list[str]:
-    """Validate every input up front, before any work; returns their kinds.
+def check_inputs(
+    inputs: Sequence[str],
+    storage_options: StorageOptions | None = None,
+    shard_opts: ShardOptions | None = None,
+    manifest: bool = False,
+) -> list[str]:
+    """Validate every input up front, before any work; returns their kinds (``shards`` for
+    WebDataset and Parquet image shards, see :func:`shard_input`).
 
     On S3 this also proves the credentials work: an authentication failure raises
     ``StorageAuthError`` here, before the output is touched.
     """
     options = storage_options or StorageOptions()
-    kinds = [input_kind(spec, options) for spec in inputs]
+    kinds = [
+        "shards" if shard_input(spec, options, shard_opts, manifest) else input_kind(spec, options)
+        for spec in inputs
+    ]
     for spec, kind in zip(inputs, kinds, strict=True):
         if kind in ("folder", "glob"):
             _check_lists_images(spec, kind, options)
@@ -166,11 +177,16 @@ def iter_inputs(
     inputs: Sequence[str],
     stats: ListingStats | None = None,
     storage_options: StorageOptions | None = None,
+    shard_opts: ShardOptions | None = None,
+    manifest: bool = False,
 ) -> Iterator[InputItem]:
-    """Every image of every input, lazily, in a deterministic order."""
+    """Every image file of every input, lazily, in a deterministic order (shard inputs are
+    read by unit, ``io.units``, and skipped here)."""
     stats = stats if stats is not None else ListingStats()
     options = storage_options or StorageOptions()
     for spec in inputs:
+        if shard_input(spec, options, shard_opts, manifest) is not None:
+            continue
         for item in listed(spec, input_kind(spec, options), stats, options):
             stats.listed += 1
             yield item
@@ -289,13 +305,9 @@ def _glob_any(spec: str, stats: ListingStats, options: StorageOptions) -> Iterat
 
 def _glob_s3(pattern: str, stats: ListingStats, options: StorageOptions) -> Iterator[InputItem]:
     """An S3 glob: list the fixed prefix once, match keys by ``/``-separated segments."""
-    loc = storage.parse_uri(pattern)
-    segments = loc.key.split("/")
-    fixed = next(i for i, seg in enumerate(segments) if glob.has_magic(seg))
-    base = storage.S3Location(loc.scheme, loc.anonymous, loc.bucket, "/".join(segments[:fixed]))
-    wanted = segments[fixed:]
-    rels = (r for r in _list_s3(base.uri, options) if _segments_match(r.split("/"), wanted))
-    yield from _filter_keys(base, rels, stats)
+    base_uri, wanted = _s3_glob_parts(pattern)
+    rels = (r for r in _list_s3(base_uri, options) if _segments_match(r.split("/"), wanted))
+    yield from _filter_keys(storage.parse_uri(base_uri), rels, stats)
 
 
 def _segments_match(parts: list[str], patterns: list[str]) -> bool:
@@ -480,9 +492,16 @@ def needs_duplicate_check(inputs: Sequence[str], kinds: Sequence[str]) -> bool:
     return len(inputs) > 1 or any(k == "manifest" for k in kinds)
 
 
-def _ids(inputs: Sequence[str], options: StorageOptions) -> Iterator[str]:
-    """The ids :func:`iter_inputs` gives, without resolving a manifest's paths."""
+def _ids(
+    inputs: Sequence[str], options: StorageOptions, shard_opts: ShardOptions | None, manifest: bool
+) -> Iterator[str]:
+    """The ids :func:`iter_inputs` gives, without resolving a manifest's paths; a shard
+    input gives its shards' ids (its samples' ids are ``SHARD/KEY``)."""
     for spec in inputs:
+        found = shard_input(spec, options, shard_opts, manifest)
+        if found is not None:
+            yield from (shard for _, shard in found.shards)
+            continue
         kind = input_kind(spec, options)
         if kind != "manifest":
             yield from (item.id for item in listed(spec, kind, ListingStats(), options))
@@ -492,7 +511,11 @@ def _ids(inputs: Sequence[str], options: StorageOptions) -> Iterator[str]:
 
 
 def duplicate_ids(
-    inputs: Sequence[str], limit: int = 5, storage_options: StorageOptions | None = None
+    inputs: Sequence[str],
+    limit: int = 5,
+    storage_options: StorageOptions | None = None,
+    shard_opts: ShardOptions | None = None,
+    manifest: bool = False,
 ) -> tuple[int, list[str]]:
     """Count all items of ``inputs`` and name up to ``limit`` duplicate ids (two passes).
 
@@ -503,7 +526,7 @@ def duplicate_ids(
     options = storage_options or StorageOptions()
     chunks: list[np.ndarray] = []
     count = 0
-    it = _ids(inputs, options)
+    it = _ids(inputs, options, shard_opts, manifest)
     while len(chunk := np.fromiter(map(hash, itertools.islice(it, 65_536)), dtype=np.int64)):
         chunks.append(chunk)
         count += len(chunk)
@@ -513,7 +536,7 @@ def duplicate_ids(
         return count, []
     seen: set[str] = set()
     names: list[str] = []
-    for item_id in _ids(inputs, options):
+    for item_id in _ids(inputs, options, shard_opts, manifest):
         if hash(item_id) not in dup:
             continue
         if item_id in seen and item_id not in names:
@@ -691,3 +714,165 @@ def read_batch(
     for i in local:
         read_one(i)
     return {**batch, "bytes": data, "error": errors}
+
+
+# --- shard inputs (WebDataset tar, Parquet with image bytes) ---------------------------------
+
+
+@dataclass(frozen=True)
+class ShardInput:
+    """An input of shards: ``tar`` or ``parquet``, and each shard's ``(path, id)``."""
+
+    kind: str
+    shards: tuple[tuple[str, str], ...]
+
+
+def shard_input(
+    spec: str,
+    options: StorageOptions | None = None,
+    shard_opts: ShardOptions | None = None,
+    manifest: bool = False,
+) -> ShardInput | None:
+    """What ``spec`` holds if it is shards, else ``None`` (files, folders of images,
+    manifests). Decided from the path (``.tar``, ``.parquet``, brace notation) and, for
+    Parquet and folders, from what they hold; listed once per run.
+    """
+    return _shard_input(spec, options or StorageOptions(), shard_opts or ShardOptions(), manifest)
+
+
+@functools.lru_cache(maxsize=256)
+def _shard_input(
+    spec: str, options: StorageOptions, shard_opts: ShardOptions, manifest: bool
+) -> ShardInput | None:
+    if shards.has_braces(spec):
+        paths = shards.expand_braces(spec)
+        base = _fixed_dir(spec[: spec.index("{")])
+        kinds = {_shard_ext(p) for p in paths}
+        if len(kinds) != 1 or None in kinds:
+            raise ConfigError(
+                f"input {spec!r}: brace notation is for shards; every name must end in .tar "
+                "(or every one in .parquet)"
+            )
+        found = [(p, shards.shard_id(p, base)) for p in paths]
+        for p, _ in found:
+            input_kind(p, options)  # a missing shard is refused up front
+        return _checked(spec, kinds.pop() or "", found, options, shard_opts, manifest)
+    if _is_glob(spec):
+        kind = _shard_ext(spec)
+        if kind is None:
+            return None
+        base = _glob_base_any(spec)
+        found = [(p, shards.shard_id(p, base)) for p in _glob_paths(spec, options)]
+        if not found:
+            raise ConfigError(f"glob {spec!r} matches no files")
+        return _checked(spec, kind, found, options, shard_opts, manifest)
+    kind = input_kind(spec, options)
+    if kind in ("file", "manifest"):
+        ext = _shard_ext(spec)
+        if ext is None:
+            return None
+        return _checked(spec, ext, [(spec, spec)], options, shard_opts, manifest)
+    # A folder: of shards only when it holds no image.
+    if next(iter(listed(spec, kind, ListingStats(), options)), None) is not None:
+        return None
+    files = _all_files(spec, options)
+    for ext in ("tar", "parquet"):
+        found = [(p, shards.shard_id(p, spec)) for p in files if _shard_ext(p) == ext]
+        if found:
+            return _checked(spec, ext, found, options, shard_opts, manifest)
+    return None
+
+
+def _checked(
+    spec: str,
+    kind: str,
+    found: list[tuple[str, str]],
+    options: StorageOptions,
+    shard_opts: ShardOptions,
+    manifest: bool,
+) -> ShardInput | None:
+    """Parquet files hold images or paths: the first file's schema decides."""
+    if kind == "parquet":
+        if manifest:
+            return None
+        try:
+            schema = shards.open_parquet(found[0][0], options).schema_arrow
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"input {found[0][0]!r} cannot be read: {e}") from e
+        column = shards.image_column(schema, shard_opts.image_column, repr(found[0][0]))
+        if column is None:
+            return None  # a manifest of paths, as before
+        if "path" in schema.names and shard_opts.image_column is None:
+            raise ConfigError(
+                f"{found[0][0]!r} has both a 'path' column and image bytes in {column!r}: "
+                f"give --image-column {column} to read its images, or --manifest to read it as "
+                "a list of paths"
+            )
+    return ShardInput(kind, tuple(found))
+
+
+def _shard_ext(path: str) -> str | None:
+    low = path.lower()
+    return "tar" if low.endswith(".tar") else "parquet" if low.endswith(".parquet") else None
+
+
+def _is_glob(spec: str) -> bool:
+    key = storage.parse_uri(spec).key if storage.is_uri(spec) else spec
+    return glob.has_magic(key)
+
+
+def _fixed_dir(prefix: str) -> str:
+    """The folder part of ``prefix`` (what shard ids are relative to)."""
+    if storage.is_uri(prefix):
+        return prefix.rsplit("/", 1)[0] + "/" if "/" in prefix.removeprefix("s3://") else prefix
+    return os.path.dirname(prefix)
+
+
+def _s3_glob_parts(pattern: str) -> tuple[str, list[str]]:
+    """An S3 glob's fixed prefix (a URI) and the ``/``-separated patterns after it."""
+    loc = storage.parse_uri(pattern)
+    segments = loc.key.split("/")
+    fixed = next(i for i, seg in enumerate(segments) if glob.has_magic(seg))
+    base = storage.S3Location(loc.scheme, loc.anonymous, loc.bucket, "/".join(segments[:fixed]))
+    return base.uri, segments[fixed:]
+
+
+def _glob_base_any(spec: str) -> str:
+    return _s3_glob_parts(spec)[0] if storage.is_uri(spec) else _glob_base(spec)
+
+
+def _glob_paths(spec: str, options: StorageOptions) -> list[str]:
+    """The files a glob matches, hidden ones skipped, sorted."""
+    if storage.is_uri(spec):
+        base, wanted = _s3_glob_parts(spec)
+        loc = storage.parse_uri(base)
+        rels = _list_s3(base, options)
+    else:
+        base, wanted = _glob_base(spec), []
+        rels = [os.path.relpath(p, base or ".") for p in glob.glob(spec, recursive=True)]
+        rels = [r for r in rels if os.path.isfile(os.path.join(base, r))]
+    keep = [
+        r
+        for r in sorted(rels)
+        if not any(is_hidden(p) for p in r.replace(os.sep, "/").split("/"))
+        and (not wanted or _segments_match(r.split("/"), wanted))
+    ]
+    if storage.is_uri(spec):
+        return [loc.child(r) for r in keep]
+    return [os.path.join(base, r) if base else r for r in keep]
+
+
+def _all_files(root: str, options: StorageOptions) -> list[str]:
+    """Every file under ``root`` (hidden ones skipped), sorted."""
+    if storage.is_uri(root):
+        loc = storage.parse_uri(root)
+        return [
+            loc.child(rel)
+            for rel in _list_s3(root, options)
+            if not any(is_hidden(p) for p in rel.split("/"))
+        ]
+    found: list[str] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        found.extend(os.path.join(folder, f) for f in sorted(files) if not is_hidden(f))
+    return sorted(found)

@@ -22,6 +22,7 @@ opens an image; only a listed folder or glob carries its items in its units.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -35,7 +36,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from batchvision.errors import ConfigError, OutputDirError
-from batchvision.io import sources, storage
+from batchvision.io import shards, sources, storage
+from batchvision.io.shards import ShardOptions
 from batchvision.io.sources import InputItem, ListingStats
 from batchvision.io.storage import StorageOptions
 
@@ -45,11 +47,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-UnitKind = Literal["listed", "text", "parquet"]
+UnitKind = Literal["listed", "text", "parquet", "tar", "parquet_images"]
 
 #: A committed unit's part (see the module docstring).
 UNIT_PART_RE = re.compile(
-    r"^part-u(?P<key>\d{3,}-\d{8,})-f(?P<fp>[0-9a-f]{8})-n(?P<rows>\d+)-e(?P<errors>\d+)"
+    r"^part-u(?P<key>\d{3,}-\d{8,})-f(?P<fp>[0-9a-f]{8})-n(?P<rows>\d+)-e(?P<errors>\d+)(?P<damaged>d?)"
     r"-c(?P<crc>[0-9a-f]{8})(?P<ext>\.parquet|\.csv|\.jsonl)$"
 )
 BOM = b"\xef\xbb\xbf"
@@ -77,6 +79,16 @@ class Unit:
     header: str = ""
     #: ``listed``: ``(id, path)`` of each input.
     items: tuple[tuple[str, str], ...] = ()
+    #: ``tar``, ``parquet_images``: the shard's id (its samples' ids start with it).
+    shard: str = ""
+    #: A part of this unit an earlier run left (a damaged shard's): deleted once this
+    #: unit's new part is committed.
+    replaces: str = ""
+
+    @property
+    def is_shard(self) -> bool:
+        """A shard's samples, read from the shard itself (``rows`` unknown until read)."""
+        return self.kind in ("tar", "parquet_images")
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, ensure_ascii=False)
@@ -97,12 +109,19 @@ def plan_units(
     rows_per_unit: int,
     stats: ListingStats | None = None,
     storage_options: StorageOptions | None = None,
+    shard_opts: ShardOptions | None = None,
+    manifest: bool = False,
 ) -> Iterator[Unit]:
     """The units of ``inputs``, lazily, in order; ``stats`` counts listed inputs as
-    :func:`sources.iter_inputs` does (``done`` once the last input is planned)."""
+    :func:`sources.iter_inputs` does (``done`` once the last input is planned). A shard
+    input has a unit per shard."""
     stats = stats if stats is not None else ListingStats()
     options = storage_options or StorageOptions()
     for index, spec in enumerate(inputs):
+        found = sources.shard_input(spec, options, shard_opts, manifest)
+        if found is not None:
+            yield from _plan_shards(index, spec, found)
+            continue
         kind = sources.input_kind(spec, options)
         ext = os.path.splitext(spec)[1].lower()
         if kind == "manifest" and ext == ".parquet":
@@ -116,6 +135,27 @@ def plan_units(
                 stats.listed += unit.rows
             yield unit
     stats.done = True
+
+
+def plan_shard_units(
+    inputs: Sequence[str],
+    storage_options: StorageOptions | None = None,
+    shard_opts: ShardOptions | None = None,
+    manifest: bool = False,
+) -> Iterator[Unit]:
+    """The units of the shard inputs among ``inputs`` (keys as :func:`plan_units` gives)."""
+    options = storage_options or StorageOptions()
+    for index, spec in enumerate(inputs):
+        found = sources.shard_input(spec, options, shard_opts, manifest)
+        if found is not None:
+            yield from _plan_shards(index, spec, found)
+
+
+def _plan_shards(index: int, spec: str, found: sources.ShardInput) -> Iterator[Unit]:
+    kind: UnitKind = "tar" if found.kind == "tar" else "parquet_images"
+    for number, (path, shard) in enumerate(found.shards):
+        fingerprint = zlib.crc32(f"{shard}\0{path}".encode("utf-8", "surrogateescape"))
+        yield Unit(unit_key(index, number), kind, path, 0, fingerprint, shard=shard)
 
 
 def _plan_listed(
@@ -249,6 +289,14 @@ def _parquet_paths(pf: pq.ParquetFile, start: int, stop: int) -> pa.ChunkedArray
     return table.column(0).slice(start - (first or 0), stop - start)
 
 
+def unit_samples(
+    unit: Unit, shard_opts: ShardOptions, options: StorageOptions, max_bytes: int
+) -> Iterator[shards.Sample]:
+    """A shard unit's samples, streamed (its last may be the shard's damage row)."""
+    read = shards.tar_samples if unit.kind == "tar" else shards.parquet_samples
+    return read(unit.source, unit.shard, shard_opts, options, max_bytes)
+
+
 def unit_items(unit: Unit, storage_options: StorageOptions | None = None) -> list[InputItem]:
     """The inputs of ``unit``, in order, as :func:`sources.iter_inputs` lists them.
 
@@ -299,11 +347,16 @@ class UnitPart:
     fingerprint: int
     rows: int
     errors: int
+    #: A shard read only up to its damage (``shard_truncated``): ``--resume`` reads it again.
+    damaged: bool = False
 
 
-def unit_part_name(unit: Unit, rows: int, errors: int, data: bytes, ext: str) -> str:
+def unit_part_name(
+    unit: Unit, rows: int, errors: int, data: bytes, ext: str, damaged: bool = False
+) -> str:
     return (
-        f"part-u{unit.key}-f{unit.fingerprint:08x}-n{rows}-e{errors}-c{zlib.crc32(data):08x}{ext}"
+        f"part-u{unit.key}-f{unit.fingerprint:08x}-n{rows}-e{errors}{'d' if damaged else ''}"
+        f"-c{zlib.crc32(data):08x}{ext}"
     )
 
 
@@ -311,7 +364,8 @@ def parse_unit_part(name: str) -> tuple[str, UnitPart] | None:
     m = UNIT_PART_RE.match(name)
     if m is None:
         return None
-    return m["key"], UnitPart(name, int(m["fp"], 16), int(m["rows"]), int(m["errors"]))
+    part = UnitPart(name, int(m["fp"], 16), int(m["rows"]), int(m["errors"]), bool(m["damaged"]))
+    return m["key"], part
 
 
 @dataclass
@@ -324,43 +378,56 @@ class Committed:
 
     @property
     def statuses(self) -> Counter[str]:
-        rows = sum(u.rows for u in self.units.values())
-        errors = sum(u.errors for u in self.units.values())
+        """Rows by status in the committed units (not in damaged shards: read again)."""
+        kept = [u for u in self.units.values() if not u.damaged]
+        rows = sum(u.rows for u in kept)
+        errors = sum(u.errors for u in kept)
         return Counter({"ok": rows - errors, "error": errors})
 
     def check(self, unit: Unit) -> bool:
-        """Whether ``unit`` is committed; refuses one committed from different inputs."""
+        """Whether ``unit`` is committed (a damaged shard's part is not: it is read again,
+        see :meth:`stale`); refuses one committed from different inputs."""
         part = self.units.get(unit.key)
         if part is None:
             return False
-        if part.fingerprint != unit.fingerprint or part.rows != unit.rows:
+        rows_differ = part.rows != unit.rows and not unit.is_shard
+        if part.fingerprint != unit.fingerprint or rows_differ:
             raise OutputDirError(
                 f"cannot --resume: the inputs of unit {unit.key} of {unit.source!r} changed "
                 f"since {part.name} was written ({part.rows} rows then, {unit.rows} now, or "
                 "other ids); resume with the inputs as they were, or --overwrite"
             )
-        return True
+        return not part.damaged
+
+    def stale(self, unit: Unit) -> str:
+        """The part a new run of ``unit`` replaces (deleted once the new one is committed)."""
+        part = self.units.get(unit.key)
+        return part.name if part is not None else ""
 
 
 def read_committed(out_dir: str, names: Sequence[str], options: StorageOptions) -> Committed:
     """The committed units among ``names`` (the output's entries); a unit's extra parts
     (same ids, from a retry) are deleted, keeping the first by name."""
     committed = Committed()
-    for name in sorted(names):
-        parsed = parse_unit_part(name)
-        if parsed is None:
-            continue
-        key, part = parsed
+    parsed = [p for p in map(parse_unit_part, sorted(names)) if p is not None]
+    # A complete part first: a shard read again whole replaces its damaged part.
+    for key, part in sorted(parsed, key=lambda kp: (kp[0], kp[1].damaged, kp[1].name)):
         if key not in committed.units:
             committed.units[key] = part
             continue
-        _delete(out_dir, name, options)
-        committed.removed.append(name)
+        _delete(out_dir, part.name, options)
+        committed.removed.append(part.name)
         logger.warning(
             "unit %s was committed twice (a retried unit): kept %s, deleted %s",
-            *(key, committed.units[key].name, name),
+            *(key, committed.units[key].name, part.name),
         )
     return committed
+
+
+def delete_part(out_dir: str, name: str, options: StorageOptions) -> None:
+    """Delete the part ``name`` of ``out_dir`` (gone already is fine)."""
+    with contextlib.suppress(FileNotFoundError):
+        _delete(out_dir, name, options)
 
 
 def _delete(out_dir: str, name: str, options: StorageOptions) -> None:
