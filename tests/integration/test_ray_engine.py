@@ -22,6 +22,8 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.timeout(240)
 
 BATCH = 8
+#: Samples in each shard that tests.integration.test_shards.pack writes.
+PER_SHARD_IN_TEST = 8
 #: file name -> (bytes, the error code it must give)
 BAD_FILES = {
     "bad/text.jpg": (odd_images.TEXT, "not_image"),
@@ -410,3 +412,53 @@ def test_outputs_resume_across_engines_where_they_can(
     batchvision.run(_config((str(spec),), out, tiny_checkpoint))
     with pytest.raises(OutputDirError, match=r"was written by the local engine .* --engine local"):
         batchvision.run(_config((str(spec),), out, tiny_checkpoint, engine="ray", resume=True))
+
+
+def test_shards_in_both_engines_and_a_damaged_one_resumed(
+    ray_local: str, photo_dir: Path, tiny_checkpoint: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """WebDataset and Parquet shards (one cut short) give the same rows in both engines,
+    kept columns included; the Ray engine's --resume reads the damaged shard again."""
+    from tests.integration.test_shards import pack
+
+    packed = pack(photo_dir, tmp_path / "packed")
+    cut = packed["wds"] / "00002.tar"
+    whole = cut.read_bytes()
+    cut.write_bytes(whole[: len(whole) // 3])
+    inputs = (str(packed["wds"]), str(packed["pq"]))
+    got = {}
+    for engine in ("local", "ray"):
+        cfg = _config(
+            inputs,
+            tmp_path / engine,
+            tiny_checkpoint,
+            engine=engine,
+            keep_columns=("txt", "caption"),
+            max_error_rate=1.0,
+        )
+        got[engine] = (batchvision.run(cfg), read_rows(tmp_path / engine))
+    (local, local_rows), (ray_run, ray_rows) = got["local"], got["ray"]
+    assert (ray_run.ok, ray_run.error) == (local.ok, local.error)
+    assert local.error == 1 and 24 < local.ok < 48  # the cut shard's row; its samples read
+    assert ray_rows.keys() == local_rows.keys()
+    assert ray_rows["00000.parquet#3"]["caption"] and ray_rows["00000.parquet#3"]["txt"] is None
+    assert ray_rows["00002.tar"]["error"].startswith("shard_truncated: ")
+    for ident, row in local_rows.items():
+        assert ray_rows[ident]["txt"] == row["txt"] and ray_rows[ident]["caption"] == row["caption"]
+    ok = {i: r for i, r in local_rows.items() if r["status"] == "ok"}
+    assert_same_rows(ok, {i: ray_rows[i] for i in ok})
+
+    cut.write_bytes(whole)
+    again = batchvision.run(
+        _config(
+            inputs,
+            tmp_path / "ray",
+            tiny_checkpoint,
+            engine="ray",
+            resume=True,
+            keep_columns=("txt", "caption"),
+        )
+    )
+    assert again.error == 0 and again.ok == PER_SHARD_IN_TEST
+    final = read_rows(tmp_path / "ray")
+    assert "00002.tar" not in final and len(final) == 48

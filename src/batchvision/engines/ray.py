@@ -480,7 +480,10 @@ class RayEngine(Engine):
         cfg = job.config
         earlier = job.committed or units.Committed()
         now = outdir.read_units(cfg.output, cfg.storage)
-        new = [p for k, p in now.units.items() if k not in earlier.units]
+        # New units, and damaged shards' parts replaced by whole ones.
+        new = [
+            p for k, p in now.units.items() if getattr(earlier.units.get(k), "name", "") != p.name
+        ]
         # The run record's writer: what this run committed, though its workers wrote it.
         job.writer.rows_written = sum(p.rows for p in new)
         job.writer.parts_written = len(new)

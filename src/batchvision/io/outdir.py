@@ -585,6 +585,8 @@ _RESUME_KEYS = (
     "labels_sha",
     "normalize",
     "mask_dir",
+    "keep_columns",
+    "shards",
 )
 
 
@@ -613,6 +615,14 @@ def new_manifest(
             "format": config.format,
             "normalize": config.normalize,
             "mask_dir": None if config.mask_dir is None else str(Path(config.mask_dir).resolve()),
+            # The output's extra columns, and how samples were found in shards.
+            "keep_columns": list(config.keep_columns),
+            "shards": {
+                "image_key": list(config.image_key),
+                "image_column": config.image_column,
+                "id_column": config.id_column,
+                "manifest": config.manifest,
+            },
             "inputs": list(config.inputs),
             # Where s3:// paths were read and written; credentials are never recorded.
             "s3_endpoint": config.s3_endpoint,

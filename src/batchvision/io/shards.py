@@ -69,11 +69,16 @@ class ShardDamaged(Exception):
     """The shard cannot be read on from here (its samples so far are good)."""
 
 
+#: Bytes an S3 shard is read at a time: pyarrow's S3 stream sends one ranged GET per read,
+#: so the tar parser's 512-byte reads go through a buffer this large (one GET per 8 MiB).
+S3_READ_BUFFER = 8 << 20
+
+
 def _open_stream(path: str, options: StorageOptions) -> Any:
     if storage.is_uri(path):
         fs, loc = storage.filesystem(path, options)
-        return fs.open_input_stream(loc.path)
-    return open(path, "rb")
+        return fs.open_input_stream(loc.path, compression=None, buffer_size=S3_READ_BUFFER)
+    return open(path, "rb", buffering=1 << 20)
 
 
 def _read_exact(f: Any, n: int) -> bytes:
@@ -301,17 +306,18 @@ def parquet_samples(
         column = image_column(pf.schema_arrow, opts.image_column, repr(path))
         if column is None:
             raise ConfigError(f"{path!r} has no column of image bytes; give --image-column")
-        columns = [column, *opts.keep_columns]
-        if opts.id_column is not None:
-            columns.append(opts.id_column)
-        missing = [c for c in columns if c not in pf.schema_arrow.names]
-        if missing:
-            raise ConfigError(f"{path!r} has no column {missing[0]!r}")
+        names = pf.schema_arrow.names
+        if opts.id_column is not None and opts.id_column not in names:
+            raise ConfigError(f"--id-column {opts.id_column!r}: {path!r} has no such column")
+        # A kept column this file lacks is null in its rows, as a tar member it lacks.
+        kept = [c for c in opts.keep_columns if c in names]
+        columns = [column, *kept, *([opts.id_column] if opts.id_column else [])]
         row = 0
         for batch in pf.iter_batches(batch_size=256, columns=list(dict.fromkeys(columns))):
             cells = batch.column(column).to_pylist()
             ids = batch.column(opts.id_column).to_pylist() if opts.id_column else None
-            keeps = {c: batch.column(c).to_pylist() for c in opts.keep_columns}
+            keeps = {c: batch.column(c).to_pylist() for c in kept}
+            keeps.update({c: [None] * len(cells) for c in opts.keep_columns if c not in names})
             for i, cell in enumerate(cells):
                 sample = Sample(
                     f"{file_id}#{row}" if ids is None or ids[i] is None else str(ids[i]),
