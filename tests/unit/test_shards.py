@@ -192,3 +192,16 @@ def test_shard_inputs_are_found_in_folders_globs_and_braces(tmp_path: Path) -> N
     ]
     assert sources.check_inputs([str(tmp_path / "d")]) == ["shards"]
     assert list(sources.iter_inputs([str(tmp_path / "d")])) == []
+
+
+def test_the_report_reads_a_sample_from_its_shard(tmp_path: Path) -> None:
+    from batchvision.io.sources import ReadError
+    from batchvision.report.reading import read_image_bytes
+
+    src = _samples(3)
+    write_tar(tmp_path / "a.tar", src)
+    assert read_image_bytes(f"{tmp_path}/a.tar#dir/s001") == src[1]["jpg"]
+    spec = _parquet(tmp_path / "p.parquet", img=pa.array([b"r0", b"r1", b"r2", b"r3", b"r4"]))
+    assert read_image_bytes(f"{spec}#4") == b"r4"  # in the second row group
+    with pytest.raises(ReadError, match="no such sample"):
+        read_image_bytes(f"{tmp_path}/a.tar#dir/s009")

@@ -421,3 +421,45 @@ def add_kept(table: pa.Table, kept: dict[str, list[Any]], types: dict[str, Any])
 
 def is_damage(error: str | None) -> bool:
     return error is not None and error.startswith(f"{SHARD_TRUNCATED}:")
+
+
+def sample_location(path: str) -> tuple[str, str] | None:
+    """``(shard, key)`` of a shard sample's ``path`` (``SHARD.tar#KEY``,
+    ``FILE.parquet#ROW``), else ``None``."""
+    shard, sep, key = path.rpartition("#")
+    if not sep or not key or _kind(shard) is None:
+        return None
+    return shard, key
+
+
+def _kind(path: str) -> str | None:
+    low = path.lower()
+    return "tar" if low.endswith(".tar") else "parquet" if low.endswith(".parquet") else None
+
+
+def read_sample(
+    path: str, opts: ShardOptions, options: StorageOptions, max_bytes: int
+) -> bytes | None:
+    """The image bytes of the sample at ``path`` (see :func:`sample_location`), read from
+    its shard (a tar shard is streamed up to the sample); ``None`` if it is not there."""
+    loc = sample_location(path)
+    if loc is None:
+        return None
+    shard, key = loc
+    if _kind(shard) == "tar":
+        for sample in tar_samples(shard, "", opts, options, max_bytes):
+            if sample.path == path:
+                return sample.data
+        return None
+    if not key.isdigit():
+        return None
+    pf = open_parquet(shard, options)
+    column = image_column(pf.schema_arrow, opts.image_column, repr(shard))
+    row, start = int(key), 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if start <= row < start + n:
+            cell = pf.read_row_group(g, columns=[column]).column(0)[row - start].as_py()
+            return cell.get("bytes") if isinstance(cell, dict) else cell
+        start += n
+    return None

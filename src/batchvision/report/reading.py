@@ -248,16 +248,30 @@ def _parse_json_text(column: str, value: Any) -> Any:
 
 
 def read_image_bytes(path: str, options: StorageOptions | None = None) -> bytes:
-    """An image's bytes through ``io.sources.read_bytes`` (local paths and ``s3://`` URIs).
+    """An image's bytes through ``io.sources.read_bytes`` (local paths and ``s3://`` URIs),
+    or from its shard for a sample of one (``SHARD.tar#KEY``, ``FILE.parquet#ROW``).
 
     Relative image paths are taken as the run stored them (relative to where it ran).
 
     Raises:
         RowError: (``ReadError``) when it cannot be read; callers show a placeholder.
     """
-    from batchvision.io.sources import read_bytes
+    from batchvision.io import shards
+    from batchvision.io.sources import DEFAULT_MAX_FILE_BYTES, ReadError, read_bytes
 
-    return read_bytes(path, options)
+    location = shards.sample_location(path)
+    if location is None or os.path.exists(path):
+        return read_bytes(path, options)
+    # A sample of a WebDataset or Parquet shard: read from the shard itself.
+    try:
+        data = shards.read_sample(
+            path, shards.ShardOptions(), options or StorageOptions(), DEFAULT_MAX_FILE_BYTES
+        )
+    except (OSError, ValueError) as e:
+        raise ReadError("unreadable", f"{e}: {path}") from e
+    if data is None:
+        raise ReadError("not_found", f"no such sample in its shard: {path}")
+    return data
 
 
 def read_mask_bytes(
