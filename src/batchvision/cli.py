@@ -587,7 +587,8 @@ def bench_cmd(input_: str | None, quiet: bool, smoke: bool, **opts: Any) -> None
     """Measure throughput and peak memory: decode only, model only, each engine end to
     end, and the seed tutorials' five Ray strategies, on the same images and model.
 
-    INPUT is a local folder of images (or a manifest); without it, --synthetic images are
+    INPUT is a local folder of images, a manifest, or WebDataset or Parquet shards (their
+    images are measured as files); without it, --synthetic images are
     generated. Prints a table and writes bench.json and bench.png to --out.
     """
     from batchvision.bench import format_table, make_config, run_bench

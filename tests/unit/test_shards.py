@@ -205,3 +205,14 @@ def test_the_report_reads_a_sample_from_its_shard(tmp_path: Path) -> None:
     assert read_image_bytes(f"{spec}#4") == b"r4"  # in the second row group
     with pytest.raises(ReadError, match="no such sample"):
         read_image_bytes(f"{tmp_path}/a.tar#dir/s009")
+
+
+def test_bench_measures_the_images_inside_shards(tmp_path: Path) -> None:
+    from batchvision.bench.runner import extract_samples
+
+    src = [{"__key__": b"a", "jpg": b"\xff\xd8jpeg"}, {"__key__": b"b", "png": b"\x89PNGpng"}]
+    write_tar(tmp_path / "s.tar", [*src, {"__key__": b"c", "txt": b"no image"}])
+    paths = extract_samples(str(tmp_path / "s.tar"), tmp_path / "x", None)
+    assert [Path(p).name for p in paths] == ["sample_000000.jpg", "sample_000001.png"]
+    assert [Path(p).read_bytes() for p in paths] == [b"\xff\xd8jpeg", b"\x89PNGpng"]
+    assert len(extract_samples(str(tmp_path / "s.tar"), tmp_path / "y", 1)) == 1

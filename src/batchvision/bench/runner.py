@@ -216,8 +216,10 @@ def select_images(config: BenchConfig, out: Path) -> tuple[list[str], str]:
         from batchvision.io.sources import check_inputs, iter_inputs
 
         assert config.input is not None
-        check_inputs([config.input])
+        kinds = check_inputs([config.input])
         paths = []
+        if kinds == ["shards"]:
+            paths = extract_samples(config.input, out / "shard-samples", config.images)
         for item in iter_inputs([config.input]):
             paths.append(os.path.abspath(item.path))
             if config.images is not None and len(paths) >= config.images:
@@ -228,6 +230,34 @@ def select_images(config: BenchConfig, out: Path) -> tuple[list[str], str]:
     if not paths:
         raise ConfigError(f"no images to measure in {config.input or 'the synthetic set'}")
     return paths, source
+
+
+#: File name extensions by leading bytes, for samples written out as files (Ray Data's
+#: image reader, one of the strategies measured, lists files by extension).
+_SIGNATURES = ((b"\x89PNG", ".png"), (b"GIF8", ".gif"), (b"BM", ".bmp"), (b"II*\0", ".tif"))
+
+
+def extract_samples(spec: str, folder: Path, limit: int | None) -> list[str]:
+    """The images of a shard input (WebDataset, Parquet) as files in ``folder``, up to
+    ``limit``: every strategy measured reads files, the seeds' included."""
+    from batchvision.config import DEFAULT_MAX_FILE_BYTES
+    from batchvision.io import shards, units
+    from batchvision.io.storage import StorageOptions
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: list[str] = []
+    opts, storage = shards.ShardOptions(), StorageOptions()
+    for unit in units.plan_shard_units([spec], storage, opts):
+        for sample in units.unit_samples(unit, opts, storage, DEFAULT_MAX_FILE_BYTES):
+            if sample.data is None:
+                continue
+            ext = next((e for sig, e in _SIGNATURES if sample.data.startswith(sig)), ".jpg")
+            path = folder / f"sample_{len(paths):06d}{ext}"
+            path.write_bytes(sample.data)
+            paths.append(str(path.resolve()))
+            if limit is not None and len(paths) >= limit:
+                return paths
+    return paths
 
 
 def ensure_synthetic(cache: Path, n: int, seed: int, size: tuple[int, int]) -> Path:
