@@ -56,6 +56,11 @@ MANIFEST: dict[str, str] = {
     "top_k": "`--top-k`.",
     "normalize": "`--normalize` (embed: L2-normalised embeddings); `--resume` must match.",
     "mask_dir": "`--mask-dir` as an absolute path (segment), else `null`; `--resume` must match.",
+    "keep_columns": "`--keep-columns`: input columns copied into the rows after the task's "
+    "columns (Parquet columns with their types; WebDataset members as text); `--resume` "
+    "must match.",
+    "shards": "How samples were found in shard inputs: `image_key`, `image_column`, "
+    "`id_column`, `manifest`; `--resume` must match.",
     "format": "Part file format: `parquet`, `csv` or `jsonl`.",
     "inputs": "The INPUT arguments.",
     "s3_endpoint": "`--s3-endpoint` (or `AWS_ENDPOINT_URL`) used; `null` for AWS itself. "
@@ -125,6 +130,13 @@ ERROR_CODES: dict[str, str] = {
     "reading), more pixels than `--max-pixels` (from the header, before decoding), or a "
     "resize larger than `--max-input-pixels` (from the header and the preprocessing).",
     "decode_failed": "Any other decoder failure.",
+    "shard_truncated": "A WebDataset shard cut short or with a corrupt header, or a Parquet "
+    "shard that cannot be read on: one row, id `SHARD`, after the rows of the samples read "
+    "before the damage; `--resume` reads the shard again (its part name ends `-e<N>d`).",
+    "no_image": "A WebDataset sample with no member whose extension is in `--image-key` "
+    "(the message lists what it has).",
+    "bad_shard": "A Parquet shard without what the run asks for (no image column, no "
+    "`--id-column`): one row, id `FILE`.",
 }
 
 TASK_NAMES = {"CLASSIFY": "classify", "SEGMENT": "segment", "EMBED": "embed"}
