@@ -316,18 +316,18 @@ class RunConfig:
         ]
         if self.engine == "ray" and self.decode_device == "cuda":
             raise ConfigError(
-                "--decode-device cuda applies to --engine local only; the Ray engine decodes "
-                "in CPU tasks (use cpu or auto)"
+                "--decode-device cuda applies to --engine local only; the Ray engine's actors "
+                "decode on their CPU threads (use cpu or auto)"
             )
         if self.engine == "ray" and self.decode_threads is not None:
             raise ConfigError(
                 f"--decode-threads {self.decode_threads} applies to --engine local only; with "
-                "--engine ray, decoding runs in Ray tasks"
+                "--engine ray, each actor decodes on its share of the cores (see --num-cpus)"
             )
         if self.engine == "ray" and self.workers is not None:
             raise ConfigError(
                 f"--workers {self.workers} applies to --engine local only; with --engine ray, "
-                "decode tasks scale with the cluster's CPUs (see --concurrency for the model)"
+                "each actor decodes on its share of the cores (see --concurrency, --num-cpus)"
             )
         if given and self.engine != "ray":
             raise ConfigError(
