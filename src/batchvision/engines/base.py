@@ -104,9 +104,12 @@ class RunStats:
         total = self.job.known_total
         if total is None and self.job.listing.done:
             total = self.job.listing.listed - self.job.already_done
+        done = self.result.ok + self.result.error
+        if total is not None and done > total:  # shards: their samples are counted as read
+            total = None
         self.job.progress(
             ProgressUpdate(
-                done=self.result.ok + self.result.error,
+                done=done,
                 errors=self.result.error,
                 total=total,
                 elapsed=now - self.start,
