@@ -1,14 +1,17 @@
 """The Ray engine: whole units of work on an actor pool, nothing per row on the driver.
 
 The driver plans the inputs as units (``io.units``: ``--part-rows`` lines of a manifest,
-read once for their line ends; or items of a listed folder), skips the units a resumed run
-already committed, and hands the rest to Ray Data, one unit per block. Each actor of the
-pool loads the model once, then runs whole units: it reads, decodes, infers and commits
-each unit's part itself (temporary name then rename; on S3 one PUT), named after the unit,
-and returns one stats row. Ray restarts a lost actor and retries its unit; a unit retried
-after its part was committed leaves a second copy of the same ids, which the final
-listing deletes. The driver's work is O(units): the plan, one stats row per unit, and a
-listing of the part names at the end, from which the run's counts are taken.
+read once for their line ends; items of a listed folder; one shard each), skips the units
+a resumed run already committed, and hands the rest to Ray Data, a few units per block
+(``TASK_ROWS`` inputs or more, so its per-task cost is spread thin). Each actor of the pool
+loads the model once, then runs whole units: it reads, decodes, infers and commits each
+unit's part itself (temporary name then rename; on S3 one PUT), named after the unit, and
+returns one stats row per unit. Ray restarts a lost actor and retries its units; a unit
+run again after its part was committed writes the same part again (or a second one of the
+same ids, which the final listing deletes). A stopping run closes the commit gate
+(``commit_gate``) first, so its record counts every part it committed. The driver's work
+is O(units): the plan, one stats row per unit, and a listing of the part names at the end,
+from which the run's counts are taken.
 """
 
 from __future__ import annotations
