@@ -13,6 +13,11 @@ decoded depends on the device (``--decode-device``, ``--decode-threads``):
 - ``--decode-device cuda``: here, batched on the GPU, with a per-image CPU fallback.
 
 :class:`DecodePlan` is that choice, made once per run.
+
+Shards (WebDataset, Parquet image bytes) are read here, on a thread, a batch of samples at a
+time, and their bytes go to the workers to decode; each shard is a unit, committed whole as
+one part once its last batch is through (:class:`UnitParts`), so ``--resume`` skips or
+redoes whole shards. Loose files keep streaming into parts of ``--part-rows``.
 """
 
 from __future__ import annotations
@@ -207,14 +212,18 @@ class UnitParts:
         self.writer = writer
         self.types = types
         self.open: dict[str, tuple[dict[int, pa.Table], int | None]] = {}
+        self._types: dict[str, dict[str, Any]] = {}  # per open unit: read once
 
     def add(self, tag: tuple[units.Unit, int, bool], table: pa.Table, kept: dict) -> None:
         unit, seq, last = tag
         tables, final = self.open.get(unit.key, ({}, None))
-        tables[seq] = shards.add_kept(table, kept, self.types(unit))
+        if unit.key not in self._types:
+            self._types[unit.key] = self.types(unit)
+        tables[seq] = shards.add_kept(table, kept, self._types[unit.key])
         final = seq if last else final
         if final is not None and len(tables) == final + 1:
             self.open.pop(unit.key, None)
+            self._types.pop(unit.key, None)
             self.writer.commit_unit(unit, pa.concat_tables(tables[i] for i in range(final + 1)))
         else:
             self.open[unit.key] = (tables, final)
