@@ -202,6 +202,10 @@ def _write_output(
         known_total=None if known_total is None else max(0, known_total - len(done)),
         progress=progress,
         committed=committed if committed is not None else earlier.committed,
+        total_unknown=any(
+            sources.shard_input(spec, storage, config.shards, config.manifest)
+            for spec in config.inputs
+        ),
     )
     try:
         result = engine.run(job)

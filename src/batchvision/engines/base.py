@@ -47,6 +47,8 @@ class Job:
     progress: ProgressCallback | None = None
     #: Engines that run by unit (``Engine.by_unit``): the units earlier runs committed.
     committed: Committed | None = None
+    #: The inputs include shards, whose samples are only counted as they are read.
+    total_unknown: bool = False
 
 
 @dataclass
@@ -104,9 +106,9 @@ class RunStats:
         total = self.job.known_total
         if total is None and self.job.listing.done:
             total = self.job.listing.listed - self.job.already_done
-        done = self.result.ok + self.result.error
-        if total is not None and done > total:  # shards: their samples are counted as read
+        if self.job.total_unknown:  # shards: their samples are counted as read
             total = None
+        done = self.result.ok + self.result.error
         self.job.progress(
             ProgressUpdate(
                 done=done,

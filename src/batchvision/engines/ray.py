@@ -378,7 +378,10 @@ class RayEngine(Engine):
             todo.append(dataclasses.replace(unit, replaces=stale).to_json())
             total = None if total is None or unit.is_shard else total + unit.rows
         job.known_total = total  # a shard's samples are counted as it is read
-        logger.info("ray: %d unit(s) of up to %d inputs to run", len(todo), cfg.part_rows)
+        logger.info(
+            "ray: %d unit(s) to run (--part-rows %d inputs each, or one shard)",
+            *(len(todo), cfg.part_rows),
+        )
         return todo
 
     def _batch_size(self, job: Job, weights_ref: Any, pool: Pool, result: EngineResult) -> int:
