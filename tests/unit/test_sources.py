@@ -162,10 +162,11 @@ def test_listing_is_lazy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     first = next(it)
     assert first.id == "0.jpg"
     assert stats.listed == 1 and not stats.done
-    assert len(calls) == 1  # only the top folder was read so far
+    # Only the top folder was read so far (twice: first to tell images from shards).
+    assert calls == [str(tmp_path)] * 2
     rest = list(it)
     assert len(rest) == 200 and stats.listed == 201 and stats.done
-    assert len(calls) == 41
+    assert len(calls) == 42
 
 
 # --- globs, files, missing inputs --------------------------------------------------------------

@@ -254,14 +254,15 @@ def _sample(
 def image_column(schema: pa.Schema, requested: str | None, where: str) -> str | None:
     """The column holding image bytes: ``requested`` (checked), else the one plausible
     column, else ``None``; several plausible ones are refused, listing them."""
-    candidates = [f.name for f in schema if _holds_bytes(f.type)]
+    # A manifest's ``path`` column holds paths, whatever its type, unless asked for.
+    candidates = [f.name for f in schema if _holds_bytes(f.type) and f.name != "path"]
     if requested is not None:
         if requested not in schema.names:
             raise ConfigError(
                 f"--image-column {requested!r}: {where} has no such column "
                 f"(columns: {', '.join(schema.names)})"
             )
-        if requested not in candidates:
+        if not _holds_bytes(schema.field(requested).type):
             raise ConfigError(
                 f"--image-column {requested!r} in {where} holds "
                 f"{schema.field(requested).type}, not image bytes (binary, or a struct with "
