@@ -98,6 +98,7 @@ def _run(
     config: RunConfig, progress: ProgressCallback | None, engine: Engine, start: float
 ) -> Summary:
     storage = config.storage
+    sources.forget_shard_inputs()  # listed once per run, and afresh for each
     kinds = sources.check_inputs(config.inputs, storage, config.shards, config.manifest)
     known_total = _check_duplicates(config, kinds)
     spec = resolve_model(

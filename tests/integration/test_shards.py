@@ -129,6 +129,11 @@ def test_a_damaged_shard_is_read_again_by_resume(
     # Resumed again, nothing is left to do.
     done = batchvision.run(tiny_config(shards_dir, out, tiny_checkpoint, resume=True))
     assert done.processed == 0
+    # A shard added since, in this same process, is listed afresh and read.
+    shutil.copy(shards_dir / "00000.tar", shards_dir / "00003.tar")
+    more = batchvision.run(tiny_config(shards_dir, out, tiny_checkpoint, resume=True))
+    assert (more.ok, more.error) == (PER_SHARD, 0)
+    assert len(rows(out)) == 32
 
 
 def test_s3_shards_take_one_request_each(

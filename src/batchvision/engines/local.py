@@ -229,12 +229,6 @@ class UnitParts:
             self.open[unit.key] = (tables, final)
 
 
-def _keep_types(cfg: RunConfig, unit: units.Unit) -> dict[str, Any]:
-    if unit.kind != "parquet_images":
-        return {}
-    return shards.keep_types(unit.source, cfg.shards, cfg.storage)
-
-
 def _identity(x: Any) -> Any:
     return x
 
@@ -381,7 +375,10 @@ class LocalEngine(Engine):
         result.decode_threads = plan.threads
         decode_here = plan.decoder(cfg, job.spec.preprocess, pool)
         trim = HeapTrimmer()  # keeps this process's memory flat however many images
-        shard_parts = UnitParts(job.writer, functools.partial(_keep_types, cfg))
+        shard_parts = UnitParts(
+            job.writer,
+            functools.partial(units.keep_types, shard_opts=cfg.shards, options=cfg.storage),
+        )
         workers_iter: Iterator[dict[str, Any]] | None = None
         try:
             batches: Iterator[dict[str, Any]] = iter(loader)

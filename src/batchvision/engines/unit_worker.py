@@ -116,7 +116,8 @@ class UnitWorker:
             "t_inference": 0.0, "t_write": 0.0, "batch_limit": 0,
         }  # fmt: skip
         try:
-            tables = self._tables(self._reads(unit), stats, self._keep_types(unit))
+            types = units.keep_types(unit, opts.shards, opts.storage)
+            tables = self._tables(self._reads(unit), stats, types)
             t0 = time.perf_counter()
             table = pa.concat_tables(tables) if tables else None
             if table is not None and opts.mask_dir is not None and "mask" in table.column_names:
@@ -124,10 +125,7 @@ class UnitWorker:
             if table is None:  # a shard without samples: nothing to commit
                 return stats
             data = sinks.encode_table(table, opts.fmt)
-            errors = int(np.count_nonzero(np.asarray(table.column("status")) != "ok"))
-            damaged = any(shards.is_damage(e) for e in table.column("error").to_pylist())
-            ext = sinks.EXTENSIONS[opts.fmt]
-            name = units.unit_part_name(unit, table.num_rows, errors, data, ext, damaged)
+            name = sinks.unit_part_name(unit, table, data, opts.fmt)
             if not self._commit(unit.key, name, data, unit.replaces):
                 stats["fatal_kind"] = "stopped"  # the run stopped: nothing committed
                 return stats
@@ -181,11 +179,6 @@ class UnitWorker:
         for i in range(0, len(items), size):
             chunk = items_to_batch(items[i : i + size])
             yield read_batch(chunk, opts.storage, opts.max_file_bytes)
-
-    def _keep_types(self, unit: units.Unit) -> dict[str, Any]:
-        if unit.kind != "parquet_images":
-            return {}
-        return shards.keep_types(unit.source, self.options.shards, self.options.storage)
 
     def _tables(
         self, reads: Iterator[dict[str, Any]], stats: dict[str, Any], types: dict[str, Any]

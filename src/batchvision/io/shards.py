@@ -69,18 +69,6 @@ class ShardDamaged(Exception):
     """The shard cannot be read on from here (its samples so far are good)."""
 
 
-#: Bytes an S3 shard is read at a time: pyarrow's S3 stream sends one ranged GET per read,
-#: so the tar parser's 512-byte reads go through a buffer this large (one GET per 8 MiB).
-S3_READ_BUFFER = 8 << 20
-
-
-def _open_stream(path: str, options: StorageOptions) -> Any:
-    if storage.is_uri(path):
-        fs, loc = storage.filesystem(path, options)
-        return fs.open_input_stream(loc.path, compression=None, buffer_size=S3_READ_BUFFER)
-    return open(path, "rb", buffering=1 << 20)
-
-
 def _read_exact(f: Any, n: int) -> bytes:
     parts, got = [], 0
     while got < n:
@@ -197,7 +185,7 @@ def tar_samples(
     current: list[tuple[str, bytes | None, int]] = []
     key = None
     try:
-        with _open_stream(path, options) as f:
+        with storage.open_stream(path, options) as f:
             for name, data, size in tar_members(f, max_bytes):
                 member_key, ext = split_key(name)
                 if key is not None and member_key != key:
@@ -288,22 +276,13 @@ def _holds_bytes(kind: pa.DataType) -> bool:
     return False
 
 
-def open_parquet(path: str, options: StorageOptions) -> Any:
-    import pyarrow.parquet as pq
-
-    if not storage.is_uri(path):
-        return pq.ParquetFile(path)
-    fs, loc = storage.filesystem(path, options)
-    return pq.ParquetFile(fs.open_input_file(loc.path))
-
-
 def parquet_samples(
     path: str, file_id: str, opts: ShardOptions, options: StorageOptions, max_bytes: int
 ) -> Iterator[Sample]:
     """The rows of one Parquet file with image bytes, a row group at a time; a file that
     cannot be read on gives one ``shard_truncated`` row after the rows read before."""
     try:
-        pf = open_parquet(path, options)
+        pf = storage.parquet_file(path, options)
         column = image_column(pf.schema_arrow, opts.image_column, repr(path))
         if column is None:
             raise ConfigError(f"{path!r} has no column of image bytes; give --image-column")
@@ -351,7 +330,7 @@ def keep_types(path: str, opts: ShardOptions, options: StorageOptions) -> dict[s
     if not opts.keep_columns:
         return {}
     with contextlib.suppress(OSError, ValueError, pa.ArrowException):
-        schema = open_parquet(path, options).schema_arrow
+        schema = storage.parquet_file(path, options).schema_arrow
         return {c: schema.field(c).type for c in opts.keep_columns if c in schema.names}
     return {}
 
@@ -387,14 +366,6 @@ def shard_id(path: str, base: str) -> str:
     return os.path.relpath(path, base).replace(os.sep, "/") if base else path
 
 
-def is_tar(name: str) -> bool:
-    return name.lower().endswith(".tar")
-
-
-def tar_kind(specs: Sequence[str]) -> bool:
-    return bool(specs) and all(is_tar(s) for s in specs)
-
-
 def samples_batch(samples: Sequence[Sample], keep_columns: Sequence[str]) -> dict[str, Any]:
     """A read batch (``id``, ``path``, ``bytes``, ``error``, as ``sources.read_batch`` gives)
     of shard samples; the kept values ride along in ``_keep``, outside the stages."""
@@ -428,12 +399,13 @@ def sample_location(path: str) -> tuple[str, str] | None:
     """``(shard, key)`` of a shard sample's ``path`` (``SHARD.tar#KEY``,
     ``FILE.parquet#ROW``), else ``None``."""
     shard, sep, key = path.rpartition("#")
-    if not sep or not key or _kind(shard) is None:
+    if not sep or not key or shard_kind(shard) is None:
         return None
     return shard, key
 
 
-def _kind(path: str) -> str | None:
+def shard_kind(path: str) -> str | None:
+    """``tar`` or ``parquet`` by a shard's name, else ``None``."""
     low = path.lower()
     return "tar" if low.endswith(".tar") else "parquet" if low.endswith(".parquet") else None
 
@@ -447,14 +419,14 @@ def read_sample(
     if loc is None:
         return None
     shard, key = loc
-    if _kind(shard) == "tar":
+    if shard_kind(shard) == "tar":
         for sample in tar_samples(shard, "", opts, options, max_bytes):
             if sample.path == path:
                 return sample.data
         return None
     if not key.isdigit():
         return None
-    pf = open_parquet(shard, options)
+    pf = storage.parquet_file(shard, options)
     column = image_column(pf.schema_arrow, opts.image_column, repr(shard))
     row, start = int(key), 0
     for g in range(pf.metadata.num_row_groups):

@@ -389,10 +389,7 @@ class PartWriter:
         if self.mask_dir is not None and "mask" in table.column_names:
             table = self._failing_safely(masks_to_files, table, self.mask_dir)
         data = encode_table(table, self.fmt)
-        errors = table.num_rows - sum(1 for s in table.column("status").to_pylist() if s == "ok")
-        damaged = any(shards.is_damage(e) for e in table.column("error").to_pylist())
-        ext = EXTENSIONS[self.fmt]
-        name = units.unit_part_name(unit, table.num_rows, errors, data, ext, damaged)
+        name = unit_part_name(unit, table, data, self.fmt)
         self._failing_safely(write_atomic, self.out_dir, name, data, self.storage_options)
         if unit.replaces and unit.replaces != name:
             units.delete_part(self.out_dir, unit.replaces, self.storage_options)
@@ -413,6 +410,15 @@ class PartWriter:
     def close(self) -> None:
         """Commit what is left."""
         self.flush()
+
+
+def unit_part_name(unit: units.Unit, table: pa.Table, data: bytes, fmt: str) -> str:
+    """The name of ``unit``'s part holding ``table`` encoded as ``data`` (see
+    ``units.unit_part_name``): its rows, errors, and whether a shard's damage is among them."""
+    statuses = table.column("status").to_pylist()
+    errors = len(statuses) - statuses.count("ok")
+    damaged = any(shards.is_damage(e) for e in table.column("error").to_pylist())
+    return units.unit_part_name(unit, table.num_rows, errors, data, EXTENSIONS[fmt], damaged)
 
 
 def new_run_id() -> str:

@@ -32,7 +32,6 @@ from batchvision.io.storage import StorageOptions
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
 
@@ -370,15 +369,6 @@ def _open_text(path: str, options: StorageOptions) -> Iterator[IO[str]]:
     yield io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
 
 
-def parquet_file(path: str, options: StorageOptions) -> pq.ParquetFile:
-    import pyarrow.parquet as pq
-
-    if not storage.is_uri(path):
-        return pq.ParquetFile(path)
-    fs, loc = storage.filesystem(path, options)
-    return pq.ParquetFile(fs.open_input_file(loc.path))
-
-
 def _check_manifest_columns(path: str, options: StorageOptions) -> None:
     """The manifest has a ``path`` column of text and at least one row, read up front."""
     ext = os.path.splitext(path)[1].lower()
@@ -390,7 +380,7 @@ def _check_manifest_columns(path: str, options: StorageOptions) -> None:
                 raise ConfigError(f"manifest {path!r} has no 'path' column (columns: {header})")
             empty = next(reader, None) is None
     elif ext == ".parquet":
-        pf = parquet_file(path, options)
+        pf = storage.parquet_file(path, options)
         schema = pf.schema_arrow
         if "path" not in schema.names:
             raise ConfigError(f"manifest {path!r} has no 'path' column (columns: {schema.names})")
@@ -442,7 +432,7 @@ def _manifest_paths(path: str, options: StorageOptions) -> Iterator[str | None]:
             for row in csv.DictReader(f):
                 yield row.get("path") or None
     else:
-        pf = parquet_file(path, options)
+        pf = storage.parquet_file(path, options)
         for rb in pf.iter_batches(columns=["path"], batch_size=65_536):
             yield from (p or None for p in rb.column(0).to_pylist())
 
@@ -740,6 +730,12 @@ def shard_input(
     return _shard_input(spec, options or StorageOptions(), shard_opts or ShardOptions(), manifest)
 
 
+def forget_shard_inputs() -> None:
+    """Forget what :func:`shard_input` found: a new run lists its inputs afresh (shards
+    added to a folder since the last run in this process are seen)."""
+    _shard_input.cache_clear()
+
+
 @functools.lru_cache(maxsize=256)
 def _shard_input(
     spec: str, options: StorageOptions, shard_opts: ShardOptions, manifest: bool
@@ -747,7 +743,7 @@ def _shard_input(
     if shards.has_braces(spec):
         paths = shards.expand_braces(spec)
         base = _fixed_dir(spec[: spec.index("{")])
-        kinds = {_shard_ext(p) for p in paths}
+        kinds = {shards.shard_kind(p) for p in paths}
         if len(kinds) != 1 or None in kinds:
             raise ConfigError(
                 f"input {spec!r}: brace notation is for shards; every name must end in .tar "
@@ -758,7 +754,7 @@ def _shard_input(
             input_kind(p, options)  # a missing shard is refused up front
         return _checked(spec, kinds.pop() or "", found, options, shard_opts, manifest)
     if _is_glob(spec):
-        kind = _shard_ext(spec)
+        kind = shards.shard_kind(spec)
         if kind is None:
             return None
         base = _glob_base_any(spec)
@@ -768,7 +764,7 @@ def _shard_input(
         return _checked(spec, kind, found, options, shard_opts, manifest)
     kind = input_kind(spec, options)
     if kind in ("file", "manifest"):
-        ext = _shard_ext(spec)
+        ext = shards.shard_kind(spec)
         if ext is None:
             return None
         return _checked(spec, ext, [(spec, spec)], options, shard_opts, manifest)
@@ -777,7 +773,7 @@ def _shard_input(
         return None
     files = _all_files(spec, options)
     for ext in ("tar", "parquet"):
-        found = [(p, shards.shard_id(p, spec)) for p in files if _shard_ext(p) == ext]
+        found = [(p, shards.shard_id(p, spec)) for p in files if shards.shard_kind(p) == ext]
         if found:
             return _checked(spec, ext, found, options, shard_opts, manifest)
     return None
@@ -796,7 +792,7 @@ def _checked(
         if manifest:
             return None
         try:
-            schema = shards.open_parquet(found[0][0], options).schema_arrow
+            schema = storage.parquet_file(found[0][0], options).schema_arrow
         except (OSError, ValueError) as e:
             raise ConfigError(f"input {found[0][0]!r} cannot be read: {e}") from e
         column = shards.image_column(schema, shard_opts.image_column, repr(found[0][0]))
@@ -809,11 +805,6 @@ def _checked(
                 "a list of paths"
             )
     return ShardInput(kind, tuple(found))
-
-
-def _shard_ext(path: str) -> str | None:
-    low = path.lower()
-    return "tar" if low.endswith(".tar") else "parquet" if low.endswith(".parquet") else None
 
 
 def _is_glob(spec: str) -> bool:

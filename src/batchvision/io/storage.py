@@ -18,7 +18,7 @@ import functools
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from batchvision.errors import ConfigError, StorageAuthError
@@ -270,6 +270,30 @@ class ObjectTooLargeError(Exception):
     def __init__(self, size: int) -> None:
         super().__init__(f"object is {size} bytes")
         self.size = size
+
+
+#: Bytes an S3 stream is read at a time: pyarrow's S3 stream sends one ranged GET per
+#: read, so small reads (a tar parser's 512-byte headers) go through a buffer this large.
+S3_READ_BUFFER = 8 << 20
+
+
+def open_stream(path: str, options: StorageOptions) -> Any:
+    """A local file or an S3 object as a binary stream read in order, never whole (on S3
+    one GET per ``S3_READ_BUFFER`` bytes)."""
+    if not is_uri(path):
+        return open(path, "rb", buffering=1 << 20)
+    fs, loc = filesystem(path, options)
+    return fs.open_input_stream(loc.path, compression=None, buffer_size=S3_READ_BUFFER)
+
+
+def parquet_file(path: str, options: StorageOptions) -> Any:
+    """A ``pyarrow.parquet.ParquetFile`` of a local file or an S3 object (read by ranges)."""
+    import pyarrow.parquet as pq
+
+    if not is_uri(path):
+        return pq.ParquetFile(path)
+    fs, loc = filesystem(path, options)
+    return pq.ParquetFile(fs.open_input_file(loc.path))
 
 
 def read_object(uri: str, options: StorageOptions, max_bytes: int | None = None) -> bytes:

@@ -190,14 +190,6 @@ def _listed_unit(index: int, number: int, spec: str, chunk: list[InputItem]) -> 
     )
 
 
-def _open_binary(path: str, options: StorageOptions) -> Any:
-    """A binary stream of a local file or an S3 object (read in order, never whole)."""
-    if not storage.is_uri(path):
-        return open(path, "rb")
-    fs, loc = storage.filesystem(path, options)
-    return fs.open_input_stream(loc.path)
-
-
 def _lines(f: Any) -> Iterator[bytes]:
     """The lines of a binary stream, line ends kept, read ``_PLAN_READ`` bytes at a time."""
     rest = b""
@@ -228,7 +220,7 @@ def _plan_text(
     """
     csv_file = spec.lower().endswith(".csv")
     try:
-        with _open_binary(spec, options) as f:
+        with storage.open_stream(spec, options) as f:
             lines = _lines(f)
             header = next(lines, b"") if csv_file else b""
             start = offset = len(header)
@@ -258,7 +250,7 @@ def _plan_parquet(
 ) -> Iterator[Unit]:
     """Units of ``rows_per_unit`` rows of a Parquet manifest; the fingerprint is a CRC-32
     of the unit's ``path`` values (read column by column, never row by row)."""
-    pf = sources.parquet_file(spec, options)
+    pf = storage.parquet_file(spec, options)
     total = pf.metadata.num_rows
     for number, start in enumerate(range(0, total, rows_per_unit)):
         stop = min(total, start + rows_per_unit)
@@ -297,6 +289,14 @@ def unit_samples(
     return read(unit.source, unit.shard, shard_opts, options, max_bytes)
 
 
+def keep_types(unit: Unit, shard_opts: ShardOptions, options: StorageOptions) -> dict[str, Any]:
+    """The Arrow types of a unit's kept columns: a Parquet shard's own (read from its
+    schema); text otherwise (tar members)."""
+    if unit.kind != "parquet_images":
+        return {}
+    return shards.keep_types(unit.source, shard_opts, options)
+
+
 def unit_items(unit: Unit, storage_options: StorageOptions | None = None) -> list[InputItem]:
     """The inputs of ``unit``, in order, as :func:`sources.iter_inputs` lists them.
 
@@ -307,7 +307,7 @@ def unit_items(unit: Unit, storage_options: StorageOptions | None = None) -> lis
     if unit.kind == "listed":
         return [InputItem(i, p) for i, p in unit.items]
     if unit.kind == "parquet":
-        column = _parquet_paths(sources.parquet_file(unit.source, options), unit.start, unit.stop)
+        column = _parquet_paths(storage.parquet_file(unit.source, options), unit.start, unit.stop)
         paths: list[str | None] = [p or None for p in column.to_pylist()]
     else:
         paths = list(_text_paths(unit, _read_range(unit.source, unit.start, unit.stop, options)))
