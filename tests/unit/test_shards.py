@@ -216,3 +216,16 @@ def test_bench_measures_the_images_inside_shards(tmp_path: Path) -> None:
     assert [Path(p).name for p in paths] == ["sample_000000.jpg", "sample_000001.png"]
     assert [Path(p).read_bytes() for p in paths] == [b"\xff\xd8jpeg", b"\x89PNGpng"]
     assert len(extract_samples(str(tmp_path / "s.tar"), tmp_path / "y", 1)) == 1
+
+
+def test_a_member_name_that_is_not_utf8_gets_a_writable_id(tmp_path: Path) -> None:
+    with tarfile.open(tmp_path / "a.tar", "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tf:
+        info = tarfile.TarInfo("caf\xe9.jpg")  # the byte 0xE9 in the archive
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"img"))
+    (got,) = _read(tmp_path / "a.tar")
+    assert (got.id, got.data) == ("sh.tar/file:caf%E9", b"img")
+    got.id.encode("utf-8")  # what every output writer needs
+    from batchvision.report.reading import read_image_bytes
+
+    assert read_image_bytes(got.path) == b"img"

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batchvision.errors import ConfigError
-from batchvision.io import storage
+from batchvision.io import names, storage
 from batchvision.io.storage import StorageOptions
 
 if TYPE_CHECKING:
@@ -214,6 +214,7 @@ def _sample(
     max_bytes: int,
 ) -> Sample:
     by_ext = {ext: (data, size) for ext, data, size in reversed(members)}  # first one wins
+    key = names.to_text(key)  # a member name that is not UTF-8: its file: form
     sample = Sample(f"{shard_id}/{key}", f"{path}#{key}")
     for col in opts.keep_columns:
         if col in by_ext and by_ext[col][0] is not None:
