@@ -229,3 +229,15 @@ def test_a_member_name_that_is_not_utf8_gets_a_writable_id(tmp_path: Path) -> No
     from batchvision.report.reading import read_image_bytes
 
     assert read_image_bytes(got.path) == b"img"
+
+
+def test_a_fifo_named_like_a_shard_is_a_row_not_a_hang(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "fifo.tar")
+    (got,) = _read(tmp_path / "fifo.tar")  # a blocking open would hang the test
+    assert got.error is not None and "not a regular file" in got.error
+    pq_fifo = tmp_path / "fifo.parquet"
+    os.mkfifo(pq_fifo)
+    (row,) = shards.parquet_samples(str(pq_fifo), "f", ShardOptions(), OPTS, MAX)
+    assert row.error is not None and "not a regular file" in row.error

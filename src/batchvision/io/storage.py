@@ -281,6 +281,7 @@ def open_stream(path: str, options: StorageOptions) -> Any:
     """A local file or an S3 object as a binary stream read in order, never whole (on S3
     one GET per ``S3_READ_BUFFER`` bytes)."""
     if not is_uri(path):
+        _check_regular(path)
         return open(path, "rb", buffering=1 << 20)
     fs, loc = filesystem(path, options)
     return fs.open_input_stream(loc.path, compression=None, buffer_size=S3_READ_BUFFER)
@@ -291,9 +292,18 @@ def parquet_file(path: str, options: StorageOptions) -> Any:
     import pyarrow.parquet as pq
 
     if not is_uri(path):
+        _check_regular(path)
         return pq.ParquetFile(path)
     fs, loc = filesystem(path, options)
     return pq.ParquetFile(fs.open_input_file(loc.path))
+
+
+def _check_regular(path: str) -> None:
+    """Only regular files are opened: a FIFO's open (or read) would wait forever."""
+    import stat
+
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(f"not a regular file: {path}")
 
 
 def read_object(uri: str, options: StorageOptions, max_bytes: int | None = None) -> bytes:
