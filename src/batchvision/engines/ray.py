@@ -413,7 +413,7 @@ class RayEngine(Engine):
         from batchvision.engines.unit_worker import FAULT_INJECT_ENV, UnitWorker, WorkerOptions
 
         cfg = job.config
-        self._gate = self.ray.remote(num_cpus=0)(CommitGate).remote()
+        self._gate = self._start_gate()
         options = WorkerOptions(
             output=cfg.output,
             fmt=cfg.format,
@@ -458,6 +458,16 @@ class RayEngine(Engine):
                 if row["batch_limit"]:  # the model ran out of memory and halved its batches
                     stats.result.batch_size = min(stats.result.batch_size, row["batch_limit"])
 
+    def _start_gate(self) -> Any:
+        """The run's commit gate, on the driver's own node: a gate elsewhere would die with
+        its node (found by the node-removal test) and stop every commit with it."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(
+            node_id=self.ray.get_runtime_context().get_node_id(), soft=False
+        )
+        return self.ray.remote(num_cpus=0, scheduling_strategy=here)(CommitGate).remote()
+
     def _stop(self, job: Job) -> None:
         """Close the commit gate, wait (up to ``STOP_WAIT_S``) for the commits under way,
         and end the pool: then the output holds all this run will ever have written."""
@@ -466,11 +476,15 @@ class RayEngine(Engine):
         if gate is None:
             return
         ray = self.ray
-        pending = ray.get(gate.close.remote())
-        deadline = time.monotonic() + STOP_WAIT_S
-        while pending and time.monotonic() < deadline:
-            time.sleep(0.05)
-            pending = ray.get(gate.pending.remote())
+        try:
+            pending = ray.get(gate.close.remote())
+            deadline = time.monotonic() + STOP_WAIT_S
+            while pending and time.monotonic() < deadline:
+                time.sleep(0.05)
+                pending = ray.get(gate.pending.remote())
+        except ray.exceptions.RayError as e:  # gone: no worker can commit through it either
+            logger.warning("ray: the commit gate is gone (%s)", type(e).__name__)
+            pending = 0
         if pending:  # a write that hangs: its part may still appear, and --resume sees it
             logger.warning("ray: %d unit commit(s) did not finish in time", pending)
         close = getattr(stats, "close", None)
@@ -524,6 +538,11 @@ class Pool:
 def _raise_fatal(row: dict[str, Any]) -> None:
     """Stop the run with what stopped a unit, as the local engine would raise it."""
     message, kind = row["fatal"], row["fatal_kind"]
+    if kind == "stopped":  # refused by the gate while this run goes on: it was lost
+        raise OutputWriteError(
+            f"unit {row['key']} could not be committed: the run's commit gate is gone; the "
+            "parts written before are complete - run the same command with --resume"
+        )
     if not message:
         return
     if kind == "storage_auth":
