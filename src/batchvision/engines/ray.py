@@ -391,7 +391,9 @@ class RayEngine(Engine):
             return int(cfg.batch_size)
         from batchvision.ray import find_batch_size
 
-        task = self.ray.remote(num_gpus=pool.num_gpus, num_cpus=pool.num_cpus)(find_batch_size)
+        task = self.ray.remote(
+            num_gpus=pool.num_gpus, num_cpus=pool.num_cpus, runtime_env=WORKER_ENV
+        )(find_batch_size)
         opts = PredictOptions.from_config(cfg)
         search = self.ray.get(task.remote(job.spec, weights_ref, opts, pool.threads))
         logger.info("ray: --batch-size auto chose %d", search.size)
@@ -444,6 +446,7 @@ class RayEngine(Engine):
             batch_format="numpy",
             num_gpus=pool.num_gpus,
             num_cpus=pool.num_cpus,
+            runtime_env=WORKER_ENV,
         )
         guard = job.writer.guard
         self._stats = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1)
@@ -466,7 +469,8 @@ class RayEngine(Engine):
         here = NodeAffinitySchedulingStrategy(
             node_id=self.ray.get_runtime_context().get_node_id(), soft=False
         )
-        return self.ray.remote(num_cpus=0, scheduling_strategy=here)(CommitGate).remote()
+        gate = self.ray.remote(num_cpus=0, scheduling_strategy=here, runtime_env=WORKER_ENV)
+        return gate(CommitGate).remote()
 
     def _stop(self, job: Job) -> None:
         """Close the commit gate, wait (up to ``STOP_WAIT_S``) for the commits under way,
@@ -513,6 +517,13 @@ class RayEngine(Engine):
 
 #: Seconds a stopping run waits for the unit commits under way.
 STOP_WAIT_S = 30.0
+
+#: The run's own workers (model actors, the batch-size search, the commit gate) run at
+#: the driver's scheduling priority. Ray starts workers at niceness 15, below everything
+#: else on the node: on 2 cores the driver's and Ray's own daemons, a few percent of a
+#: core, then preempted the model's threads, stalling its intra-op barrier (resnet50
+#: at 0.69-0.75x the local engine; bench_engines.py, docs/benchmarks.md).
+WORKER_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
 
 #: Inputs an actor call runs at least (whole units): Ray Data costs its driver about 5 ms
 #: of CPU per task (bench_driver.py), so tasks of 4,096 inputs keep it near 1 us a row.
