@@ -22,7 +22,8 @@ from batchvision.interrupts import sigterm_interrupts
 from batchvision.io import outdir, outlock, sinks, sources
 from batchvision.models.registry import load_state_dict, resolve_model
 from batchvision.models.spec import ModelSpec
-from batchvision.stages.predict import check_top_k, resolve_device
+from batchvision.runtimes.prepare import prepare as prepare_runtime
+from batchvision.stages.predict import check_top_k, native_bf16, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ def _run(
             f"runs it on {device}; choose cpu or auto"
         )
     state_dict = load_state_dict(spec)
+    # --runtime onnxruntime/openvino: exported (and for int8 quantized and checked) here,
+    # once; workers load the export in place of the weights.
+    exported = prepare_runtime(config, spec, state_dict, device.type, native_bf16(device))
 
     engine.connect(config)  # an unreachable cluster fails here, the output untouched
     run_id = sinks.new_run_id()
@@ -125,8 +129,9 @@ def _run(
     # the manifest's last write (released on any exit, Ctrl-C included).
     with outlock.hold(config.output, run_id, storage) as lock:
         return _write_output(
-            config, spec, state_dict, engine, known_total, progress, start, run_id, lock
-        )
+            config, spec, exported or state_dict, engine, known_total, progress, start, run_id,
+            lock, runtime=exported.record if exported else {"runtime": "torch"},
+        )  # fmt: skip
 
 
 def _write_output(
@@ -139,8 +144,10 @@ def _write_output(
     start: float,
     run_id: str,
     lock: outlock.OutputLock,
+    runtime: dict[str, Any],
 ) -> Summary:
-    """Prepare the output folder, run the engine into it, record the run; under the lock."""
+    """Prepare the output folder, run the engine into it, record the run; under the lock.
+    ``state_dict``: the weights, or the model exported for the run's runtime."""
     storage = config.storage
     reusing = config.resume or config.overwrite
     before = outdir.read_previous(config.output, storage) if reusing else None
@@ -157,6 +164,7 @@ def _write_output(
     _prepare_mask_dir(config, before, check_only=False)
     previous = before if config.resume else None
     manifest = outdir.new_manifest(config, spec, previous, run_id)
+    manifest["runtime"] = runtime
     if previous is not None:
         outdir.check_resumable(previous, manifest)
     earlier, committed = outdir.read_earlier(config, previous, by_unit=engine.by_unit)

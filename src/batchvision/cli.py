@@ -21,6 +21,7 @@ from batchvision.config import (
     INTERPOLATIONS,
     OUTPUT_FORMATS,
     PRECISIONS,
+    RUNTIMES,
     TASKS,
 )
 from batchvision.errors import (
@@ -136,7 +137,43 @@ def cli() -> None:
     type=click.Choice(PRECISIONS),
     default="auto",
     show_default=True,
-    help="auto: bf16 where the device runs it natively, else fp32.",
+    help="auto: bf16 where the device runs it natively, else fp32 (fp32 for --runtime "
+    "onnxruntime). int8: post-training static quantization, --runtime onnxruntime or "
+    "openvino only, calibrated on the input's first --calibration-images images and "
+    "refused when its agreement with fp32 falls below --min-agreement.",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="torch",
+    show_default=True,
+    help="What runs the model. onnxruntime and openvino (CPU only; extras batchvision[onnx], "
+    "batchvision[openvino]) run a copy exported once per run and cached in "
+    "$BATCHVISION_CACHE_DIR (default ~/.cache/batchvision); auto: the fastest of these "
+    "installed (openvino, then onnxruntime) on the CPU, torch on a GPU.",
+)
+@click.option(
+    "--calibration-images",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="--precision int8: the input's first N decodable images calibrate the quantization.",
+)
+@click.option(
+    "--agreement-images",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="--precision int8: the N images after the calibration images, held apart, on which "
+    "agreement with fp32 is measured before the run.",
+)
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.99,
+    show_default=True,
+    help="--precision int8: the least top-1 agreement with fp32 (mean cosine for --task "
+    "embed) on the held-apart images; below it the run is refused (exit 2).",
 )
 @click.option(
     "--batch-size",

@@ -12,7 +12,7 @@ from batchvision.io.shards import DEFAULT_IMAGE_KEYS, ShardOptions
 from batchvision.io.sources import DEFAULT_MAX_FILE_BYTES
 from batchvision.io.storage import StorageOptions, env_endpoint, env_max_attempts
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 OutputFormat = Literal["parquet", "csv", "jsonl"]
 EngineName = Literal["local", "ray"]
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
@@ -21,8 +21,10 @@ CropOffset = Literal["round", "floor"]
 TaskName = Literal["classify", "segment", "embed"]
 DecodeDevice = Literal["cpu", "cuda", "auto"]
 BatchSize = int | Literal["auto"]
+RuntimeName = Literal["torch", "onnxruntime", "openvino", "auto"]
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 ENGINES: tuple[str, ...] = get_args(EngineName)
 INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
@@ -191,6 +193,16 @@ class RunConfig:
     decode_threads: int | None = None
     #: Run the model through ``torch.compile``.
     compile: bool = False
+    #: What runs the model: ``torch``, ``onnxruntime`` or ``openvino`` (exported once per
+    #: run, CPU only), or ``auto`` (the fastest installed for the device).
+    runtime: RuntimeName = "torch"
+    #: ``--precision int8``: images of the input the quantization is calibrated on ...
+    calibration_images: int = 300
+    #: ... and the images after them, held apart, on which its agreement with fp32 is
+    #: measured before the run ...
+    agreement_images: int = 200
+    #: ... which must reach this (top-1 agreement; mean cosine for embeddings).
+    min_agreement: float = 0.99
     #: Fold BatchNorm layers into the convolutions before them (same results within float
     #: rounding, faster); models torch.fx cannot trace run as they are.
     fuse: bool = True
@@ -240,6 +252,16 @@ class RunConfig:
             raise ConfigError("--output is required")
         _choice("--engine", self.engine, ENGINES)
         _choice("--precision", self.precision, PRECISIONS)
+        _choice("--runtime", self.runtime, RUNTIMES)
+        if self.precision == "int8" and self.runtime == "torch":
+            raise ConfigError(
+                "--precision int8 needs --runtime onnxruntime or openvino (post-training "
+                "quantization); torch runs auto, fp32, bf16 or fp16"
+            )
+        _positive("--calibration-images", self.calibration_images)
+        _positive("--agreement-images", self.agreement_images)
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ConfigError(f"--min-agreement must lie in [0, 1], got {self.min_agreement}")
         _choice("--format", self.format, OUTPUT_FORMATS)
         if self.task is not None:
             _choice("--task", self.task, TASKS)

@@ -17,6 +17,7 @@ from batchvision.io.sinks import PartWriter
 from batchvision.io.sources import InputItem, ListingStats
 from batchvision.io.units import Committed
 from batchvision.models.spec import ModelSpec
+from batchvision.runtimes.export import Exported
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class Job:
 
     config: RunConfig
     spec: ModelSpec
-    state_dict: dict[str, torch.Tensor] | None
+    #: The weights, or the model exported for ``--runtime onnxruntime``/``openvino``.
+    state_dict: dict[str, torch.Tensor] | Exported | None
     items: Iterator[InputItem]
     writer: PartWriter
     listing: ListingStats

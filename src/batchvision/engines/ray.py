@@ -40,6 +40,7 @@ from batchvision.errors import ConfigError, OutputWriteError, StorageAuthError
 from batchvision.interrupts import keep_sigterm_handler
 from batchvision.io import units
 from batchvision.orphans import Reaper
+from batchvision.runtimes.export import Exported
 from batchvision.stages.predict import PredictOptions, resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -332,7 +333,9 @@ class RayEngine(Engine):
         result.device = ("cuda" if num_gpus > 0 else "cpu") if cfg.device == "auto" else cfg.device
         # Actors resolve "auto" on their own device; the driver can only tell for CPUs.
         result.precision = (
-            resolve_precision(cfg.precision, torch.device("cpu"))
+            job.state_dict.precision  # the export's, for --runtime onnxruntime/openvino
+            if isinstance(job.state_dict, Exported)
+            else resolve_precision(cfg.precision, torch.device("cpu"))
             if result.device == "cpu"
             else cfg.precision
         )
@@ -341,7 +344,8 @@ class RayEngine(Engine):
         seconds = dict.fromkeys(("read", "decode", "inference", "write"), 0.0)
         try:
             todo = self._plan(job, result)
-            # The weights travel once, through the object store; actors never download.
+            # The weights (or the export) travel once, through the object store; actors
+            # never download or export.
             weights_ref = ray.put(job.state_dict) if job.state_dict is not None else None
             result.batch_size = self._batch_size(job, weights_ref, pool, result)
             stats.report(force=True)

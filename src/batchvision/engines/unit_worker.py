@@ -90,9 +90,9 @@ class UnitWorker:
         from batchvision.stages.predict import Predictor
 
         torch.set_num_threads(max(1, options.threads))
-        if state_dict is not None and not isinstance(state_dict, dict):  # an object ref
-            import ray
+        import ray
 
+        if isinstance(state_dict, ray.ObjectRef):  # the weights, or the runtime's export
             state_dict = ray.get(state_dict)
         self.options = options
         self.spec = spec

@@ -677,6 +677,7 @@ def record_run(
             "config": asdict(config),
             "device": result.device,
             "precision": result.precision,
+            "runtime": manifest.get("runtime"),
             "workers": result.workers,
             "batch_size": result.batch_size,
             "batch_size_search": result.batch_search,

@@ -22,6 +22,9 @@ from batchvision.config import PRECISIONS, Precision, PredictOptions
 from batchvision.errors import ConfigError
 from batchvision.models.registry import build_model
 from batchvision.models.spec import ModelSpec
+from batchvision.runtimes.export import Exported
+from batchvision.runtimes.sessions import Session
+from batchvision.runtimes.sessions import load as load_session
 from batchvision.stages.batching import (
     SEARCH_BUDGET_S,
     SEARCH_LIMIT,
@@ -141,13 +144,16 @@ class Predictor:
         spec: the resolved model.
         options: device, precision, top-k and memory format.
         state_dict: weights resolved on the driver; when ``None`` the model loads its own.
+            Or the model exported on the driver for ``--runtime onnxruntime``/``openvino``
+            (:class:`~batchvision.runtimes.export.Exported`): it then runs in that runtime,
+            on as many intra-op threads as torch has here, at the export's precision.
     """
 
     def __init__(
         self,
         spec: ModelSpec,
         options: PredictOptions | None = None,
-        state_dict: dict[str, torch.Tensor] | None = None,
+        state_dict: dict[str, torch.Tensor] | Exported | None = None,
     ) -> None:
         options = options or PredictOptions()
         if spec.task == "classify":
@@ -158,18 +164,26 @@ class Predictor:
         self.normalize = options.normalize
         self.upsample_bytes = UPSAMPLE_BYTES
         self.device = resolve_device(options.device)
-        self.precision = resolve_precision(options.precision, self.device)
         self.channels_last = options.channels_last
-        model = build_model(spec, state_dict)
         #: BatchNorm layers folded into convolutions (0: none, or the model was not traceable).
         self.folded_batch_norms = 0
-        if options.fuse:
-            model, self.folded_batch_norms = fold_batch_norms(model)
-        model = model.to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        self._forward = torch.compile(model) if options.compile else model
+        #: The runtime that runs the model (``torch``, or the export's).
+        self.runtime = "torch"
+        self._session: Session | None = None
+        if isinstance(state_dict, Exported):
+            self.runtime = state_dict.runtime
+            self.precision = state_dict.precision
+            self._session = load_session(state_dict, torch.get_num_threads())
+        else:
+            self.precision = resolve_precision(options.precision, self.device)
+            model = build_model(spec, state_dict)
+            if options.fuse:
+                model, self.folded_batch_norms = fold_batch_norms(model)
+            model = model.to(self.device)
+            if self.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            self.model = model
+            self._forward = torch.compile(model) if options.compile else model
         self.inject_oom_above = options.inject_oom_above
         #: Largest batch given to the model at once; ``None``: whole batches (no OOM yet).
         self.batch_limit: int | None = None
@@ -226,6 +240,8 @@ class Predictor:
                 f"CUDA out of memory (injected by the test hook: batch of {len(images)} > "
                 f"{self.inject_oom_above})"
             )
+        if self._session is not None:  # the exported graph takes the uint8 batch itself
+            return torch.from_numpy(self._session(images.numpy()))
         with self._autocast():
             out = self._forward(self.to_input(images))
         if not isinstance(out, torch.Tensor):  # e.g. GoogLeNet/Inception named tuples
