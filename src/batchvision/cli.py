@@ -12,10 +12,13 @@ import click
 
 from batchvision.config import (
     DECODE_DEVICES,
+    DEFAULT_AGREEMENT_IMAGES,
+    DEFAULT_CALIBRATION_IMAGES,
     DEFAULT_IMAGE_KEYS,
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_INPUT_PIXELS,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_AGREEMENT,
     DEFAULT_RAY_CONNECT_TIMEOUT,
     ENGINES,
     INTERPOLATIONS,
@@ -155,14 +158,14 @@ def cli() -> None:
 @click.option(
     "--calibration-images",
     type=click.IntRange(min=1),
-    default=300,
+    default=DEFAULT_CALIBRATION_IMAGES,
     show_default=True,
     help="--precision int8: the input's first N decodable images calibrate the quantization.",
 )
 @click.option(
     "--agreement-images",
     type=click.IntRange(min=1),
-    default=200,
+    default=DEFAULT_AGREEMENT_IMAGES,
     show_default=True,
     help="--precision int8: the N images after the calibration images, held apart, on which "
     "agreement with fp32 is measured before the run.",
@@ -170,7 +173,7 @@ def cli() -> None:
 @click.option(
     "--min-agreement",
     type=click.FloatRange(0.0, 1.0),
-    default=0.99,
+    default=DEFAULT_MIN_AGREEMENT,
     show_default=True,
     help="--precision int8: the least top-1 agreement with fp32 (mean cosine for --task "
     "embed) on the held-apart images; below it the run is refused (exit 2).",
@@ -573,6 +576,13 @@ def report_cmd(output_dir: str, verbose: bool, **opts: Any) -> None:
     "with --smoke].",
 )
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option(
+    "--runtimes",
+    default=None,
+    metavar="RUNTIME[:PRECISION],...",
+    help="Also measure these runtimes, model only and end to end (local engine), each with "
+    "its parity figure, e.g. onnxruntime:fp32,openvino,openvino:int8 [default: none].",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--workers",
@@ -641,6 +651,7 @@ def bench_cmd(input_: str | None, quiet: bool, smoke: bool, **opts: Any) -> None
         memory_sizes=parse_ints("--memory-sizes", opts.pop("memory_sizes")),
         engines=parse_names("--engines", opts.pop("engines"), ENGINES),
         strategies=parse_names("--strategies", opts.pop("strategies"), STRATEGIES),
+        runtimes=tuple(r for r in (opts.pop("runtimes") or "").split(",") if r),
         image_size=parse_size(opts.pop("image_size")),
         **opts,
     )

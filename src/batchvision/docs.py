@@ -73,6 +73,14 @@ MANIFEST: dict[str, str] = {
     "names carry them: `part-RUN-NNNNN-nROWS-cCRC32.EXT`); `--overwrite` deletes only those "
     "parts, and the units' parts of a folder whose manifest records runs.",
     "counts": "`ok`, `error`, `rows_written` from the part files; `skipped` by the last run.",
+    "runtime": "What ran the model in the last run: `runtime` (`torch`, `onnxruntime` or "
+    "`openvino`); for the latter two also `precision`, the ONNX export's cache `export_key`, "
+    "whether it came from the cache (`export_cached`), its `export_seconds` and "
+    "`export_bytes`; with `--precision int8` also `int8_key`, `int8_cached`, `calibration` "
+    "(`images`, `first_id`, `last_id`, `ids_digest` of the images it was calibrated on), "
+    "`agreement` (`measure`: top-1 agreement, or mean cosine for embeddings; its `value` "
+    "on `images` held-apart images from `first_id` on; `min_agreement`) and `int8_seconds` "
+    "(quantizing and measuring).",
 }
 
 #: Fields of each `runs[]` record.
@@ -86,7 +94,8 @@ RUN_FIELDS: dict[str, str] = {
     "second parts of one unit, deleted (their rows are in the part kept).",
     "config": "The full RunConfig of that run.",
     "device": "Device used, e.g. `cpu`, `cuda:0`.",
-    "precision": "`fp32`, `bf16` or `fp16`.",
+    "precision": "`fp32`, `bf16`, `fp16` or `int8`.",
+    "runtime": "The manifest's `runtime` record as it was for this run.",
     "workers": "Decode workers (the Ray engine: worker actors, at most).",
     "batch_size": "Batch size the model finally ran at: `--batch-size`, the size "
     "`--batch-size auto` chose, or less where a batch ran out of device memory and was "

@@ -47,6 +47,8 @@ def test_ray_options_need_the_ray_engine() -> None:
 def test_actor_resources_default_to_a_gpu_where_there_is_one() -> None:
     assert actor_resources(_cfg(engine="ray"), {"CPU": 8, "GPU": 2}) == (1.0, 1.0)
     assert actor_resources(_cfg(engine="ray"), {"CPU": 2}) == (0.0, 1.0)
+    # A runtime that runs on the CPU (onnxruntime, openvino) takes no GPU by default.
+    assert actor_resources(_cfg(engine="ray"), {"CPU": 8, "GPU": 2}, cpu_runtime=True) == (0.0, 1.0)
     assert actor_resources(_cfg(engine="ray", num_cpus=3.0), {"CPU": 8}) == (0.0, 3.0)
     with pytest.raises(ConfigError, match=r"--num-gpus 1 per actor, but the cluster has 0 GPU"):
         actor_resources(_cfg(engine="ray", num_gpus=1.0), {"CPU": 2})

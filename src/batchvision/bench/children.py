@@ -102,6 +102,8 @@ def measure_model(p: dict[str, Any]) -> dict[str, Any]:
     from batchvision.stages.predict import PredictOptions, Predictor
 
     spec, state_dict = _spec_and_weights(p)
+    if p.get("runtime", "torch") != "torch":  # exported (and quantized) as a run does it
+        state_dict = _exported(p, spec, state_dict)
     predictor = Predictor(
         spec,
         PredictOptions(device=p["device"], precision=p["precision"], top_k=p["top_k"]),
@@ -132,8 +134,22 @@ def measure_model(p: dict[str, Any]) -> dict[str, Any]:
         "warmup_batch_seconds": warmup_seconds,
         "device": str(predictor.device),
         "precision": predictor.precision,
+        "runtime": predictor.runtime,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def _exported(p: dict[str, Any], spec: Any, state_dict: Any) -> Any:
+    """The model exported for ``p["runtime"]`` by the run's own code (calibrated, for int8,
+    on the bench's first images)."""
+    from batchvision.config import RunConfig
+    from batchvision.runtimes.prepare import prepare
+    from batchvision.stages.predict import native_bf16, resolve_device
+
+    cfg = RunConfig(inputs=(p["manifest"],), output="unused", model=p["model"],
+                    runtime=p["runtime"], precision=p["precision"])  # fmt: skip
+    device = resolve_device(p["device"])
+    return prepare(cfg, spec, state_dict, device.type, native_bf16(device))
 
 
 def measure_engine(p: dict[str, Any]) -> dict[str, Any]:
@@ -175,6 +191,7 @@ def measure_engine(p: dict[str, Any]) -> dict[str, Any]:
                 workers=p["workers"] if engine == "local" else None,
                 top_k=p["top_k"],
                 seed=p["seed"],
+                runtime=p.get("runtime", "torch"),
             )
             start = time.perf_counter()
             summary = batchvision.run(cfg)
@@ -193,6 +210,7 @@ def measure_engine(p: dict[str, Any]) -> dict[str, Any]:
         "stage_seconds": {k: round(v, 3) for k, v in summary.stage_seconds.items()},
         "device": summary.device,
         "precision": summary.precision,
+        "runtime": p.get("runtime", "torch"),
         "torch_threads": torch.get_num_threads(),
     }
 

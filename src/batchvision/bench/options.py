@@ -10,7 +10,7 @@ import importlib.util
 from dataclasses import dataclass, fields
 from typing import Any
 
-from batchvision.config import ENGINES, PRECISIONS, Precision
+from batchvision.config import ENGINES, PRECISIONS, RUNTIMES, Precision
 from batchvision.errors import ConfigError
 
 #: The seeds' five ways of running inference on Ray (shared/seeds/004), in the seeds' order.
@@ -60,6 +60,9 @@ class BenchConfig:
     engines: tuple[str, ...] = FULL_DEFAULTS["engines"]
     strategies: tuple[str, ...] = FULL_DEFAULTS["strategies"]
     precision: Precision = "auto"
+    #: Extra rows per runtime: ``RUNTIME[:PRECISION]`` (e.g. ``openvino:int8``), each
+    #: measured model-only and end to end (local engine), with its parity figure.
+    runtimes: tuple[str, ...] = ()
     device: str = "auto"
     images: int | None = None
     workers: int | None = None
@@ -103,6 +106,15 @@ class BenchConfig:
                 f"--precision {self.precision!r} is not valid; choose one of: "
                 f"{', '.join(PRECISIONS)}"
             )
+        for entry in self.runtimes:
+            runtime, _, precision = entry.partition(":")
+            if runtime not in RUNTIMES or (precision and precision not in PRECISIONS):
+                raise ConfigError(
+                    f"--runtimes: {entry!r} is not RUNTIME[:PRECISION] with RUNTIME one of "
+                    f"{', '.join(RUNTIMES)} and PRECISION one of {', '.join(PRECISIONS)}"
+                )
+        if len(set(self.runtimes)) != len(self.runtimes):
+            raise ConfigError(f"--runtimes {','.join(self.runtimes)} repeats a value")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.parity_images < 0 or self.warmup < 0:

@@ -87,6 +87,11 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         r["ratios"] = {
             "to_model_only": ratio(r["images_per_second"], ips("model", r["batch_size"])),
             "to_seed": ratio(r["images_per_second"], ips(BASELINE, r["batch_size"])),
+            # Runtime rows: over the torch row of the same kind (model only, or local).
+            "to_torch": ratio(
+                r["images_per_second"],
+                ips("model" if r["kind"] == "stage" else "local", r["batch_size"]),
+            ),
         }
 
 
@@ -161,6 +166,10 @@ def format_table(report: dict[str, Any]) -> str:
             continue
         ratios = r.get("ratios", {})
         par = cosine if r["kind"] == "engine" else None
+        if r["name"].startswith("local ") and r["kind"] == "engine":  # a runtime's row
+            par = ((parity.get("runtimes") or {}).get(r["name"][6:]) or {}).get(
+                "mean_centered_cosine"
+            )
         lines.append(
             f"{title:<38} {r['batch_size']:>5} {_fmt(r['images'], 'd'):>7} "
             f"{_fmt(r['images_per_second'], '.2f'):>9} "
@@ -172,6 +181,30 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("")
     lines += _context_lines(report)
     return "\n".join(lines)
+
+
+def _runtime_line(rows: list[dict[str, Any]], entry: str, parity: dict[str, Any]) -> str:
+    """``--runtimes`` ENTRY: its speeds over torch's and its parity, on one line."""
+
+    def over_torch(name: str) -> str:
+        row = next((r for r in rows if r["name"] == name and r["error"] is None), None)
+        if row is None:
+            return "failed"
+        return (
+            f"{row['images_per_second']:.2f} img/s "
+            f"(x{_fmt(row.get('ratios', {}).get('to_torch'), '.2f')} torch)"
+        )
+
+    line = (
+        f"runtime {entry} ({parity.get('precision', '?')}): model only "
+        f"{over_torch(f'model {entry}')}, end to end {over_torch(f'local {entry}')}"
+    )
+    if "mean_centered_cosine" in parity:
+        return line + (
+            f"; parity mean centered cosine {parity['mean_centered_cosine']:.5f}, top-1 "
+            f"agreement {parity['top1_agreement']:.3f} (vs the fp32 reference)"
+        )
+    return line + f"; parity FAILED: {(parity.get('error') or '?').splitlines()[0][:100]}"
 
 
 def _context_lines(report: dict[str, Any]) -> list[str]:
@@ -234,6 +267,8 @@ def _context_lines(report: dict[str, Any]) -> list[str]:
                 "  (not meaningful here: the reference's outputs barely differ between images, "
                 "as with random weights of some models; use e.g. resnet18 or a trained checkpoint)"
             )
+        for entry, got in (parity.get("runtimes") or {}).items():
+            lines.append(_runtime_line(report["rows"], entry, got))
     elif parity and parity.get("error"):
         lines.append(f"parity FAILED: {parity['error'].splitlines()[0]}")
     mem = report.get("memory_check")

@@ -151,6 +151,7 @@ def _params(config: BenchConfig, manifest: Path) -> dict[str, Any]:
         "top_k": TOP_K,
         "seed": config.seed,
         "parity_images": config.parity_images,
+        "runtime": "torch",
     }
 
 
@@ -166,7 +167,17 @@ def _throughput_rows(
             rows.append(runner.row(engine, "engine", {**p, "engine": engine}))
         for strategy in config.strategies:
             rows.append(runner.row(strategy, "seed", {**p, "strategy": strategy}))
+        for entry in config.runtimes:
+            q = {**p, **runtime_params(entry)}
+            rows.append(runner.row(f"model {entry}", "model", q, kind="stage"))
+            rows.append(runner.row(f"local {entry}", "engine", {**q, "engine": "local"}))
     return rows
+
+
+def runtime_params(entry: str) -> dict[str, str]:
+    """``RUNTIME[:PRECISION]`` as measurement parameters (precision ``auto`` if not given)."""
+    runtime, _, precision = entry.partition(":")
+    return {"runtime": runtime, "precision": precision or "auto"}
 
 
 def _parity(
@@ -176,10 +187,22 @@ def _parity(
         return None
     params = {**base, "parity_images": min(config.parity_images, n)}
     try:
-        return runner("parity", "parity", params)
+        result = runner("parity", "parity", params)
     except MeasurementError as e:
         logger.error("%s", e)
         return {"error": str(e)}
+    runtimes: dict[str, Any] = {}
+    for entry in config.runtimes:  # the same reference, each runtime's output
+        try:
+            runtimes[entry] = runner(
+                f"parity-{entry}", "parity", {**params, **runtime_params(entry)}
+            )
+        except MeasurementError as e:
+            logger.error("%s", e)
+            runtimes[entry] = {"error": str(e)}
+    if runtimes:
+        result["runtimes"] = runtimes
+    return result
 
 
 def _memory_rows(

@@ -74,9 +74,13 @@ def _log_cluster(ray: Any) -> dict[str, float]:
     return resources
 
 
-def actor_resources(cfg: RunConfig, resources: dict[str, float]) -> tuple[float, float]:
-    """``(num_gpus, num_cpus)`` per worker actor: one GPU each where the cluster has GPUs."""
-    num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1.0 if resources.get("GPU") else 0.0)
+def actor_resources(
+    cfg: RunConfig, resources: dict[str, float], cpu_runtime: bool = False
+) -> tuple[float, float]:
+    """``(num_gpus, num_cpus)`` per worker actor: one GPU each where the cluster has GPUs,
+    none for a runtime that runs on the CPU (``cpu_runtime``: onnxruntime, openvino)."""
+    gpus = 1.0 if resources.get("GPU") and not cpu_runtime else 0.0
+    num_gpus = cfg.num_gpus if cfg.num_gpus is not None else gpus
     if num_gpus > resources.get("GPU", 0):
         raise ConfigError(
             f"--num-gpus {num_gpus:g} per actor, but the cluster has "
@@ -320,7 +324,9 @@ class RayEngine(Engine):
         ray = self.ray
         cfg = job.config
         resources = _log_cluster(ray)
-        num_gpus, num_cpus = actor_resources(cfg, resources)
+        num_gpus, num_cpus = actor_resources(
+            cfg, resources, cpu_runtime=isinstance(job.state_dict, Exported)
+        )
         lo, hi = pool_size(cfg, resources, num_gpus)
         threads = actor_threads(num_cpus, hi, resources, _max_node_cpus(ray))
         pool = Pool(lo, hi, num_gpus, num_cpus, threads)

@@ -21,10 +21,11 @@ from batchvision.errors import ConfigError
 
 #: What ``--runtime auto`` tries on the CPU, fastest first (docs/benchmarks.md, issue 15).
 AUTO_ORDER: tuple[str, ...] = ("openvino", "onnxruntime")
-#: Runtime -> (module to import, extra that installs it).
-EXTRAS: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("onnxruntime", "onnx"),
-    "openvino": ("openvino", "openvino"),
+#: Runtime -> (modules it needs: the runtime's, and onnx for torch's exporter; the extra
+#: that installs them).
+EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
+    "onnxruntime": (("onnxruntime", "onnx"), "onnx"),
+    "openvino": (("openvino", "onnx"), "openvino"),
 }
 
 
@@ -35,14 +36,17 @@ def install_hint(runtime: str) -> str:
 
 def require(runtime: str) -> ModuleType:
     """``runtime``'s module, or a :class:`ConfigError` with its install command."""
-    module, _ = EXTRAS[runtime]
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ConfigError(
-            f"--runtime {runtime} needs the {module} package ({e}); install it with "
-            f"{install_hint(runtime)}, or use --runtime torch"
-        ) from None
+    modules, _ = EXTRAS[runtime]
+    loaded = []
+    for module in modules:
+        try:
+            loaded.append(importlib.import_module(module))
+        except ImportError as e:
+            raise ConfigError(
+                f"--runtime {runtime} needs the {module} package ({e}); install it with "
+                f"{install_hint(runtime)}, or use --runtime torch"
+            ) from None
+    return loaded[0]
 
 
 def installed(runtime: str) -> bool:

@@ -9,8 +9,9 @@ path's within float rounding. ONNX Runtime runs the ONNX file; OpenVINO reads th
 (or, after ``--precision int8``, its own quantized IR).
 
 The cache key hashes the model spec, the weights' bytes, the options that change the graph,
-and the versions of torch and the runtime, so a second run with the same model and options
-loads the files instead of exporting.
+and torch's version (both runtimes read the one fp32 export; an int8 model's key adds its
+calibration images and the quantizer's versions), so a second run with the same model and
+options loads the files instead of exporting.
 """
 
 from __future__ import annotations
@@ -125,7 +126,9 @@ def weights_digest(state_dict: Any) -> str:
             continue
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).reshape(-1).numpy().tobytes())
+        # Flattened first: a 0-d tensor (BatchNorm's num_batches_tracked, int64) cannot be
+        # viewed as bytes of another element size.
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -68,6 +68,8 @@ def prepare(
     precision = resolve_precision(runtime, config.precision, native_bf16)
     if runtime == "torch":
         return None
+    if config.compile:  # --runtime auto chose a runtime that torch.compile cannot apply to
+        raise ConfigError(f"--compile applies to --runtime torch, and {runtime} runs here")
     if precision == "int8" and (spec.task == "segment" or input_size(spec) is None):
         raise ConfigError(
             "--precision int8 covers --task classify and embed (inputs of one size); run "
@@ -82,13 +84,43 @@ def prepare(
     fp32 = Exported(runtime, "fp32" if precision == "int8" else precision, key,
                     {"model.onnx": onnx}, dynamic, record)  # fmt: skip
     if precision != "int8":
+        check_runs(fp32, spec)
         return fp32
     return quantized(config, spec, fp32, onnx)
 
 
+def check_runs(exported: Exported, spec: ModelSpec) -> Any:
+    """Load ``exported`` and run it on one image here, before any worker does: a model the
+    runtime cannot load or run is one line naming the cause (never a traceback per worker).
+    Returns the loaded session."""
+    from batchvision.runtimes import sessions
+
+    h, w = input_size(spec) or (spec.preprocess.resize_size,) * 2
+    try:
+        session = sessions.load(exported, _threads())
+        out = session(np.zeros((1, h, w, 3), np.uint8))
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(
+            f"--runtime {exported.runtime} cannot run {spec.name} at {exported.precision} "
+            f"({type(e).__name__}: {_first_line(e)}); use --runtime torch"
+        ) from e
+    if not np.isfinite(out).all():
+        raise ConfigError(
+            f"--runtime {exported.runtime}: {spec.name} gives non-finite outputs at "
+            f"{exported.precision}; use --runtime torch"
+        )
+    return session
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
 def quantized(config: RunConfig, spec: ModelSpec, fp32: Exported, onnx: bytes) -> Exported:
     """``fp32`` quantized on the input's first images, or a refusal below the agreement."""
-    from batchvision.runtimes import quantize, sessions
+    from batchvision.runtimes import quantize
 
     t0 = time.perf_counter()
     ids, images = first_images(config, spec, config.calibration_images + config.agreement_images)
@@ -110,13 +142,20 @@ def quantized(config: RunConfig, spec: ModelSpec, fp32: Exported, onnx: bytes) -
     cached = files is not None
     if files is None:
         logger.info("%s: quantizing to int8 on %d images", spec.name, len(calib))
-        files = quantizer(onnx, calib)
+        try:
+            files = quantizer(onnx, calib)
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(
+                f"--precision int8: {fp32.runtime} could not quantize {spec.name} "
+                f"({type(e).__name__}: {_first_line(e)}); run at fp32"
+            ) from e
         write_cache(key, files)
     int8 = Exported(fp32.runtime, "int8", key, files, fp32.dynamic_size, {})
-    threads = _threads()
-    reference = quantize.outputs(sessions.load(fp32, threads), held_images)
+    reference = quantize.outputs(check_runs(fp32, spec), held_images)
     figure = quantize.agreement(
-        spec.task, reference, quantize.outputs(sessions.load(int8, threads), held_images)
+        spec.task, reference, quantize.outputs(check_runs(int8, spec), held_images)
     )
     measure = "mean cosine" if spec.task == "embed" else "top-1 agreement"
     logger.info("int8 %s with fp32 on %d held-apart images: %.4f", measure, held, figure)

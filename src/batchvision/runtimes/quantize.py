@@ -117,7 +117,10 @@ def agreement(task: str, reference: np.ndarray, other: np.ndarray) -> float:
     if task == "embed":
         a = reference.reshape(len(reference), -1).astype(np.float64)
         b = other.reshape(len(other), -1).astype(np.float64)
-        denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        cos = np.where(denom > 0, (a * b).sum(axis=1) / np.maximum(denom, 1e-30), 1.0)
+        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        denom = na * nb
+        # Two zero vectors agree; one zero vector (an embedding int8 collapsed) does not.
+        same = np.where((na == 0) & (nb == 0), 1.0, 0.0)
+        cos = np.where(denom > 0, (a * b).sum(axis=1) / np.maximum(denom, 1e-30), same)
         return float(cos.mean())
     return float((reference.argmax(axis=1) == other.argmax(axis=1)).mean())
