@@ -79,7 +79,8 @@ MANIFEST: dict[str, str] = {
     "`export_bytes`; with `--precision int8` also `int8_key`, `int8_cached`, `calibration` "
     "(`images`, `first_id`, `last_id`, `ids_digest` of the images it was calibrated on), "
     "`agreement` (`measure`: top-1 agreement, or mean cosine for embeddings; its `value` "
-    "on `images` held-apart images from `first_id` on; `min_agreement`) and `int8_seconds` "
+    "on `images` held-apart images from `first_id` on; `min_agreement`; `cached`: measured by "
+    "an earlier run of the same int8 model on the same images) and `int8_seconds` "
     "(quantizing and measuring).",
 }
 
