@@ -373,3 +373,42 @@ def test_hf_vit_classification_and_cls_embedding(
     ours = np.array([r["embedding"] for r in emb_rows])
     assert ours.shape == cls.shape == (len(rows), 32)
     assert centred_cosine(ours, cls).min() >= EMB_PASS
+
+
+# ---------------------------------------------------------------------------------------
+# The ONNX Runtime and OpenVINO runtimes on every source and task (issue 15)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("case", ["hf_classify", "hf_segment", "timm_embed"])
+def test_runtimes_match_torch_on_every_source(
+    case: str, runtime: str, images: Path, tmp_path: Path, request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The exported model gives the torch fp32 rows: Hugging Face classification and
+    segmentation (SegFormer's inputs vary in size: dynamic height and width in the export),
+    timm embeddings."""
+    pytest.importorskip(runtime)
+    monkeypatch.setenv("BATCHVISION_CACHE_DIR", str(tmp_path / "cache"))
+    if case == "hf_classify":
+        model, opts = f"hf:{request.getfixturevalue('hf_resnet').path}", {"top_k": CLS_CLASSES}
+    elif case == "hf_segment":
+        model, opts = f"hf:{request.getfixturevalue('segformer').path}", {}
+    else:
+        saved = request.getfixturevalue("timm_model")
+        model, opts = f"timm:{TIMM_ARCH}", {"weights": str(saved.path), "task": "embed"}
+    ref = _run(images, tmp_path / "torch", model, **opts)  # type: ignore[arg-type]
+    got = _run(images, tmp_path / runtime, model, runtime=runtime, **opts)  # type: ignore[arg-type]
+    assert [r["id"] for r in got] == [r["id"] for r in ref]
+    manifest = batchvision.io.outdir.read_manifest(str(tmp_path / runtime))
+    assert manifest is not None and manifest["runtime"]["runtime"] == runtime
+    for r, g in zip(ref, got, strict=True):
+        if case == "hf_classify":
+            assert g["topk_ids"] == r["topk_ids"]
+            np.testing.assert_allclose(g["topk_scores"], r["topk_scores"], atol=1e-4)
+        elif case == "hf_segment":
+            same = (decode_mask(g["mask"]) == decode_mask(r["mask"])).mean()  # type: ignore[arg-type]
+            assert same >= 0.999, (r["id"], same)
+        else:
+            a, b = np.array(g["embedding"]), np.array(r["embedding"])
+            assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.9999
