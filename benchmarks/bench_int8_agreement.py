@@ -104,8 +104,9 @@ def compare(name: str, images: Path, settings: dict[str, Any], runtimes: list[st
     for runtime in runtimes:
         out = str(work / f"{name}-{runtime}")
         try:
-            summary = batchvision.run(RunConfig(inputs=(str(images),), output=out,
-                                                runtime=runtime, precision="int8", **settings))  # fmt: skip
+            config = RunConfig(inputs=(str(images),), output=out, runtime=runtime,
+                               precision="int8", **settings)  # fmt: skip
+            summary = batchvision.run(config)
         except ConfigError as e:  # refused below --min-agreement: that is the figure
             row = {"model": name, "runtime": runtime, "refused": str(e)}
             results.append(row)
