@@ -26,6 +26,7 @@ from batchvision.config import (
     PRECISIONS,
     RUNTIMES,
     TASKS,
+    TORCH_PRECISIONS,
 )
 from batchvision.errors import (
     EXIT_INTERNAL,
@@ -575,7 +576,7 @@ def report_cmd(output_dir: str, verbose: bool, **opts: Any) -> None:
     "ray_actors, actor_pool, ray_data, all or none [default: all, or sequential,ray_data "
     "with --smoke].",
 )
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(TORCH_PRECISIONS), default="auto", show_default=True)
 @click.option(
     "--runtimes",
     default=None,

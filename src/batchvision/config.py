@@ -24,6 +24,8 @@ BatchSize = int | Literal["auto"]
 RuntimeName = Literal["torch", "onnxruntime", "openvino", "auto"]
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+#: What torch itself runs (int8 is post-training quantization in a runtime).
+TORCH_PRECISIONS: tuple[str, ...] = tuple(p for p in PRECISIONS if p != "int8")
 RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
 #: ``--precision int8``: calibration images (NNCF's own default subset), held-apart images
 #: (the issue's "at least 200"), and the least agreement with fp32 on them.

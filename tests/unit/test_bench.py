@@ -484,3 +484,38 @@ def test_seed_feature_extractor_is_the_weights_own_transform(tmp_path: Path) -> 
     shorter = dataclasses.replace(spec, preprocess=PreprocessConfig(resize_mode="shorter"))
     with pytest.raises(ConfigError, match="--strategies none"):
         seed_transform(shorter)
+
+
+def test_runtime_rows_compare_with_torch_and_carry_their_parity() -> None:
+    """--runtimes rows: x torch over the torch row of the same kind, their own parity."""
+    rows = [
+        make_row("model", 32, _result(50.0)),
+        make_row("local", 32, _result(40.0)),
+        make_row("model openvino:int8", 32, _result(150.0), kind="stage"),
+        make_row("local openvino:int8", 32, _result(120.0)),
+        make_row("local onnxruntime:fp32", 32, error="failed (exit 1)"),
+    ]
+    report = _report(rows)
+    assert "to_torch" not in rows[1]["ratios"]  # torch's own rows
+    assert rows[2]["ratios"]["to_torch"] == 3.0 and rows[3]["ratios"]["to_torch"] == 3.0
+    assert rows[2]["kind"] == "stage" and rows[3]["kind"] == "engine"
+    report["parity"]["runtimes"] = {
+        "openvino:int8": {"precision": "int8", "mean_centered_cosine": 0.97783,
+                          "top1_agreement": 1.0},
+        "onnxruntime:fp32": {"error": "export failed\nmore"},
+    }  # fmt: skip
+    table = format_table(report)
+    row = next(line for line in table.splitlines() if line.startswith("local openvino:int8"))
+    assert row.split()[-1] == "0.9778"
+    assert (
+        "runtime openvino:int8 (int8): model only 150.00 img/s (x3.00 torch), end to end "
+        "120.00 img/s (x3.00 torch); parity mean centered cosine 0.97783" in table
+    )
+    assert "runtime onnxruntime:fp32 (?): model only failed, end to end failed; parity " \
+        "FAILED: export failed" in table  # fmt: skip
+
+
+@pytest.mark.parametrize("entry", ["tensorrt", "openvino:int4", "onnxruntime:fp32:x"])
+def test_bad_runtimes_entry_is_refused(entry: str) -> None:
+    with pytest.raises(ConfigError, match="is not RUNTIME\\[:PRECISION\\]"):
+        bo.make_config(model="resnet50", synthetic=8, runtimes=(entry,))

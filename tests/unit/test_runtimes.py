@@ -294,3 +294,26 @@ def test_first_images_in_input_order(
     assert images.shape == (3, SIZE, SIZE, 3)
     ids, images = first_images(config, spec, 50)  # fewer there than asked
     assert len(ids) == len(images) == 5
+
+
+def test_model_that_cannot_export_is_one_clear_error(
+    photo_dir: Path, tiny_checkpoint: tuple[Path, Path], tmp_path: Path, cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """torch's exporter failing (an operator ONNX lacks, say) is a ConfigError naming the
+    model, the cause and --runtime torch; nothing is cached."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Exporting the operator 'aten::made_up' to ONNX is not supported.\n"
+                           "more detail on the next line")  # fmt: skip
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    config = _tiny(photo_dir, tmp_path, tiny_checkpoint, runtime="onnxruntime", precision="fp32")
+    spec = _spec(config)
+    with pytest.raises(ConfigError) as err:
+        prepare(config, spec, load_state_dict(spec), "cpu", False)
+    message = str(err.value)
+    assert "cannot be exported to ONNX" in message and spec.name in message
+    assert "aten::made_up" in message and "more detail" not in message
+    assert message.endswith("use --runtime torch")
+    assert not (cache_dir / "exports").exists() or not any((cache_dir / "exports").iterdir())

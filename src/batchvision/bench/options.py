@@ -10,7 +10,7 @@ import importlib.util
 from dataclasses import dataclass, fields
 from typing import Any
 
-from batchvision.config import ENGINES, PRECISIONS, RUNTIMES, Precision
+from batchvision.config import ENGINES, PRECISIONS, RUNTIMES, TORCH_PRECISIONS, Precision
 from batchvision.errors import ConfigError
 
 #: The seeds' five ways of running inference on Ray (shared/seeds/004), in the seeds' order.
@@ -101,10 +101,11 @@ class BenchConfig:
         _check_sizes("--memory-sizes", self.memory_sizes)
         _check_subset("--engines", self.engines, ENGINES)
         _check_subset("--strategies", self.strategies, STRATEGIES)
-        if self.precision not in PRECISIONS:
+        if self.precision not in TORCH_PRECISIONS:
             raise ConfigError(
                 f"--precision {self.precision!r} is not valid; choose one of: "
-                f"{', '.join(PRECISIONS)}"
+                f"{', '.join(TORCH_PRECISIONS)} (int8 is a --runtimes entry's, e.g. "
+                "openvino:int8)"
             )
         for entry in self.runtimes:
             runtime, _, precision = entry.partition(":")

@@ -87,12 +87,10 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         r["ratios"] = {
             "to_model_only": ratio(r["images_per_second"], ips("model", r["batch_size"])),
             "to_seed": ratio(r["images_per_second"], ips(BASELINE, r["batch_size"])),
-            # Runtime rows: over the torch row of the same kind (model only, or local).
-            "to_torch": ratio(
-                r["images_per_second"],
-                ips("model" if r["kind"] == "stage" else "local", r["batch_size"]),
-            ),
         }
+        if r["name"].startswith(("model ", "local ")):  # a --runtimes row: over torch's
+            torch_row = "model" if r["kind"] == "stage" else "local"
+            r["ratios"]["to_torch"] = ratio(r["images_per_second"], ips(torch_row, r["batch_size"]))
 
 
 def memory_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
