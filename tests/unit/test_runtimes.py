@@ -317,3 +317,17 @@ def test_model_that_cannot_export_is_one_clear_error(
     assert "aten::made_up" in message and "more detail" not in message
     assert message.endswith("use --runtime torch")
     assert not (cache_dir / "exports").exists() or not any((cache_dir / "exports").iterdir())
+
+
+def test_export_loads_where_the_cache_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose cache folder cannot be written (a file where the folder should be)
+    still loads the export, from a temporary folder."""
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("BATCHVISION_CACHE_DIR", str(blocker))
+    exported = Exported("onnxruntime", "fp32", "k" * 32, {"model.onnx": b"bytes"})
+    folder = exported.materialize()
+    assert (folder / "model.onnx").read_bytes() == b"bytes"
+    assert not str(folder).startswith(str(blocker))

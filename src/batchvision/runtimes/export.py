@@ -73,11 +73,20 @@ class Exported:
     record: dict[str, Any] = field(default_factory=dict)
 
     def materialize(self) -> Path:
-        """A folder holding the files (this node's cache), written once, atomically."""
+        """A folder holding the files: this node's cache, written once, atomically; or a
+        temporary folder where the cache cannot be written (a read-only home, say)."""
         folder = cache_root() / self.key
-        if not (folder / "complete").exists():
+        if (folder / "complete").exists():
+            return folder
+        try:
             _write_folder(folder, self.files)
-        return folder
+            return folder
+        except OSError as e:
+            tmp = Path(tempfile.mkdtemp(prefix=f"batchvision-{self.key}-"))
+            logger.warning("export cache %s not writable (%s): using %s", folder, e, tmp)
+            for name, data in self.files.items():
+                (tmp / name).write_bytes(data)
+            return tmp
 
 
 def _write_folder(folder: Path, files: dict[str, bytes]) -> None:
