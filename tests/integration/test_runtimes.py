@@ -176,6 +176,22 @@ def test_int8_agrees_with_fp32(
     assert right / len(got) >= 0.95
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_fp32_runtimes_keep_every_answer_of_the_demo_model(
+    runtime: str, demo: tuple[Path, dict[str, Any], Path], tmp_path: Path
+) -> None:
+    """At fp32 a runtime is the torch model: 100% top-1 agreement on a trained model."""
+    images, settings, ref_out = demo
+    out = tmp_path / runtime
+    _run(RunConfig(inputs=(str(images),), output=str(out), runtime=runtime, precision="fp32",
+                   **settings))  # fmt: skip
+    ref, got = read_rows(ref_out), read_rows(out)
+    assert ref.keys() == got.keys() and len(ref) == 6 * PER_CLASS
+    assert [i for i, r in ref.items() if got[i]["label"] != r["label"]] == []
+    worst = max(abs(got[i]["score"] - r["score"]) for i, r in ref.items())
+    assert worst < 1e-4, worst
+
+
 # --- refusal below --min-agreement ----------------------------------------------------------
 
 
