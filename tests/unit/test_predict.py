@@ -231,6 +231,10 @@ def test_resolve_precision() -> None:
         assert resolve_precision(p, cpu) == p  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="fp64"):
         resolve_precision("fp64", cpu)  # type: ignore[arg-type]
+    # int8 is a runtime's (post-training quantization), never torch's: a Predictor given
+    # int8 options and plain weights refuses, naming the runtimes.
+    with pytest.raises(ConfigError, match="int8 needs --runtime onnxruntime or openvino"):
+        resolve_precision("int8", cpu)
 
 
 def test_bf16_predictor_is_close_to_fp32(spec, images) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from batchvision.config import PRECISIONS, Precision, PredictOptions
+from batchvision.config import TORCH_PRECISIONS, Precision, PredictOptions
 from batchvision.errors import ConfigError
 from batchvision.models.registry import build_model
 from batchvision.models.spec import ModelSpec
@@ -80,8 +80,11 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_precision(precision: Precision, device: torch.device) -> str:
     """``auto`` is bf16 where the device runs it natively, else fp32."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision {precision!r} is not valid; choose {', '.join(PRECISIONS)}")
+    if precision not in TORCH_PRECISIONS:
+        raise ConfigError(
+            f"--precision {precision!r} is not valid for torch; choose "
+            f"{', '.join(TORCH_PRECISIONS)} (int8 needs --runtime onnxruntime or openvino)"
+        )
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
