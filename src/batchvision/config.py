@@ -26,6 +26,10 @@ RuntimeName = Literal["torch", "onnxruntime", "openvino", "auto"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 #: What torch itself runs (int8 is post-training quantization in a runtime).
 TORCH_PRECISIONS: tuple[str, ...] = tuple(p for p in PRECISIONS if p != "int8")
+INT8_NEEDS_RUNTIME = (
+    "--precision int8 needs --runtime onnxruntime or openvino (post-training quantization); "
+    "torch runs auto, fp32, bf16 or fp16"
+)
 RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
 #: ``--precision int8``: calibration images (NNCF's own default subset), held-apart images
 #: (the issue's "at least 200"), and the least agreement with fp32 on them.
@@ -261,10 +265,7 @@ class RunConfig:
         _choice("--precision", self.precision, PRECISIONS)
         _choice("--runtime", self.runtime, RUNTIMES)
         if self.precision == "int8" and self.runtime == "torch":
-            raise ConfigError(
-                "--precision int8 needs --runtime onnxruntime or openvino (post-training "
-                "quantization); torch runs auto, fp32, bf16 or fp16"
-            )
+            raise ConfigError(INT8_NEEDS_RUNTIME)
         if self.compile and self.runtime not in ("torch", "auto"):
             raise ConfigError(f"--compile applies to --runtime torch, not {self.runtime}")
         _positive("--calibration-images", self.calibration_images)

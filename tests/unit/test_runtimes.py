@@ -331,3 +331,18 @@ def test_export_loads_where_the_cache_cannot_be_written(
     folder = exported.materialize()
     assert (folder / "model.onnx").read_bytes() == b"bytes"
     assert not str(folder).startswith(str(blocker))
+
+
+def test_a_second_writer_of_one_export_keeps_the_first(cache_dir: Path) -> None:
+    """Two processes exporting the same model race to the same cache key: the loser's
+    rename fails on the winner's complete folder, which stays whole and is used."""
+    from batchvision.runtimes.export import read_cached, write_cache
+
+    key = "a" * 32
+    write_cache(key, {"model.onnx": b"first"})
+    write_cache(key, {"model.onnx": b"second"})  # the race's loser: no error
+    assert read_cached(key) == {"model.onnx": b"first"}
+    leftovers = [p.name for p in (cache_dir / "exports").iterdir() if p.name != key]
+    assert leftovers == []  # the loser's temporary folder is gone
+    exported = Exported("onnxruntime", "fp32", key, {"model.onnx": b"second"})
+    assert (exported.materialize() / "model.onnx").read_bytes() == b"first"

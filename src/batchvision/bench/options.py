@@ -108,8 +108,8 @@ class BenchConfig:
                 "openvino:int8)"
             )
         for entry in self.runtimes:
-            runtime, _, precision = entry.partition(":")
-            if runtime not in RUNTIMES or (precision and precision not in PRECISIONS):
+            given = runtime_params(entry)
+            if given["runtime"] not in RUNTIMES or given["precision"] not in PRECISIONS:
                 raise ConfigError(
                     f"--runtimes: {entry!r} is not RUNTIME[:PRECISION] with RUNTIME one of "
                     f"{', '.join(RUNTIMES)} and PRECISION one of {', '.join(PRECISIONS)}"
@@ -132,6 +132,12 @@ class BenchConfig:
         return not self.memory_check and (
             "ray" in self.engines or bool(RAY_STRATEGIES & set(self.strategies))
         )
+
+
+def runtime_params(entry: str) -> dict[str, str]:
+    """``RUNTIME[:PRECISION]`` as measurement parameters (precision ``auto`` if not given)."""
+    runtime, _, precision = entry.partition(":")
+    return {"runtime": runtime, "precision": precision or "auto"}
 
 
 def parse_ints(name: str, value: str | None) -> tuple[int, ...] | None:

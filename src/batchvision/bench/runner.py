@@ -23,7 +23,7 @@ from typing import Any
 
 from batchvision.bench import machine
 from batchvision.bench.chart import write_chart
-from batchvision.bench.options import BenchConfig, check_installed
+from batchvision.bench.options import BenchConfig, check_installed, runtime_params
 from batchvision.bench.procmem import MeasurementError, run_measured
 from batchvision.bench.results import add_ratios, make_row, memory_summary, targets
 from batchvision.errors import ConfigError
@@ -172,12 +172,6 @@ def _throughput_rows(
             rows.append(runner.row(f"model {entry}", "model", q, kind="stage"))
             rows.append(runner.row(f"local {entry}", "engine", {**q, "engine": "local"}))
     return rows
-
-
-def runtime_params(entry: str) -> dict[str, str]:
-    """``RUNTIME[:PRECISION]`` as measurement parameters (precision ``auto`` if not given)."""
-    runtime, _, precision = entry.partition(":")
-    return {"runtime": runtime, "precision": precision or "auto"}
 
 
 def _parity(

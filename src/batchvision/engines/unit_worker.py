@@ -14,7 +14,6 @@ returned as the unit's ``fatal`` message, which stops the run on the driver.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -33,7 +32,6 @@ from batchvision.config import PreprocessConfig
 from batchvision.errors import OutputWriteError, StorageAuthError
 from batchvision.io import shards, sinks, units
 from batchvision.io.shards import ShardOptions
-from batchvision.io.sources import items_to_batch, read_batch
 from batchvision.io.storage import StorageOptions
 from batchvision.memory import HeapTrimmer
 from batchvision.models.spec import ModelSpec
@@ -166,19 +164,11 @@ class UnitWorker:
         return True
 
     def _reads(self, unit: units.Unit) -> Iterator[dict[str, Any]]:
-        """The unit's read batches (bytes, or read errors), lazily: its files read a batch
-        at a time, or its shard streamed ``batch_size`` samples at a time."""
+        """The unit's read batches, ``batch_size`` inputs each (:func:`units.read_batches`)."""
         opts = self.options
-        size = opts.batch_size
-        if unit.is_shard:
-            samples = units.unit_samples(unit, opts.shards, opts.storage, opts.max_file_bytes)
-            while batch := list(itertools.islice(samples, size)):
-                yield shards.samples_batch(batch, opts.shards.keep_columns)
-            return
-        items = units.unit_items(unit, opts.storage)
-        for i in range(0, len(items), size):
-            chunk = items_to_batch(items[i : i + size])
-            yield read_batch(chunk, opts.storage, opts.max_file_bytes)
+        return units.read_batches(
+            unit, opts.shards, opts.storage, opts.max_file_bytes, opts.batch_size
+        )
 
     def _tables(
         self, reads: Iterator[dict[str, Any]], stats: dict[str, Any], types: dict[str, Any]

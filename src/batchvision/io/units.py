@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import logging
 import os
@@ -287,6 +288,22 @@ def unit_samples(
     """A shard unit's samples, streamed (its last may be the shard's damage row)."""
     read = shards.tar_samples if unit.kind == "tar" else shards.parquet_samples
     return read(unit.source, unit.shard, shard_opts, options, max_bytes)
+
+
+def read_batches(
+    unit: Unit, shard_opts: ShardOptions, options: StorageOptions, max_bytes: int, size: int
+) -> Iterator[dict[str, Any]]:
+    """The unit's read batches (bytes, or read errors), lazily: its files read ``size`` at a
+    time, or its shard streamed ``size`` samples at a time (kept columns in ``_keep``)."""
+    if unit.is_shard:
+        samples = unit_samples(unit, shard_opts, options, max_bytes)
+        while batch := list(itertools.islice(samples, size)):
+            yield shards.samples_batch(batch, shard_opts.keep_columns)
+        return
+    items = unit_items(unit, options)
+    for i in range(0, len(items), size):
+        chunk = sources.items_to_batch(items[i : i + size])
+        yield sources.read_batch(chunk, options, max_bytes)
 
 
 def keep_types(unit: Unit, shard_opts: ShardOptions, options: StorageOptions) -> dict[str, Any]:

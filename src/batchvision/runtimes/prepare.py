@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from batchvision.config import RunConfig
+from batchvision.config import INT8_NEEDS_RUNTIME, RunConfig
 from batchvision.errors import ConfigError
 from batchvision.models.spec import ModelSpec
 from batchvision.runtimes import resolve_runtime
@@ -46,11 +46,8 @@ def resolve_precision(runtime: str, precision: str, native_bf16: bool) -> str:
     """What ``runtime`` runs for ``--precision``: ``auto`` is bf16 on OpenVINO where the CPU
     has native bf16, else fp32; ONNX Runtime runs fp32 or int8 on the CPU."""
     if runtime == "torch":
-        if precision == "int8":
-            raise ConfigError(
-                "--precision int8 needs --runtime onnxruntime or openvino (post-training "
-                "quantization); torch runs auto, fp32, bf16 or fp16"
-            )
+        if precision == "int8":  # --runtime auto found no runtime installed
+            raise ConfigError(INT8_NEEDS_RUNTIME)
         return precision
     if precision == "auto":
         return "bf16" if runtime == "openvino" and native_bf16 else "fp32"
@@ -248,7 +245,7 @@ def first_images(config: RunConfig, spec: ModelSpec, n: int) -> tuple[list[str],
 
 def _read_batches(config: RunConfig) -> Iterator[dict[str, Any]]:
     """Read batches of the inputs in order: listed files, then each shard's samples."""
-    from batchvision.io import shards, sources, units
+    from batchvision.io import sources, units
 
     storage = config.storage
     for spec in config.inputs:
@@ -259,8 +256,8 @@ def _read_batches(config: RunConfig) -> Iterator[dict[str, Any]]:
                 yield sources.read_batch(batch, storage, config.max_file_bytes)
             continue
         for unit in units.plan_shard_units([spec], storage, config.shards, config.manifest):
-            samples = units.unit_samples(unit, config.shards, storage, config.max_file_bytes)
-            while chunk_s := list(itertools.islice(samples, READ_BATCH)):
-                batch = shards.samples_batch(chunk_s, ())
-                batch.pop("_keep", None)
+            for batch in units.read_batches(
+                unit, config.shards, storage, config.max_file_bytes, READ_BATCH
+            ):
+                batch.pop("_keep", None)  # kept columns are the output's, not the model's
                 yield batch
