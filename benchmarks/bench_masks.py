@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from batchvision.stages import postprocess
-from batchvision.stages.predict import UPSAMPLE_BYTES, upsample_argmax
+from batchvision.stages.upsample import UPSAMPLE_BYTES, upsample_argmax
+from batchvision.tasks import segment
 
 
 def class_map(h: int, w: int, classes: int, seed: int) -> np.ndarray:
@@ -75,8 +75,8 @@ def main() -> None:
             "status": np.array(["ok"], dtype=object),
             "class_map": np.array([arr, None], dtype=object)[:1],
         }
-        s = timed(lambda b=batch: postprocess.mask_batch(b, labels), repeat)
-        print(f"{w:>5}x{h:<5}  mask_batch (level {postprocess.PNG_COMPRESS_LEVEL} + classes): "
+        s = timed(lambda b=batch: segment.mask_batch(b, labels), repeat)
+        print(f"{w:>5}x{h:<5}  mask_batch (level {segment.PNG_COMPRESS_LEVEL} + classes): "
               f"{s * 1e3:.1f} ms/image")  # fmt: skip
 
 

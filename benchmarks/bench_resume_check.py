@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from batchvision.io import outdir, sinks
+from batchvision.tasks import get_task
 
 
 def write_output(out: str, rows: int, dim: int, part_rows: int) -> None:
@@ -42,7 +43,7 @@ def write_output(out: str, rows: int, dim: int, part_rows: int) -> None:
             "height": np.full(n, 480),
             "embedding": rng.standard_normal((n, dim), dtype=np.float32),
         }
-        writer.add(sinks.batch_to_table(batch))
+        writer.add(get_task("embed").to_table(batch))
     writer.close()
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchvision import tasks
 from batchvision.config import RunConfig
 from batchvision.engines.base import Engine, Job, ProgressCallback, get_engine
 from batchvision.errors import (
@@ -23,7 +24,7 @@ from batchvision.io import outdir, outlock, sinks, sources
 from batchvision.models.registry import load_state_dict, resolve_model
 from batchvision.models.spec import ModelSpec
 from batchvision.runtimes.prepare import prepare as prepare_runtime
-from batchvision.stages.predict import check_top_k, native_bf16, resolve_device
+from batchvision.stages.device import native_bf16, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def _run(
         seed=config.seed,
         task=config.task,
     )
-    _check_task_options(config, spec)
+    tasks.check_options(config, spec)
     # A bad --device (e.g. cuda on a GPU-less machine) must fail before the output exists.
     device = resolve_device(config.device)
     if config.decode_device == "cuda" and device.type != "cuda":
@@ -163,7 +164,9 @@ def _write_output(
     )
     _prepare_mask_dir(config, before, check_only=False)
     previous = before if config.resume else None
-    manifest = outdir.new_manifest(config, spec, previous, run_id)
+    manifest = outdir.new_manifest(
+        config, spec, previous, run_id, tasks.get_task(spec.task).manifest_fields(spec)
+    )
     manifest["runtime"] = runtime
     if previous is not None:
         outdir.check_resumable(previous, manifest)
@@ -255,16 +258,6 @@ def _prepare_mask_dir(
             previous=(manifest or {}).get("mask_dir"),
             check_only=check_only,
         )
-
-
-def _check_task_options(config: RunConfig, spec: ModelSpec) -> None:
-    """Options that only make sense for one task must not be given for another."""
-    if spec.task == "classify":
-        check_top_k(config.top_k, spec)
-    if config.normalize and spec.task != "embed":
-        raise ConfigError(f"--normalize applies to --task embed only; this run is {spec.task}")
-    if config.mask_dir is not None and spec.task != "segment":
-        raise ConfigError(f"--mask-dir applies to --task segment only; this run is {spec.task}")
 
 
 def _check_duplicates(config: RunConfig, kinds: list[str]) -> int | None:

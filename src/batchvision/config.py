@@ -275,11 +275,7 @@ class RunConfig:
         _choice("--format", self.format, OUTPUT_FORMATS)
         if self.task is not None:
             _choice("--task", self.task, TASKS)
-        if self.normalize and self.task not in (None, "embed"):
-            raise ConfigError(f"--normalize applies to --task embed only, not {self.task}")
         if self.mask_dir is not None:
-            if self.task not in (None, "segment"):
-                raise ConfigError(f"--mask-dir applies to --task segment only, not {self.task}")
             object.__setattr__(self, "mask_dir", str(self.mask_dir))
             if "://" in self.mask_dir:
                 raise ConfigError(

@@ -51,8 +51,8 @@ from batchvision.io.sources import read_batch
 from batchvision.io.storage import StorageOptions
 from batchvision.memory import HeapTrimmer
 from batchvision.models.spec import ModelSpec
-from batchvision.stages.postprocess import postprocess_batch
 from batchvision.stages.preprocess import decode_batch
+from batchvision.tasks import get_task
 
 __all__ = [
     "DecodeOptions",
@@ -245,7 +245,7 @@ class Predictor:
             warnings.filterwarnings("ignore", message=".*not writable.*")
             out = self.predictor(batch)
         if self.postprocess:
-            out = postprocess_batch(_text_columns(out), self.spec)
+            out = get_task(self.spec.task).postprocess(_text_columns(out), self.spec)
             if "topk_labels" in out:
                 # A 1-D column of lists: Arrow stores list<string> where a 2-D object array
                 # would be pickled.

@@ -18,7 +18,7 @@ from batchvision.demo import synth
 from batchvision.errors import ConfigError, OutputDirError
 from batchvision.io.outdir import read_manifest
 from batchvision.io.sinks import mask_file_name
-from batchvision.stages.postprocess import decode_mask
+from batchvision.tasks.segment import decode_mask
 from tests.conftest import run_cli
 from tests.task_models import SEG_CLASSES, save_tiny_segformer
 

@@ -22,9 +22,10 @@ import batchvision
 from batchvision import PreprocessOverrides, RunConfig
 from batchvision.demo import synth
 from batchvision.errors import OutputDirError
-from batchvision.io.sinks import CLASSIFY_SCHEMA
+from batchvision.tasks import get_task
 from tests.conftest import tiny_config
 
+CLASSIFY_SCHEMA = get_task("classify").schema()
 TOP_K = 3
 # A small model input keeps these runs well under a second each on a busy CPU.
 SMALL = PreprocessOverrides(resize_size=64, crop_size=64)

@@ -19,7 +19,7 @@ from batchvision.config import PreprocessOverrides, RunConfig
 from batchvision.demo import synth
 from batchvision.demo.runner import bundled_model
 from batchvision.runtimes.prepare import resolve_precision
-from batchvision.stages.predict import native_bf16
+from batchvision.stages.device import native_bf16
 from tests.conftest import run_cli, tiny_config, tiny_run_args
 
 pytest.importorskip("onnxruntime")

@@ -30,6 +30,7 @@ from batchvision.errors import ConfigError, OutputDirError, StorageAuthError
 from batchvision.io import outdir, outlock, sinks, sources, storage
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
 from batchvision.io.storage import StorageOptions
+from batchvision.tasks import get_task
 from tests.conftest import S3Server, run_cli
 from tests.s3_proxy import RESET, FaultProxy
 
@@ -292,7 +293,7 @@ def test_part_writer_on_s3(s3_server: S3Server, fmt: str) -> None:
             "topk_labels": pa.array([["a"], None, ["b"]], pa.list_(pa.string())),
             "topk_scores": pa.array([[0.5], None, [0.25]], pa.list_(pa.float32())),
         },
-        schema=sinks.CLASSIFY_SCHEMA,
+        schema=get_task("classify").schema(),
     )
     with proxy:
         writer.add(table.slice(0, 2))
@@ -332,7 +333,7 @@ def test_part_write_failure_is_one_clear_error(s3_server: S3Server) -> None:
 
 def _one_row() -> pa.Table:
     row = {"id": "x", "path": "p", "status": "error", "error": "corrupt: x"}
-    return pa.Table.from_pylist([row], schema=sinks.CLASSIFY_SCHEMA)
+    return pa.Table.from_pylist([row], schema=get_task("classify").schema())
 
 
 # --- whole runs --------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from PIL import Image
 import batchvision
 from batchvision.config import PreprocessOverrides, RunConfig
 from batchvision.demo import synth
-from batchvision.stages.postprocess import decode_mask
+from batchvision.tasks.segment import decode_mask
 from tests.task_models import SEG_CLASSES, save_tiny_segformer
 
 tf = pytest.importorskip("transformers")

@@ -19,9 +19,10 @@ from batchvision.config import RunConfig
 from batchvision.io import sinks
 from batchvision.io.sources import items_to_batch, iter_inputs, read_batch
 from batchvision.models.registry import load_state_dict, resolve_model
-from batchvision.stages.postprocess import decode_mask, postprocess_batch
 from batchvision.stages.predict import PredictOptions, Predictor
 from batchvision.stages.preprocess import decode_batch
+from batchvision.tasks import get_task
+from batchvision.tasks.segment import decode_mask
 from tests.task_models import save_tiny_segformer
 
 pytest.importorskip("transformers")
@@ -60,7 +61,8 @@ def test_seams_after_pickling_match_the_local_engine(
     for start in range(0, len(items), 5):
         batch = read_batch(items_to_batch(items[start : start + 5]))
         decoded = decode_batch(batch, w_spec.preprocess, max_pixels=cfg.max_pixels)
-        writer.add(sinks.batch_to_table(postprocess_batch(predictor(decoded), w_spec)))
+        writes = get_task(w_spec.task)
+        writer.add(writes.to_table(writes.postprocess(predictor(decoded), w_spec)))
     writer.close()
 
     ours = sorted(pq.read_table(tmp_path / "seams").to_pylist(), key=lambda r: r["id"])

@@ -13,15 +13,11 @@ import torchvision
 from batchvision.errors import ConfigError
 from batchvision.models.registry import load_state_dict, resolve_model
 from batchvision.models.spec import ModelSpec
-from batchvision.stages.postprocess import label_batch
-from batchvision.stages.predict import (
-    PredictOptions,
-    Predictor,
-    fold_batch_norms,
-    native_bf16,
-    resolve_device,
-    resolve_precision,
-)
+from batchvision.stages.device import native_bf16, resolve_device, resolve_precision
+from batchvision.stages.fuse import fold_batch_norms
+from batchvision.stages.predict import PredictOptions, Predictor
+from batchvision.tasks.classify import label_batch, topk
+from batchvision.tasks.segment import _upsample
 
 ARCH = "resnet18"
 CLASSES = 10
@@ -126,7 +122,7 @@ def test_channels_last_on_and_off_agree(spec, images) -> None:
     b = _predictor(spec, channels_last=False)
     assert next(a.model.parameters()).is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(a.logits(images), b.logits(images), atol=1e-4, rtol=0)
-    np.testing.assert_array_equal(a.topk(images)[0], b.topk(images)[0])
+    np.testing.assert_array_equal(topk(a, images)[0], topk(b, images)[0])
 
 
 def test_batched_equals_one_by_one(spec, images) -> None:
@@ -134,15 +130,15 @@ def test_batched_equals_one_by_one(spec, images) -> None:
     whole = pred.logits(images)
     single = torch.cat([pred.logits(images[i : i + 1]) for i in range(len(images))])
     torch.testing.assert_close(whole, single, atol=1e-4, rtol=0)
-    ids = pred.topk(images)[0]
-    ids1 = np.concatenate([pred.topk(images[i : i + 1])[0] for i in range(len(images))])
+    ids = topk(pred, images)[0]
+    ids1 = np.concatenate([topk(pred, images[i : i + 1])[0] for i in range(len(images))])
     np.testing.assert_array_equal(ids, ids1)
 
 
 def test_topk_is_softmax_of_logits(spec, images) -> None:
     pred = _predictor(spec, top_k=4)
     probs = torch.softmax(pred.logits(images), dim=1).numpy()
-    ids, scores = pred.topk(images)
+    ids, scores = topk(pred, images)
     assert ids.dtype == np.int32 and scores.dtype == np.float32
     assert ids.shape == scores.shape == (len(images), 4)
     np.testing.assert_array_equal(ids, np.argsort(-probs, axis=1, kind="stable")[:, :4])
@@ -158,7 +154,7 @@ def test_tensor_input_equals_numpy_input(spec, images) -> None:
 def test_empty_batch_gives_zero_rows(spec) -> None:
     pred = _predictor(spec, top_k=5)
     empty = np.zeros((0, SIZE, SIZE, 3), dtype=np.uint8)
-    ids, scores = pred.topk(empty)
+    ids, scores = topk(pred, empty)
     assert ids.shape == scores.shape == (0, 5)
     assert ids.dtype == np.int32 and scores.dtype == np.float32
     out = pred(_batch(empty, []))
@@ -175,7 +171,7 @@ def test_error_rows_get_zeros_and_do_not_affect_ok_rows(spec, images) -> None:
     ok = np.array([s == "ok" for s in status])
     np.testing.assert_array_equal(out["topk_ids"][~ok], 0)
     np.testing.assert_array_equal(out["topk_scores"][~ok], 0.0)
-    alone_ids, alone_scores = pred.topk(images[ok])
+    alone_ids, alone_scores = topk(pred, images[ok])
     np.testing.assert_array_equal(out["topk_ids"][ok], alone_ids)
     np.testing.assert_allclose(out["topk_scores"][ok], alone_scores, atol=1e-6)
     # Everything else passes through untouched, the pixels are dropped.
@@ -199,7 +195,7 @@ def test_top_k_out_of_range_is_config_error(spec, top_k) -> None:
 
 
 def test_top_k_equal_to_num_classes_is_valid(spec, images) -> None:
-    ids, scores = _predictor(spec, top_k=CLASSES).topk(images)
+    ids, scores = topk(_predictor(spec, top_k=CLASSES), images)
     assert ids.shape == (len(images), CLASSES)
     np.testing.assert_array_equal(np.sort(ids, axis=1), np.tile(np.arange(CLASSES), (6, 1)))
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)
@@ -355,7 +351,8 @@ def test_fold_leaves_untraceable_training_and_bn_free_models_alone() -> None:
 
 
 def test_out_of_memory_while_upsampling_halves_the_bands(spec, monkeypatch, caplog) -> None:
-    import batchvision.stages.predict as predict_module
+    import batchvision.stages.upsample as upsample_module
+    import batchvision.tasks.segment as predict_module
 
     real = predict_module.upsample_argmax
     mib = 2**20
@@ -371,13 +368,13 @@ def test_out_of_memory_while_upsampling_halves_the_bands(spec, monkeypatch, capl
     pred = Predictor(spec, PredictOptions(device="cpu", precision="fp32"))
     logits = torch.randn(5, 7, 9)
     expected = real(logits, (60, 80), 1 << 30)
-    with caplog.at_level("WARNING", logger="batchvision.stages.predict"):
-        got = pred._upsample(logits, (60, 80))
+    with caplog.at_level("WARNING", logger="batchvision.tasks.segment"):
+        got = _upsample(pred, logits, (60, 80))
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert tried == [256 * mib, 128 * mib, 64 * mib, 32 * mib]
     assert pred.upsample_bytes == 32 * mib  # kept: the next map goes straight to 32 MiB
     assert "retrying in bands of at most 32 MiB" in caplog.text
-    torch.testing.assert_close(pred._upsample(logits, (60, 80)), expected, rtol=0, atol=0)
+    torch.testing.assert_close(_upsample(pred, logits, (60, 80)), expected, rtol=0, atol=0)
     assert tried[-1] == 32 * mib and len(tried) == 5
 
     def never_fits(logits: torch.Tensor, size: tuple[int, int], max_bytes: int):
@@ -386,9 +383,9 @@ def test_out_of_memory_while_upsampling_halves_the_bands(spec, monkeypatch, capl
 
     monkeypatch.setattr(predict_module, "upsample_argmax", never_fits)
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        pred._upsample(logits, (60, 80))  # halves down to the floor, then the error is real
-    assert pred.upsample_bytes == predict_module.MIN_UPSAMPLE_BYTES
-    assert tried[-1] == predict_module.MIN_UPSAMPLE_BYTES
+        _upsample(pred, logits, (60, 80))  # halves down to the floor, then the error is real
+    assert pred.upsample_bytes == upsample_module.MIN_UPSAMPLE_BYTES
+    assert tried[-1] == upsample_module.MIN_UPSAMPLE_BYTES
 
     def broken(logits: torch.Tensor, size: tuple[int, int], max_bytes: int):
         raise ValueError("not a memory problem")
@@ -396,5 +393,5 @@ def test_out_of_memory_while_upsampling_halves_the_bands(spec, monkeypatch, capl
     monkeypatch.setattr(predict_module, "upsample_argmax", broken)
     pred.upsample_bytes = 64 * mib
     with pytest.raises(ValueError, match="not a memory problem"):
-        pred._upsample(logits, (60, 80))
+        _upsample(pred, logits, (60, 80))
     assert pred.upsample_bytes == 64 * mib  # other errors are not retried

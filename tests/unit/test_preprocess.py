@@ -17,8 +17,8 @@ from batchvision.config import DEFAULT_MAX_INPUT_PIXELS, DEFAULT_MAX_PIXELS, Pre
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
 from batchvision.stages import preprocess
 from batchvision.stages.decode import decode_image
-from batchvision.stages.postprocess import label_batch
 from batchvision.stages.preprocess import decode_batch, draft_floor, resize_crop, resized_size
+from batchvision.tasks.classify import label_batch
 from tests.unit import odd_images as oi
 
 _TV = {

@@ -16,19 +16,20 @@ from PIL import Image
 from batchvision.config import PreprocessConfig, PreprocessOverrides, RunConfig
 from batchvision.errors import ConfigError
 from batchvision.io.sinks import (
-    EMBED_SCHEMA,
-    SEGMENT_FILES_SCHEMA,
-    SEGMENT_SCHEMA,
-    batch_to_table,
     mask_file_name,
     masks_to_files,
 )
 from batchvision.models.hf import preprocess_from_processor
 from batchvision.models.registry import resolve_model
 from batchvision.models.timm import preprocess_from_data_config
-from batchvision.stages.postprocess import decode_mask, encode_mask, mask_batch
-from batchvision.stages.predict import upsample_argmax
 from batchvision.stages.preprocess import decode_batch, resize_crop
+from batchvision.stages.upsample import upsample_argmax
+from batchvision.tasks import check_options, get_task
+from batchvision.tasks.segment import decode_mask, encode_mask, mask_batch
+
+SEGMENT_SCHEMA = get_task("segment").schema()
+SEGMENT_FILES_SCHEMA = get_task("segment").schemas()["segment_files"]
+EMBED_SCHEMA = get_task("embed").schema()
 
 # ---------------------------------------------------------------------------------------
 # Masks
@@ -64,7 +65,7 @@ def _segment_batch() -> dict[str, np.ndarray]:
 
 def test_mask_batch_classes_sorted_by_fraction_and_nulls_on_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = mask_batch(_segment_batch(), ["sky", "cat", "road"])
-    table = batch_to_table(out)
+    table = get_task("segment").to_table(out)
     assert table.schema == SEGMENT_SCHEMA
     rows = table.to_pylist()
     assert [c["label"] for c in rows[0]["classes"]] == ["sky", "road", "cat"]
@@ -85,7 +86,7 @@ def test_mask_batch_classes_sorted_by_fraction_and_nulls_on_errors(tmp_path) -> 
 def test_embed_table_schema_and_error_nulls() -> None:
     batch = {k: v for k, v in _segment_batch().items() if k != "class_map"}
     batch["embedding"] = np.ones((2, 3), np.float32)
-    table = batch_to_table(batch)
+    table = get_task("embed").to_table(batch)
     assert table.schema == EMBED_SCHEMA
     assert table.column("embedding").to_pylist() == [[1.0, 1.0, 1.0], None]
 
@@ -275,7 +276,8 @@ def test_task_defaults_and_refusals() -> None:
     with pytest.raises(ConfigError, match="--task 'detect' is not valid"):
         RunConfig(inputs=("x",), output="o", model="m", task="detect")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="--normalize applies to --task embed"):
-        RunConfig(inputs=("x",), output="o", model="m", task="classify", normalize=True)
+        cfg = RunConfig(inputs=("x",), output="o", model="m", task="classify", normalize=True)
+        check_options(cfg, resolve_model("mobilenet_v3_small", "random"))
 
 
 @pytest.mark.parametrize(

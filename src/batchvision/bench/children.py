@@ -5,7 +5,7 @@ and writes its figures as JSON. Modes:
 
 * ``decode``: read + decode + preprocess only, in the local engine's DataLoader with its
   worker count (no model): what the data path alone can deliver.
-* ``model``: ``Predictor.topk`` over uint8 NHWC batches already in memory (on the device),
+* ``model``: ``tasks.classify.topk`` over uint8 NHWC batches already in memory (on the device),
   after warm-up: the ceiling for this model, precision and batch on this machine.
 * ``engine``: ``batchvision.run`` end to end with ``params["engine"]``, timed around the
   call; importing the model's library and, for Ray, ``ray.init`` are timed apart and
@@ -96,10 +96,11 @@ def _decoded_images(paths: list[str], spec: Any) -> Any:
 
 
 def measure_model(p: dict[str, Any]) -> dict[str, Any]:
-    """``Predictor.topk`` over batches already in memory on the device, after warm-up."""
+    """``tasks.classify.topk`` over batches already in memory on the device, after warm-up."""
     import torch
 
     from batchvision.stages.predict import PredictOptions, Predictor
+    from batchvision.tasks.classify import topk
 
     spec, state_dict = _spec_and_weights(p)
     if p.get("runtime", "torch") != "torch":  # exported (and quantized) as a run does it
@@ -117,13 +118,13 @@ def measure_model(p: dict[str, Any]) -> dict[str, Any]:
     warmup_seconds = []
     for i in range(p["warmup"]):
         t = time.perf_counter()
-        predictor.topk(batches[i % n_batches])
+        topk(predictor, batches[i % n_batches])
         warmup_seconds.append(round(time.perf_counter() - t, 3))
     if predictor.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for batch in batches:
-        predictor.topk(batch)  # returns numpy: the device work is complete
+        topk(predictor, batch)  # returns numpy: the device work is complete
     seconds = time.perf_counter() - start
     n = sum(len(b) for b in batches)
     return {
@@ -144,7 +145,7 @@ def _exported(p: dict[str, Any], spec: Any, state_dict: Any) -> Any:
     on the bench's first images)."""
     from batchvision.config import RunConfig
     from batchvision.runtimes.prepare import prepare
-    from batchvision.stages.predict import native_bf16, resolve_device
+    from batchvision.stages.device import native_bf16, resolve_device
 
     cfg = RunConfig(inputs=(p["manifest"],), output="unused", model=p["model"],
                     runtime=p["runtime"], precision=p["precision"], min_agreement=0.0)  # fmt: skip

@@ -96,7 +96,7 @@ def check_model(config: BenchConfig) -> None:
     """Fail before any work on a device, model name, weights or labels that cannot be
     resolved, or on a model that is not a classifier (every measurement would fail alike)."""
     from batchvision.models.registry import resolve_model
-    from batchvision.stages.predict import resolve_device
+    from batchvision.stages.device import resolve_device
 
     resolve_device(config.device)  # e.g. cuda on a machine without a GPU
     spec = resolve_model(config.model, config.weights, labels_path=config.labels, seed=config.seed)

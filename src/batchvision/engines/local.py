@@ -53,15 +53,15 @@ from batchvision.engines.prefetch import prefetch_to_device
 from batchvision.errors import ConfigError, StorageAuthError
 from batchvision.interrupts import defer_interrupts
 from batchvision.io import shards, units
-from batchvision.io.sinks import PartWriter, batch_to_table
+from batchvision.io.sinks import PartWriter
 from batchvision.io.sources import InputItem, items_to_batch, read_batch
 from batchvision.io.storage import StorageOptions
 from batchvision.memory import HeapTrimmer
 from batchvision.orphans import die_with_parent
 from batchvision.stages.device_decode import decode_batch_device
-from batchvision.stages.postprocess import postprocess_batch
 from batchvision.stages.predict import PredictOptions, Predictor
 from batchvision.stages.preprocess import decode_batch
+from batchvision.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -336,6 +336,7 @@ class LocalEngine(Engine):
         stats = RunStats(job)
         seconds = dict.fromkeys(("read", "decode", "wait", "inference", "write"), 0.0)
         predictor = Predictor(job.spec, PredictOptions.from_config(cfg), job.state_dict)
+        task = get_task(job.spec.task)
         result = stats.result
         batch_size = resolve_batch_size(cfg, predictor, result)
         plan = DecodePlan.choose(cfg, predictor.device)
@@ -402,13 +403,13 @@ class LocalEngine(Engine):
                     batch = decode_here(batch)
                     t_infer = time.perf_counter()
                     seconds["decode"] += t_infer - t1
-                labelled = postprocess_batch(predictor(batch), job.spec)
+                labelled = task.postprocess(predictor(batch), job.spec)
                 t2 = time.perf_counter()
                 with defer_interrupts():  # a batch is written and counted, or neither
                     if tag is None:
-                        job.writer.add(batch_to_table(labelled))
+                        job.writer.add(task.to_table(labelled))
                     else:  # a shard's batch: its part is committed once the shard is whole
-                        shard_parts.add(tag, batch_to_table(labelled), kept)
+                        shard_parts.add(tag, task.to_table(labelled), kept)
                     t3 = time.perf_counter()
                     seconds["wait"] += t1 - t0
                     seconds["inference"] += t2 - t_infer

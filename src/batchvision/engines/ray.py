@@ -41,7 +41,8 @@ from batchvision.interrupts import keep_sigterm_handler
 from batchvision.io import units
 from batchvision.orphans import Reaper
 from batchvision.runtimes.export import Exported
-from batchvision.stages.predict import PredictOptions, resolve_precision
+from batchvision.stages.device import resolve_precision
+from batchvision.stages.predict import PredictOptions
 
 logger = logging.getLogger(__name__)
 

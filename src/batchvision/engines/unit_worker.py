@@ -35,9 +35,9 @@ from batchvision.io.shards import ShardOptions
 from batchvision.io.storage import StorageOptions
 from batchvision.memory import HeapTrimmer
 from batchvision.models.spec import ModelSpec
-from batchvision.stages.postprocess import postprocess_batch
 from batchvision.stages.predict import PredictOptions
 from batchvision.stages.preprocess import decode_batch
+from batchvision.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class UnitWorker:
         self.options = options
         self.spec = spec
         self.predictor = Predictor(spec, options.predict, state_dict)
+        self.task = get_task(spec.task)
         self.on_gpu = self.predictor.device.type == "cuda"
         self.decoders = ThreadPoolExecutor(max(1, options.threads), "decode")
         self.reader = ThreadPoolExecutor(1, "read")
@@ -180,14 +181,14 @@ class UnitWorker:
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*not writable.*")
-                labelled = postprocess_batch(self.predictor(batch), self.spec)
+                labelled = self.task.postprocess(self.predictor(batch), self.spec)
             stats["t_inference"] += time.perf_counter() - t0
             self._maybe_fault("predictor_exit_once")
             ok = int(np.count_nonzero(labelled["status"] == "ok"))
             stats["ok"] += ok
             stats["error"] += len(labelled["status"]) - ok
             codes.update(str(e).split(":", 1)[0] for e in labelled["error"] if e is not None)
-            tables.append(shards.add_kept(sinks.batch_to_table(labelled), kept, types))
+            tables.append(shards.add_kept(self.task.to_table(labelled), kept, types))
         stats["rows"] = stats["ok"] + stats["error"]
         stats["error_codes"] = json.dumps(dict(codes))
         return tables

@@ -591,9 +591,15 @@ _RESUME_KEYS = (
 
 
 def new_manifest(
-    config: RunConfig, spec: ModelSpec, previous: dict[str, Any] | None, run_id: str
+    config: RunConfig,
+    spec: ModelSpec,
+    previous: dict[str, Any] | None,
+    run_id: str,
+    task_fields: dict[str, Any],
 ) -> dict[str, Any]:
     """This run's manifest: ``previous`` (when resuming) updated with this run's settings.
+
+    ``task_fields`` are what the task records of itself (``Task.manifest_fields``).
 
     ``run_ids`` lists every run whose parts are in the folder, this one included, so that
     ``--overwrite`` and ``--resume`` know which files are batchvision's.
@@ -629,10 +635,7 @@ def new_manifest(
             "versions": _versions(),
         }
     )
-    if spec.task == "embed":
-        manifest["embedding_dim"] = spec.embedding_dim
-    if spec.task == "segment":
-        manifest["labels"] = list(spec.labels)
+    manifest.update(task_fields)
     manifest.setdefault("runs", [])
     manifest["run_ids"] = [*(previous or {}).get("run_ids", []), run_id]
     return manifest

@@ -41,45 +41,25 @@ REPORT_NAME = "_report.html"
 OLD_REPORT_NAME = "report.html"
 PART_PREFIX = "part-"
 EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
-LIST_COLUMNS = ("topk_ids", "topk_labels", "topk_scores", "embedding", "classes")
 MASK_SUFFIX = ".png"
 
-_COMMON_FIELDS = [
+COMMON_FIELDS = (
     pa.field("id", pa.string(), nullable=False),
     pa.field("path", pa.string(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string()),
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
-]
-CLASS_STRUCT = pa.struct(
-    [pa.field("id", pa.int32()), pa.field("label", pa.string()), pa.field("fraction", pa.float32())]
-)
-SEGMENT_FIELDS = [
-    pa.field("mask_width", pa.int32()),
-    pa.field("mask_height", pa.int32()),
-    pa.field("classes", pa.list_(CLASS_STRUCT)),
-]
-#: segment rows carry the PNG in ``mask``; with ``--mask-dir`` a ``mask_path`` instead.
-SEGMENT_SCHEMA = pa.schema([*_COMMON_FIELDS, pa.field("mask", pa.binary()), *SEGMENT_FIELDS])
-SEGMENT_FILES_SCHEMA = pa.schema(
-    [*_COMMON_FIELDS, pa.field("mask_path", pa.string()), *SEGMENT_FIELDS]
-)
-EMBED_SCHEMA = pa.schema([*_COMMON_FIELDS, pa.field("embedding", pa.list_(pa.float32()))])
-
-CLASSIFY_SCHEMA = pa.schema(
-    [
-        *_COMMON_FIELDS,
-        pa.field("label", pa.string()),
-        pa.field("score", pa.float32()),
-        pa.field("topk_ids", pa.list_(pa.int32())),
-        pa.field("topk_labels", pa.list_(pa.string())),
-        pa.field("topk_scores", pa.list_(pa.float32())),
-    ]
 )
 
 
-def _list_array(values: np.ndarray, valid: np.ndarray, type_: pa.DataType) -> pa.Array:
+def is_list_type(t: pa.DataType) -> bool:
+    """Any Arrow list type: variable, large or fixed-size."""
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
+
+
+def list_array(values: np.ndarray, valid: np.ndarray, type_: pa.DataType) -> pa.Array:
+    """Rows of a 2-D array as an Arrow list column; null where ``valid`` is False."""
     n, k = values.shape[0], values.shape[1] if values.ndim == 2 else 0
     offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
     flat = pa.array(
@@ -88,45 +68,16 @@ def _list_array(values: np.ndarray, valid: np.ndarray, type_: pa.DataType) -> pa
     return pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~valid))
 
 
-def batch_to_table(batch: dict[str, np.ndarray]) -> pa.Table:
-    """A postprocessed batch to the output table: plain Arrow types, nulls on error rows.
-
-    The task is told by the columns: ``mask`` (segment), ``embedding`` (embed) or
-    ``label`` (classify).
-    """
-    ok = np.asarray(batch["status"] == "ok")
+def common_columns(batch: dict[str, np.ndarray], ok: np.ndarray) -> dict[str, pa.Array]:
+    """The columns every task writes first; a task adds its own (``tasks.Task.to_table``)."""
     err = ~ok
-    common = {
+    return {
         "id": pa.array(batch["id"].tolist(), pa.string()),
         "path": pa.array(batch["path"].tolist(), pa.string()),
         "status": pa.array(batch["status"].tolist(), pa.string()),
         "error": pa.array(batch["error"].tolist(), pa.string()),
         "width": pa.array(batch["width"], pa.int32(), mask=err),
         "height": pa.array(batch["height"], pa.int32(), mask=err),
-    }
-    if "mask" in batch:
-        return pa.table({**common, **_segment_columns(batch, err)}, schema=SEGMENT_SCHEMA)
-    if "embedding" in batch:
-        emb = np.asarray(batch["embedding"], dtype=np.float32)
-        common["embedding"] = _list_array(emb, ok, pa.float32())
-        return pa.table(common, schema=EMBED_SCHEMA)
-    columns = {
-        **common,
-        "label": pa.array(batch["label"].tolist(), pa.string()),
-        "score": pa.array(batch["score"], pa.float32(), mask=err),
-        "topk_ids": _list_array(batch["topk_ids"], ok, pa.int32()),
-        "topk_labels": _list_array(batch["topk_labels"], ok, pa.string()),
-        "topk_scores": _list_array(batch["topk_scores"], ok, pa.float32()),
-    }
-    return pa.table(columns, schema=CLASSIFY_SCHEMA)
-
-
-def _segment_columns(batch: dict[str, np.ndarray], err: np.ndarray) -> dict[str, pa.Array]:
-    return {
-        "mask": pa.array(batch["mask"].tolist(), pa.binary()),
-        "mask_width": pa.array(batch["mask_width"], pa.int32(), mask=err),
-        "mask_height": pa.array(batch["mask_height"], pa.int32(), mask=err),
-        "classes": pa.array(batch["classes"].tolist(), pa.list_(CLASS_STRUCT)),
     }
 
 
@@ -178,8 +129,7 @@ def masks_to_files(table: pa.Table, mask_dir: str) -> pa.Table:
         )
     ]
     i = table.schema.get_field_index("mask")
-    table = table.set_column(i, "mask_path", pa.array(paths, pa.string()))
-    return table.cast(SEGMENT_FILES_SCHEMA)
+    return table.set_column(i, pa.field("mask_path", pa.string()), pa.array(paths, pa.string()))
 
 
 def encode_table(table: pa.Table, fmt: str) -> bytes:
@@ -198,12 +148,11 @@ def encode_table(table: pa.Table, fmt: str) -> bytes:
             table = table.set_column(i, fld.name, pa.array(text, pa.string()))
     if fmt == "csv":
         # CSV has no list type: list columns are written as JSON arrays.
-        for name in LIST_COLUMNS:
-            i = table.schema.get_field_index(name)
-            if i < 0:
+        for i, fld in enumerate(table.schema):
+            if not is_list_type(fld.type):
                 continue
             as_json = [None if v is None else json.dumps(v) for v in table.column(i).to_pylist()]
-            table = table.set_column(i, name, pa.array(as_json, pa.string()))
+            table = table.set_column(i, fld.name, pa.array(as_json, pa.string()))
         sink = pa.BufferOutputStream()
         pacsv.write_csv(table, sink)
         return bytes(sink.getvalue())

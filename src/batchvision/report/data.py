@@ -14,8 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchvision.errors import ConfigError
-
-TASKS = ("classify", "segment", "embed")
+from batchvision.tasks import get_task, list_tasks
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class ErrorGroup:
 def infer_task(manifest: dict[str, Any], columns: list[str]) -> str:
     """The run's task: the manifest's ``task``, else guessed from the columns."""
     task = manifest.get("task")
-    if task in TASKS:
+    if task in list_tasks():
         return str(task)
     if "classes" in columns:
         return "segment"
@@ -52,24 +51,12 @@ def infer_task(manifest: dict[str, Any], columns: list[str]) -> str:
 
 def light_columns(task: str) -> list[str]:
     """The columns read for every row (the rest is read for sampled rows only)."""
-    return {
-        "classify": ["status", "error", "label", "score"],
-        "segment": ["status", "error", "classes"],
-        "embed": ["status", "error"],
-    }[task]
+    return ["status", "error", *get_task(task).light_columns]
 
 
 def row_columns(task: str) -> list[str]:
     """The columns read for the rows the report shows."""
-    base = ["id", "path", "status", "error", "width", "height"]
-    return (
-        base
-        + {
-            "classify": ["label", "score", "topk_labels", "topk_scores"],
-            "segment": ["mask", "mask_path", "mask_width", "mask_height", "classes"],
-            "embed": [],
-        }[task]
-    )
+    return ["id", "path", "status", "error", "width", "height", *get_task(task).row_columns]
 
 
 def status_counts(table: pa.Table) -> dict[str, int]:
@@ -86,23 +73,6 @@ def _is(table: pa.Table, column: str, value: str) -> np.ndarray:
         return np.zeros(table.num_rows, dtype=bool)
     eq = pc.fill_null(pc.equal(table.column(column), value), False)
     return np.asarray(eq.to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def _rows_with_class(table: pa.Table, label: str) -> np.ndarray:
-    """Boolean per row: its ``classes`` list holds ``label``."""
-    hit = np.zeros(table.num_rows, dtype=bool)
-    if "classes" not in table.column_names or not table.num_rows:
-        return hit
-    classes = table.column("classes").combine_chunks()
-    if not pa.types.is_list(classes.type):
-        return hit
-    labels = pc.struct_field(pc.list_flatten(classes), "label")
-    parents = np.asarray(pc.list_parent_indices(classes).to_numpy(zero_copy_only=False))
-    match = np.asarray(
-        pc.fill_null(pc.equal(labels, label), False).to_numpy(zero_copy_only=False), dtype=bool
-    )
-    hit[parents[match]] = True
-    return hit
 
 
 def candidates(table: pa.Table, task: str, *, label: str | None, errors: bool) -> np.ndarray:
@@ -123,9 +93,9 @@ def candidates(table: pa.Table, task: str, *, label: str | None, errors: bool) -
     keep = _is(table, "status", "ok")
     if label is None:
         return np.flatnonzero(keep)
-    if task == "embed":
-        raise ConfigError("--label needs a classify or segment run; this is an embed run")
-    hit = _is(table, "label", label) if task == "classify" else _rows_with_class(table, label)
+    hit = get_task(task).label_hits(table, label)
+    if hit is None:
+        raise ConfigError(f"--label needs a run with labels; this is a {task} run")
     if not (keep & hit).any():
         common = [name for name, _ in label_distribution(table, task, top=10).bars]
         raise ConfigError(
@@ -195,14 +165,8 @@ def label_distribution(table: pa.Table, task: str, *, top: int = 15) -> Distribu
     which each class is present. Ties are broken by label, so the chart is stable.
     """
     ok = _is(table, "status", "ok")
-    if task == "classify" and "label" in table.column_names:
-        values = table.column("label").filter(pa.array(ok))
-    elif task == "segment" and "classes" in table.column_names:
-        classes = table.column("classes").filter(pa.array(ok)).combine_chunks()
-        if not pa.types.is_list(classes.type):
-            return Distribution([], 0, 0, 0)
-        values = pc.struct_field(pc.list_flatten(classes), "label")
-    else:
+    values = get_task(task).label_values(table, pa.array(ok))
+    if values is None:
         return Distribution([], 0, 0, 0)
     counts = [
         (str(v["values"]), int(v["counts"]))

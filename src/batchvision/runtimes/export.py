@@ -197,7 +197,7 @@ def export_onnx(spec: ModelSpec, state_dict: Any, fuse: bool, runtime: str) -> b
     import torch
 
     from batchvision.models.registry import build_model
-    from batchvision.stages.predict import fold_batch_norms
+    from batchvision.stages.fuse import fold_batch_norms
 
     model = build_model(spec, state_dict)
     if fuse:

@@ -13,8 +13,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from batchvision.stages.predict import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -132,3 +136,44 @@ def search_batch_size(
             break
         size *= 2
     return BatchSearch(size=max(1, best), trials=tuple(trials), seconds=clock() - t_start)
+
+
+@torch.inference_mode()
+def find_batch_size(
+    predictor: Predictor,
+    start: int | None = None,
+    limit: int | None = None,
+    budget_s: float | None = None,
+) -> BatchSearch:
+    """``--batch-size auto``: the batch size with the best throughput that fits.
+
+    Times ``predictor``'s model on synthetic uint8 input of the model's input size, on the device,
+    at doubling sizes (see :func:`search_batch_size`); defaults depend on the device type.
+    """
+    kind = predictor.device.type if predictor.device.type in SEARCH_START else "cpu"
+    h, w = predictor.input_size()
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    sample = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8, generator=gen)
+    sample = sample.to(predictor.device)
+
+    def run(n: int) -> None:
+        predictor._logits(sample.expand(n, h, w, 3).contiguous())
+        if predictor.device.type == "cuda":
+            torch.cuda.synchronize(predictor.device)
+
+    search = search_batch_size(
+        run,
+        start=start or SEARCH_START[kind],
+        limit=limit or SEARCH_LIMIT[kind],
+        budget_s=SEARCH_BUDGET_S[kind] if budget_s is None else budget_s,
+        on_oom=lambda: free_cached_memory(predictor.device),
+    )
+    free_cached_memory(predictor.device)
+    logger.info(
+        "--batch-size auto: %d on %s (%s) in %.1f s",
+        search.size,
+        predictor.device,
+        ", ".join(f"{b}: {r:.0f} img/s" if r else f"{b}: out of memory" for b, r in search.trials),
+        search.seconds,
+    )
+    return search

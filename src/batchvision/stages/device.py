@@ -1,0 +1,65 @@
+"""Where and in which precision the model runs: device choice and precision resolution."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from batchvision.config import TORCH_PRECISIONS, Precision
+from batchvision.errors import ConfigError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda:N`` must name an existing GPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(
+            f"--device {device!r} is not valid; choose auto, cpu, cuda or cuda:N"
+        ) from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(
+            f"--device {device!r} is not valid; choose auto, cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {device!r}: no CUDA GPU is available; use cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(
+                f"--device {device!r}: only {count} GPU(s) here; valid: cuda:0..cuda:{count - 1}"
+            )
+    return dev
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 matrix math in hardware (AVX512-BF16/AMX, or Ampere+)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    return bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> str:
+    """``auto`` is bf16 where the device runs it natively, else fp32."""
+    if precision not in TORCH_PRECISIONS:
+        raise ConfigError(
+            f"--precision {precision!r} is not valid for torch; choose "
+            f"{', '.join(TORCH_PRECISIONS)} (int8 needs --runtime onnxruntime or openvino)"
+        )
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast | nullcontext[None]:
+    """The autocast context for ``precision`` (none for fp32)."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])

@@ -1,0 +1,105 @@
+"""What a task is: its head, postprocess, output columns, run record and report view.
+
+A task is one small class (see :mod:`batchvision.tasks` for the registry). Engines and
+stages never branch on the task's name: they call the task the spec names, so adding a
+task is one new module here plus an adapter per model source (``models/*.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from batchvision.io.sinks import COMMON_FIELDS, common_columns
+
+if TYPE_CHECKING:
+    from batchvision.config import RunConfig
+    from batchvision.models.spec import ModelSpec
+    from batchvision.stages.predict import Predictor
+
+
+class Task:
+    """One task: subclasses set ``name`` and ``fields`` and implement :meth:`predict`.
+
+    Attributes:
+        name: the ``--task`` value.
+        fields: the output columns after the common ones (``id``, ``path``, ...).
+        options: ``(RunConfig field, flag)`` of the options that apply to this task only.
+        light_columns: what the report reads for every row (beyond ``status``/``error``).
+        row_columns: what the report reads for the rows it shows (beyond the common ones).
+    """
+
+    name: ClassVar[str]
+    fields: ClassVar[tuple[pa.Field, ...]]
+    options: ClassVar[tuple[tuple[str, str], ...]] = ()
+    light_columns: ClassVar[tuple[str, ...]] = ()
+    row_columns: ClassVar[tuple[str, ...]] = ()
+
+    def check(self, config: RunConfig, spec: ModelSpec) -> None:
+        """Refuse option values this task cannot honour for ``spec`` (ConfigError)."""
+
+    def setup(self, predictor: Predictor) -> None:
+        """Called once when ``predictor`` is built: check its options, prepare constants."""
+
+    def predict(self, predictor: Predictor, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's raw outputs for a decoded batch, as columns; ``image`` dropped."""
+        raise NotImplementedError
+
+    def postprocess(self, batch: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, np.ndarray]:
+        """Model outputs to the columns the sink writes (pure; every engine calls it)."""
+        return dict(batch)
+
+    def columns(self, batch: dict[str, np.ndarray], ok: np.ndarray) -> dict[str, pa.Array]:
+        """The task's Arrow columns of a postprocessed batch; nulls where ``ok`` is False."""
+        raise NotImplementedError
+
+    def manifest_fields(self, spec: ModelSpec) -> dict[str, Any]:
+        """What ``_manifest.json`` records about this task beyond the common fields."""
+        return {}
+
+    def schema(self) -> pa.Schema:
+        """The output schema of this task's part files."""
+        return pa.schema([*COMMON_FIELDS, *self.fields])
+
+    def schemas(self) -> dict[str, pa.Schema]:
+        """Every schema this task writes, by the name the docs give it."""
+        return {self.name: self.schema()}
+
+    def to_table(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """A postprocessed batch as the output table: plain Arrow, nulls on error rows."""
+        ok = np.asarray(batch["status"] == "ok")
+        columns = {**common_columns(batch, ok), **self.columns(batch, ok)}
+        return pa.table(columns, schema=self.schema())
+
+    def label_values(self, table: pa.Table, ok: pa.Array) -> pa.Array | None:
+        """The report's label chart: one label per counted occurrence among ok rows."""
+        return None
+
+    def label_hits(self, table: pa.Table, label: str) -> np.ndarray | None:
+        """The report's ``--label`` filter: rows that have ``label`` (None: not supported)."""
+        return None
+
+
+def without_image(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``batch`` without the decoded image and its padding sizes."""
+    drop = ("image", "input_height", "input_width")
+    return {k: v for k, v in batch.items() if k not in drop}
+
+
+def ok_rows(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Indices of the ``ok`` rows and their images (``None`` when there are none)."""
+    ok = np.flatnonzero(batch["status"] == "ok")
+    if not len(ok):
+        return ok, None
+    images = batch["image"]
+    return ok, images if len(ok) == len(images) else images[ok]
+
+
+def config_defaults() -> dict[str, Any]:
+    """``RunConfig``'s default value of every field, for the options checks."""
+    from batchvision.config import RunConfig
+
+    return {f.name: f.default for f in fields(RunConfig)}
