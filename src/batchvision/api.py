@@ -88,7 +88,7 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     with sigterm_interrupts() as sigterm:
         engine = get_engine(config.engine)  # e.g. a missing optional dependency: fail first
         if config.format == "lance":
-            lance_parts.require()
+            lance_parts.check_installed()
         try:
             summary = _run(config, progress, engine, start)
         finally:

@@ -19,6 +19,7 @@ that was retried, or by a run killed before its record was committed, are in no 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass
@@ -50,10 +51,24 @@ def require() -> ModuleType:
         import lance
         import lance.fragment
     except ImportError as e:
-        raise ConfigError(
-            f"--format lance needs pylance, which is not installed ({e}): {INSTALL_HINT}"
-        ) from None
+        raise ConfigError(_missing(str(e))) from None
     return lance
+
+
+def check_installed() -> None:
+    """Refuse ``--format lance`` without pylance (:class:`ConfigError`), without importing
+    it: once imported, every ``fork`` warns that Lance is not fork-safe, and a run forks its
+    decode workers after this check (they never call Lance; only the writer does)."""
+    try:
+        found = importlib.util.find_spec("lance") is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules holds None for it
+        found = False
+    if not found:
+        raise ConfigError(_missing("No module named 'lance'"))
+
+
+def _missing(why: str) -> str:
+    return f"--format lance needs pylance, which is not installed ({why}): {INSTALL_HINT}"
 
 
 def dataset_uri(out_dir: str) -> str:

@@ -238,10 +238,15 @@ def _prepare_s3_output(
     entries = _list_s3_output(out_dir, options)
     _check_reusable(out_dir, entries, resume, overwrite, MANIFEST_NAME in entries)
     if entries and overwrite:
-        ours = _ours(entries, previous or read_previous(out_dir, options))
+        manifest = previous or read_previous(out_dir, options)
+        ours = _ours(entries, manifest)
         _refuse_foreign(out_dir, [e for e in entries if e not in ours])
+        dataset = [name for name in ours if _is_lance_dataset(name, manifest)]
         for name in ours:
-            storage.delete_object(loc.child(name), options)
+            if name not in dataset:
+                storage.delete_object(loc.child(name), options)
+        if dataset:  # as one prefix: its "folder" markers go too
+            storage.delete_prefix(loc.child(lance_parts.DATASET_NAME), options)
     # Nothing to create: a prefix exists once a key is written under it.
 
 
