@@ -61,7 +61,9 @@ MANIFEST: dict[str, str] = {
     "must match.",
     "shards": "How samples were found in shard inputs: `image_key`, `image_column`, "
     "`id_column`, `manifest`; `--resume` must match.",
-    "format": "Part file format: `parquet`, `csv` or `jsonl`.",
+    "format": "Part file format: `parquet`, `csv`, `jsonl` or `lance`.",
+    "lance": "`--format lance` only: the Lance dataset's folder (`results.lance`) and the "
+    "version the last run committed (`null` before any row is committed).",
     "inputs": "The INPUT arguments.",
     "s3_endpoint": "`--s3-endpoint` (or `AWS_ENDPOINT_URL`) used; `null` for AWS itself. "
     "Credentials are never recorded.",
@@ -305,7 +307,11 @@ def output_schema() -> str:
         "",
         "`batchvision run --output DIR` writes part files "
         "(`--format parquet|csv|jsonl`), one row per input image, in plain Arrow types: "
-        "pyarrow, pandas or DuckDB read them without batchvision. The local engine names them "
+        "pyarrow, pandas or DuckDB read them without batchvision. With `--format lance` the "
+        "same rows, in the same types, are the Lance dataset `DIR/results.lance` (read it "
+        "with `lance.dataset(...)`), and each part file (`.lance.json`) is the record of its "
+        "fragments; the dataset version readers see is committed at the end of each run. "
+        "The local engine names parts "
         "`part-<run id>-<seq>-n<rows>-c<crc32>.<ext>`; the Ray engine writes one part per "
         "unit of work (`--part-rows` inputs), named after the unit: "
         "`part-u<input>-<unit>-f<inputs crc32>-n<rows>-e<errors>-c<crc32>.<ext>` (e.g. "
