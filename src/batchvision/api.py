@@ -242,7 +242,14 @@ def _write_output(
     )
     if config.format == "lance":
         # Readers see the committed parts' fragments from here on (the earlier runs' too).
-        version = outdir.commit_lance(config.output, storage)
+        lock.check()
+        try:
+            version = outdir.commit_lance(config.output, storage)
+        except OutputWriteError as e:
+            outdir.record_failure(
+                manifest, config, writer, earlier, str(e), storage, on_full=lock.free_reserve
+            )
+            raise
         manifest["lance"] = {"dataset": lance_parts.DATASET_NAME, "version": version}
     outdir.record_run(manifest, config, summary, result, writer, earlier)
     outdir.write_manifest(config.output, manifest, storage, on_full=lock.free_reserve)
