@@ -20,7 +20,7 @@ from batchvision.errors import (
     OutputWriteError,
 )
 from batchvision.interrupts import sigterm_interrupts
-from batchvision.io import outdir, outlock, sinks, sources
+from batchvision.io import lance_parts, outdir, outlock, sinks, sources
 from batchvision.models.registry import load_state_dict, resolve_model
 from batchvision.models.spec import ModelSpec
 from batchvision.runtimes.prepare import prepare as prepare_runtime
@@ -88,6 +88,8 @@ def run(config: RunConfig, progress: ProgressCallback | None = None) -> Summary:
     start = time.perf_counter()
     with sigterm_interrupts() as sigterm:
         engine = get_engine(config.engine)  # e.g. a missing optional dependency: fail first
+        if config.format == "lance":
+            lance_parts.check_installed()
         try:
             summary = _run(config, progress, engine, start)
         finally:
@@ -169,7 +171,7 @@ def _write_output(
     )
     manifest["runtime"] = runtime
     if previous is not None:
-        outdir.check_resumable(previous, manifest)
+        outdir.check_resumable(previous, manifest, tasks.get_task(spec.task).resume_fields)
     earlier, committed = outdir.read_earlier(config, previous, by_unit=engine.by_unit)
     done = earlier.ids
     if done or committed:
@@ -241,6 +243,17 @@ def _write_output(
         precision=result.precision,
         skipped_examples=listing.skipped_examples,
     )
+    if config.format == "lance":
+        # Readers see the committed parts' fragments from here on (the earlier runs' too).
+        lock.check()
+        try:
+            version = outdir.commit_lance(config.output, storage)
+        except OutputWriteError as e:
+            outdir.record_failure(
+                manifest, config, writer, earlier, str(e), storage, on_full=lock.free_reserve
+            )
+            raise
+        manifest["lance"] = {"dataset": lance_parts.DATASET_NAME, "version": version}
     outdir.record_run(manifest, config, summary, result, writer, earlier)
     outdir.write_manifest(config.output, manifest, storage, on_full=lock.free_reserve)
     return summary

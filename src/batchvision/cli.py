@@ -198,7 +198,13 @@ def cli() -> None:
 )
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option(
-    "--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="parquet", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(OUTPUT_FORMATS),
+    default="parquet",
+    show_default=True,
+    help="Part file format; lance: a Lance dataset OUTPUT/results.lance, committed at the end "
+    "of the run (needs pip install 'batchvision[lance]').",
 )
 @click.option("--resume", is_flag=True, help="Skip ids already in OUTPUT and finish the rest.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run's output in OUTPUT.")

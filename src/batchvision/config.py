@@ -13,7 +13,7 @@ from batchvision.io.sources import DEFAULT_MAX_FILE_BYTES
 from batchvision.io.storage import StorageOptions, env_endpoint, env_max_attempts
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
-OutputFormat = Literal["parquet", "csv", "jsonl"]
+OutputFormat = Literal["parquet", "csv", "jsonl", "lance"]
 EngineName = Literal["local", "ray"]
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
 ResizeMode = Literal["shorter_crop", "squash_crop", "shorter"]

@@ -41,7 +41,9 @@ COLUMNS: dict[str, str] = {
     "mask_width": "Width of the class map (the model's output size).",
     "mask_height": "Height of the class map.",
     "classes": "The classes present in the mask: `id`, `label` and the `fraction` of mask pixels.",
-    "embedding": "The image's embedding vector.",
+    "embedding": "The image's embedding vector, `d` = the manifest's `embedding_dim` values "
+    "(a fixed-size list: Lance, LanceDB and DuckDB's `FLOAT[d]` search it; pandas and "
+    "pyarrow read it as a list).",
 }
 
 #: Top-level fields of `_manifest.json` (a field the code writes but missing here fails a test).
@@ -61,7 +63,14 @@ MANIFEST: dict[str, str] = {
     "must match.",
     "shards": "How samples were found in shard inputs: `image_key`, `image_column`, "
     "`id_column`, `manifest`; `--resume` must match.",
-    "format": "Part file format: `parquet`, `csv` or `jsonl`.",
+    "format": "Part file format: `parquet`, `csv`, `jsonl` or `lance`.",
+    "lance": "`--format lance` only: the Lance dataset's folder (`results.lance`) and the "
+    "version the last run committed (`null` before any row is committed).",
+    "embedding_dim": "`embed` only: the size `d` of each embedding.",
+    "embedding_type": "`embed` only: the embedding column's Arrow type, "
+    "`fixed_size_list<float32>[d]`; `--resume` must match (earlier versions wrote "
+    "`list<float32>`).",
+    "labels": "`segment` only: the class names, in pixel-value order.",
     "inputs": "The INPUT arguments.",
     "s3_endpoint": "`--s3-endpoint` (or `AWS_ENDPOINT_URL`) used; `null` for AWS itself. "
     "Credentials are never recorded.",
@@ -256,6 +265,8 @@ def cli_reference() -> str:
 
 def type_name(t: pa.DataType) -> str:
     """A pyarrow type as the docs write it: ``list<float32>``, ``struct<id int32, ...>``."""
+    if pa.types.is_fixed_size_list(t):  # the size is the model's: ``d``
+        return f"fixed_size_list<{type_name(t.value_type)}>[d]"
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return f"list<{type_name(t.value_type)}>"
     if pa.types.is_struct(t):
@@ -294,7 +305,11 @@ def output_schema() -> str:
         "",
         "`batchvision run --output DIR` writes part files "
         "(`--format parquet|csv|jsonl`), one row per input image, in plain Arrow types: "
-        "pyarrow, pandas or DuckDB read them without batchvision. The local engine names them "
+        "pyarrow, pandas or DuckDB read them without batchvision. With `--format lance` the "
+        "same rows, in the same types, are the Lance dataset `DIR/results.lance` (read it "
+        "with `lance.dataset(...)`), and each part file (`.lance.json`) is the record of its "
+        "fragments; the dataset version readers see is committed at the end of each run. "
+        "The local engine names parts "
         "`part-<run id>-<seq>-n<rows>-c<crc32>.<ext>`; the Ray engine writes one part per "
         "unit of work (`--part-rows` inputs), named after the unit: "
         "`part-u<input>-<unit>-f<inputs crc32>-n<rows>-e<errors>-c<crc32>.<ext>` (e.g. "

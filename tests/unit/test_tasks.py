@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from batchvision.config import PreprocessConfig, PreprocessOverrides, RunConfig
-from batchvision.errors import ConfigError
+from batchvision.errors import ConfigError, OutputDirError
 from batchvision.io.sinks import (
     mask_file_name,
     masks_to_files,
@@ -87,8 +87,32 @@ def test_embed_table_schema_and_error_nulls() -> None:
     batch = {k: v for k, v in _segment_batch().items() if k != "class_map"}
     batch["embedding"] = np.ones((2, 3), np.float32)
     table = get_task("embed").to_table(batch)
-    assert table.schema == EMBED_SCHEMA
+    assert table.schema.names == EMBED_SCHEMA.names
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 3)
     assert table.column("embedding").to_pylist() == [[1.0, 1.0, 1.0], None]
+    # pandas reads the fixed-size list as it reads a list; DuckDB as a FLOAT[3] array.
+    assert list(table.to_pandas()["embedding"][0]) == [1.0, 1.0, 1.0]
+    import duckdb
+
+    con = duckdb.connect()
+    con.register("t", table)
+    rows = con.sql(
+        "SELECT typeof(embedding), array_cosine_similarity(embedding, [2, 2, 2]::FLOAT[3]) "
+        "FROM t WHERE status = 'ok'"
+    ).fetchall()
+    assert rows[0][0] == "FLOAT[3]" and rows[0][1] == pytest.approx(1.0)
+
+
+def test_resume_refuses_an_embed_output_of_the_variable_list_layout() -> None:
+    from batchvision.io.outdir import _RESUME_KEYS, check_resumable
+
+    spec = resolve_model("mobilenet_v3_small", "random", task="embed")
+    now = {**dict.fromkeys(_RESUME_KEYS, 0), **get_task("embed").manifest_fields(spec)}
+    assert now["embedding_type"] == "fixed_size_list<float32>[1024]"
+    keys = get_task("embed").resume_fields
+    check_resumable(dict(now), now, keys)  # the same layout: no error
+    with pytest.raises(OutputDirError, match="embedding_type differs"):
+        check_resumable({**now, "embedding_type": None}, now, keys)  # written before the change
 
 
 def test_mask_file_names_are_safe_and_distinct() -> None:

@@ -31,6 +31,7 @@ import queue
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -382,7 +383,11 @@ class LocalEngine(Engine):
         )
         workers_iter: Iterator[dict[str, Any]] | None = None
         try:
-            batches: Iterator[dict[str, Any]] = iter(loader)
+            with warnings.catch_warnings():
+                # The workers fork here. A resumed --format lance run has read its parts with
+                # Lance already, which then warns at every fork; the workers never call it.
+                warnings.filterwarnings("ignore", "lance is not fork-safe", UserWarning)
+                batches: Iterator[dict[str, Any]] = iter(loader)
             workers_iter = batches
             if predictor.device.type == "cuda" and plan.device is None:
                 batches = prefetch_to_device(batches, predictor.device)  # copy overlaps compute

@@ -123,7 +123,7 @@ class UnitWorker:
                 table = sinks.masks_to_files(table, opts.mask_dir)
             if table is None:  # a shard without samples: nothing to commit
                 return stats
-            data = sinks.encode_table(table, opts.fmt)
+            data = sinks.encode_part(table, opts.fmt, opts.output, opts.storage)
             name = sinks.unit_part_name(unit, table, data, opts.fmt)
             if not self._commit(unit.key, name, data, unit.replaces):
                 stats["fatal_kind"] = "stopped"  # the run stopped: nothing committed

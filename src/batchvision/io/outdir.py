@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import re
+import shutil
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -31,15 +32,15 @@ import pyarrow.parquet as pq
 from batchvision import __version__
 from batchvision.config import PreprocessConfig, RunConfig
 from batchvision.errors import OutputDirError, OutputWriteError
-from batchvision.io import storage, units
+from batchvision.io import lance_parts, storage, units
 from batchvision.io.outlock import LOCK_NAME
 from batchvision.io.sinks import (
-    EXTENSIONS,
     MASK_SUFFIX,
     OLD_REPORT_NAME,
     PART_PREFIX,
     REPORT_NAME,
     PartWriter,
+    part_format,
     write_atomic,
 )
 from batchvision.io.storage import StorageOptions
@@ -109,18 +110,14 @@ def prepare_mask_dir(
 #: ``part-RUN-NNNNN.EXT`` (no row count or checksum); those are still read and resumed.
 PART_RE = re.compile(
     r"^part-(?P<run>[0-9A-Za-z]+)-(?P<seq>\d{5,})(?:-n(?P<rows>\d+)-c(?P<crc>[0-9a-f]{8}))?"
-    r"(?P<ext>\.parquet|\.csv|\.jsonl)$"
+    r"(?P<ext>\.parquet|\.csv|\.jsonl|\.lance\.json)$"
 )
 #: A damaged part set aside by ``--resume`` (readers skip names starting with ``_``).
 DAMAGED_PREFIX = "_damaged-"
 
 
 def _is_data_name(name: str) -> bool:
-    return (
-        "/" not in name
-        and os.path.splitext(name)[1] in EXTENSIONS.values()
-        and not name.startswith(("_", "."))
-    )
+    return "/" not in name and part_format(name) is not None and not name.startswith(("_", "."))
 
 
 def data_files(out_dir: str, storage_options: StorageOptions | None = None) -> list[str]:
@@ -208,7 +205,11 @@ def prepare_output_dir(
             out_dir, [e for e in entries if e not in ours and (root / e).resolve() != keep]
         )
         for name in ours:
-            (root / name).unlink()
+            path = root / name
+            if path.is_dir() and not path.is_symlink():  # the Lance dataset
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     if resume:
         for name in entries:
             if _is_temp(name):
@@ -237,10 +238,15 @@ def _prepare_s3_output(
     entries = _list_s3_output(out_dir, options)
     _check_reusable(out_dir, entries, resume, overwrite, MANIFEST_NAME in entries)
     if entries and overwrite:
-        ours = _ours(entries, previous or read_previous(out_dir, options))
+        manifest = previous or read_previous(out_dir, options)
+        ours = _ours(entries, manifest)
         _refuse_foreign(out_dir, [e for e in entries if e not in ours])
+        dataset = [name for name in ours if _is_lance_dataset(name, manifest)]
         for name in ours:
-            storage.delete_object(loc.child(name), options)
+            if name not in dataset:
+                storage.delete_object(loc.child(name), options)
+        if dataset:  # as one prefix: its "folder" markers go too
+            storage.delete_prefix(loc.child(lance_parts.DATASET_NAME), options)
     # Nothing to create: a prefix exists once a key is written under it.
 
 
@@ -304,9 +310,17 @@ def _ours(entries: list[str], manifest: dict[str, Any] | None) -> list[str]:
     for name in entries:
         part = _is_our_part(name.removeprefix(DAMAGED_PREFIX), run_ids)
         own = part or (name in (REPORT_NAME, OLD_REPORT_NAME) and manifest is not None)
+        own = own or _is_lance_dataset(name, manifest)
         if own or _is_temp(name) or name == MANIFEST_NAME:
             ours.append(name)
     return ours
+
+
+def _is_lance_dataset(name: str, manifest: dict[str, Any] | None) -> bool:
+    """The Lance dataset of a ``--format lance`` output (its folder; on S3 its keys)."""
+    if manifest is None or manifest.get("format") != "lance":
+        return False
+    return name == lance_parts.DATASET_NAME or name.startswith(f"{lance_parts.DATASET_NAME}/")
 
 
 @dataclass
@@ -450,7 +464,11 @@ def _read_part(path: str, options: StorageOptions) -> tuple[list[str], list[str]
             f"its {len(data)} bytes do not match the CRC-32 in its name: truncated or changed"
         )
     try:
-        ids, statuses = _decode_ids_statuses(data, os.path.splitext(path)[1])
+        if part_format(path) == "lance":  # the rows are in the fragment files it records
+            folder = path.replace("\\", "/").rsplit("/", 1)[0]
+            ids, statuses = lance_parts.read_ids_statuses(data, folder, options)
+        else:
+            ids, statuses = _decode_ids_statuses(data, os.path.splitext(path)[1])
     except (ValueError, KeyError, TypeError, OSError, pa.ArrowException) as e:
         raise _Damaged(f"unreadable: {' '.join(str(e).split())[:200]}") from e
     if recorded is not None and len(ids) != recorded[0]:
@@ -476,6 +494,34 @@ def _decode_ids_statuses(data: bytes, ext: str) -> tuple[list[str], list[str]]:
         rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
         return [r["id"] for r in rows], [r["status"] for r in rows]
     return table.column("id").to_pylist(), table.column("status").to_pylist()
+
+
+def commit_lance(out_dir: str, storage_options: StorageOptions | None = None) -> int | None:
+    """Commit the output's Lance dataset version holding exactly its committed parts'
+    fragments (``lance_parts.commit``); returns the version. Every part record is read
+    (O(parts)); a unit committed twice keeps one part, as ``units.read_committed`` does."""
+    options = storage_options or StorageOptions()
+    paths = data_files(out_dir, options)
+    names = [p.replace("\\", "/").rsplit("/", 1)[-1] for p in paths]
+    committed = units.read_committed(out_dir, names, options)
+    kept = set(committed.removed)
+    records = []
+    for path, name in zip(paths, names, strict=True):
+        if name in kept or part_format(name) != "lance":
+            continue
+        try:
+            data = storage.read_object(path, options) if storage.is_uri(path) else None
+            data = Path(path).read_bytes() if data is None else data
+        except OSError as e:
+            raise OutputDirError(f"{path} cannot be read: {storage.describe(e)}") from e
+        recorded = _recorded(name)
+        if recorded is not None and zlib.crc32(data) != recorded[1]:
+            raise OutputDirError(
+                f"part {name} does not match the CRC-32 in its name: truncated or changed; "
+                "run the same command with --resume --engine local to set it aside"
+            )
+        records.append((name, data))
+    return lance_parts.commit(out_dir, records, options)
 
 
 def _set_aside(out_dir: str, name: str, why: str, options: StorageOptions) -> str:
@@ -644,9 +690,23 @@ def new_manifest(
 _LATER_PREPROCESS_KEYS = ("resize_mode", "resize_hw", "crop_offset", "rescale_factor")
 
 
-def check_resumable(previous: dict[str, Any], current: dict[str, Any]) -> None:
+def check_resumable(
+    previous: dict[str, Any], current: dict[str, Any], task_keys: tuple[str, ...] = ()
+) -> None:
+    """Refuse ``--resume`` when the run's settings differ from the earlier run's.
+
+    ``task_keys`` (the task's ``resume_fields``) must be equal, and are different when the
+    earlier manifest lacks them (an output of an earlier layout).
+    """
     import json
 
+    for key in task_keys:
+        if previous.get(key) != current.get(key):
+            raise OutputDirError(
+                f"cannot --resume: {key} differs from the earlier run "
+                f"({previous.get(key)!r} there, {current.get(key)!r} now); the parts could "
+                "not be read as one table: --overwrite, or write to a new --output"
+            )
     for key in _RESUME_KEYS:
         # Compare as stored: the manifest's JSON turns tuples (crop_size, mean, std) into lists.
         now = json.loads(json.dumps(current[key], default=str))

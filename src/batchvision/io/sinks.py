@@ -40,7 +40,9 @@ REPORT_NAME = "_report.html"
 #: The default report name of earlier versions: still ours to delete with ``--overwrite``.
 OLD_REPORT_NAME = "report.html"
 PART_PREFIX = "part-"
-EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
+#: A part's name ends with its format's extension. A ``lance`` part is the JSON record of
+#: its fragments (``io.lance_parts``); the rows are in the output's Lance dataset.
+EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl", "lance": ".lance.json"}
 MASK_SUFFIX = ".png"
 
 COMMON_FIELDS = (
@@ -161,6 +163,24 @@ def encode_table(table: pa.Table, fmt: str) -> bytes:
         for row in table.to_pylist()
     )
     return "".join(lines).encode("utf-8")
+
+
+def part_format(name: str) -> str | None:
+    """The format of the part file named ``name`` (by its extension), if it is one."""
+    return next((fmt for fmt, ext in EXTENSIONS.items() if name.endswith(ext)), None)
+
+
+def encode_part(table: pa.Table, fmt: str, out_dir: str, options: StorageOptions) -> bytes:
+    """The bytes of ``table``'s part file in ``fmt``, to commit with :func:`write_atomic`.
+
+    For ``lance`` the rows are written here, as fragment files no dataset version names
+    yet, and the part file is their record (``io.lance_parts``).
+    """
+    if fmt == "lance":
+        from batchvision.io import lance_parts
+
+        return lance_parts.write_part(table, out_dir, options)
+    return encode_table(table, fmt)
 
 
 def write_atomic(out_dir: str, name: str, data: bytes, options: StorageOptions) -> None:
@@ -319,7 +339,7 @@ class PartWriter:
         if self.guard is not None:
             self._failing_safely(self.guard)
         table = pa.concat_tables(self._buffer)
-        data = encode_table(table, self.fmt)
+        data = self._failing_safely(self._encode, table)
         name = part_name(self.run_id, self.parts_written, table.num_rows, data, self.fmt)
         self._failing_safely(write_atomic, self.out_dir, name, data, self.storage_options)
         self.parts_written += 1
@@ -337,7 +357,7 @@ class PartWriter:
             self._failing_safely(self.guard)
         if self.mask_dir is not None and "mask" in table.column_names:
             table = self._failing_safely(masks_to_files, table, self.mask_dir)
-        data = encode_table(table, self.fmt)
+        data = self._failing_safely(self._encode, table)
         name = unit_part_name(unit, table, data, self.fmt)
         self._failing_safely(write_atomic, self.out_dir, name, data, self.storage_options)
         if unit.replaces and unit.replaces != name:
@@ -345,6 +365,9 @@ class PartWriter:
         self.parts_written += 1
         self.rows_written += table.num_rows
         self.write_seconds += time.perf_counter() - t0
+
+    def _encode(self, table: pa.Table) -> bytes:
+        return encode_part(table, self.fmt, self.out_dir, self.storage_options)
 
     def _failing_safely(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:

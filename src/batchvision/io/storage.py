@@ -346,6 +346,12 @@ def delete_object(uri: str, options: StorageOptions) -> None:
     fs.delete_file(loc.path)
 
 
+def delete_prefix(uri: str, options: StorageOptions) -> None:
+    """Delete every object under the prefix ``uri``."""
+    fs, loc = filesystem(uri, options)
+    fs.delete_dir(loc.path)
+
+
 def list_files(uri: str, options: StorageOptions) -> list[tuple[str, int]]:
     """``(relative key, size)`` of every object under ``uri``, recursively, sorted by key.
 

@@ -53,7 +53,7 @@ UnitKind = Literal["listed", "text", "parquet", "tar", "parquet_images"]
 #: A committed unit's part (see the module docstring).
 UNIT_PART_RE = re.compile(
     r"^part-u(?P<key>\d{3,}-\d{8,})-f(?P<fp>[0-9a-f]{8})-n(?P<rows>\d+)-e(?P<errors>\d+)(?P<damaged>d?)"
-    r"-c(?P<crc>[0-9a-f]{8})(?P<ext>\.parquet|\.csv|\.jsonl)$"
+    r"-c(?P<crc>[0-9a-f]{8})(?P<ext>\.parquet|\.csv|\.jsonl|\.lance\.json)$"
 )
 BOM = b"\xef\xbb\xbf"
 # Manifest bytes read at a time while planning.

@@ -21,7 +21,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from batchvision.errors import OutputDirError
-from batchvision.io import outdir, sinks, storage
+from batchvision.io import lance_parts, outdir, sinks, storage
 from batchvision.io.storage import StorageOptions
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class OutputFolder:
     manifest: dict[str, Any]
     parts: list[Part]
     columns: list[str]
+    #: How to reach an ``s3://`` folder (a ``--format lance`` dataset is opened with it).
+    storage: StorageOptions = field(default_factory=StorageOptions)
 
     @property
     def num_rows(self) -> int:
@@ -114,6 +116,10 @@ def open_output(uri: str, options: StorageOptions | None = None) -> OutputFolder
         and not e.base_name.startswith(("_", "."))
     )
     manifest = _read_manifest(fs, f"{root}/{outdir.MANIFEST_NAME}")
+    if manifest is not None and manifest.get("format") == "lance":
+        options = options or StorageOptions()
+        parts, columns = _lance_parts(uri, options)
+        return OutputFolder(uri, fs, root, manifest, parts, columns, options)
     if manifest is None and not files:
         raise OutputDirError(
             f"{uri!r} is not a batchvision output folder: it has no {outdir.MANIFEST_NAME} "
@@ -125,6 +131,29 @@ def open_output(uri: str, options: StorageOptions | None = None) -> OutputFolder
         parts.append(part)
         columns += [c for c in names if c not in columns]
     return OutputFolder(uri, fs, root, manifest or {}, parts, columns)
+
+
+def _lance_parts(uri: str, options: StorageOptions) -> tuple[list[Part], list[str]]:
+    """A ``--format lance`` output's committed dataset version, as one part (none before
+    its first commit: its rows are not readable yet)."""
+    ds = _lance_dataset(uri, options, missing_ok=True)
+    if ds is None:
+        return [], []
+    return [Part(lance_parts.dataset_uri(uri), "lance", ds.count_rows())], list(ds.schema.names)
+
+
+def _lance_dataset(uri: str, options: StorageOptions, missing_ok: bool = False) -> Any:
+    lance = lance_parts.require()
+    try:
+        return lance.dataset(
+            lance_parts.dataset_uri(uri),
+            storage_options=lance_parts.lance_storage_options(uri, options),
+        )
+    except (OSError, ValueError) as e:
+        if missing_ok:
+            logger.warning("%s holds no committed Lance dataset yet (%s)", uri, e)
+            return None
+        raise OutputDirError(f"cannot open the Lance dataset of {uri!r}: {e}") from e
 
 
 def _read_manifest(fs: pafs.FileSystem, path: str) -> dict[str, Any] | None:
@@ -182,6 +211,8 @@ def read_columns(out: OutputFolder, columns: list[str]) -> pa.Table:
 
 
 def _read_part(out: OutputFolder, part: Part, columns: list[str]) -> pa.Table:
+    if part.fmt == "lance":
+        return _lance_dataset(out.uri, out.storage).to_table(columns=columns)
     if part.fmt == "parquet":
         with out.fs.open_input_file(part.path) as f:
             return pq.ParquetFile(f).read(columns=columns)
@@ -221,6 +252,8 @@ def take_rows(out: OutputFolder, indices: np.ndarray, columns: list[str]) -> lis
 def _take_from_part(
     out: OutputFolder, part: Part, local: np.ndarray, columns: list[str]
 ) -> list[dict[str, Any]]:
+    if part.fmt == "lance":
+        return _lance_dataset(out.uri, out.storage).take(local, columns=columns).to_pylist()
     if part.fmt != "parquet":
         table = _normalise(_read_text_part(out.fs, part.path, part.fmt, columns), columns)
         return table.take(pa.array(local)).to_pylist()

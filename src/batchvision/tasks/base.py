@@ -28,6 +28,8 @@ class Task:
         name: the ``--task`` value.
         fields: the output columns after the common ones (``id``, ``path``, ...).
         options: ``(RunConfig field, flag)`` of the options that apply to this task only.
+        resume_fields: keys of :meth:`manifest_fields` that ``--resume`` requires equal
+            (missing in an earlier run's manifest counts as different).
         light_columns: what the report reads for every row (beyond ``status``/``error``).
         row_columns: what the report reads for the rows it shows (beyond the common ones).
     """
@@ -35,6 +37,7 @@ class Task:
     name: ClassVar[str]
     fields: ClassVar[tuple[pa.Field, ...]]
     options: ClassVar[tuple[tuple[str, str], ...]] = ()
+    resume_fields: ClassVar[tuple[str, ...]] = ()
     light_columns: ClassVar[tuple[str, ...]] = ()
     row_columns: ClassVar[tuple[str, ...]] = ()
 

@@ -9,6 +9,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from batchvision.io.sinks import COMMON_FIELDS, common_columns
 from batchvision.tasks import register_task
 from batchvision.tasks.base import Task, ok_rows, without_image
 
@@ -31,8 +32,13 @@ class Embed(Task):
     """The model's pooled (or, for image-text models, projected) image features."""
 
     name = "embed"
-    fields = (pa.field("embedding", pa.list_(pa.float32())),)
+    #: ``fixed_size_list<float32>[d]``: what Lance, LanceDB and DuckDB's ARRAY type search
+    #: on; pandas and pyarrow read it as they read a list. The schema made for the docs has
+    #: ``d`` = 0; a run's parts have the model's size (the manifest's ``embedding_dim``).
+    fields = (pa.field("embedding", pa.list_(pa.float32(), 0)),)
     options = (("normalize", "--normalize"),)
+    #: Parts of an earlier layout (variable-size lists) cannot share a folder with these.
+    resume_fields = ("embedding_type",)
 
     def predict(self, predictor: Predictor, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["status"])
@@ -48,10 +54,22 @@ class Embed(Task):
         return out
 
     def columns(self, batch: dict[str, np.ndarray], ok: np.ndarray) -> dict[str, pa.Array]:
-        from batchvision.io.sinks import list_array
+        emb = np.ascontiguousarray(batch["embedding"], dtype=np.float32)
+        d = emb.shape[1]
+        column = pa.FixedSizeListArray.from_arrays(
+            pa.array(emb.reshape(-1)), d, mask=pa.array(~np.asarray(ok, dtype=bool))
+        )
+        return {"embedding": column}
 
-        emb = np.asarray(batch["embedding"], dtype=np.float32)
-        return {"embedding": list_array(emb, ok, pa.float32())}
+    def to_table(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        ok = np.asarray(batch["status"] == "ok")
+        columns = {**common_columns(batch, ok), **self.columns(batch, ok)}
+        d = columns["embedding"].type.list_size
+        schema = pa.schema([*COMMON_FIELDS, pa.field("embedding", pa.list_(pa.float32(), d))])
+        return pa.table(columns, schema=schema)
 
     def manifest_fields(self, spec: ModelSpec) -> dict[str, Any]:
-        return {"embedding_dim": spec.embedding_dim}
+        return {
+            "embedding_dim": spec.embedding_dim,
+            "embedding_type": f"fixed_size_list<float32>[{spec.embedding_dim}]",
+        }
