@@ -10,16 +10,19 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["PreprocessConfig", "PreprocessOverrides", "RunConfig", "Summary", "__version__", "run"]
+__all__ = [
+    "PreprocessConfig", "PreprocessOverrides", "RunConfig", "Summary", "__version__",
+    "embed_text", "run",
+]  # fmt: skip
 
 if TYPE_CHECKING:
-    from batchvision.api import Summary, run
+    from batchvision.api import Summary, embed_text, run
     from batchvision.config import PreprocessConfig, PreprocessOverrides, RunConfig
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so `batchvision --help` does not pay for importing torch.
-    if name in ("run", "Summary"):
+    if name in ("run", "Summary", "embed_text"):
         from batchvision import api
 
         return getattr(api, name)

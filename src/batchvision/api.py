@@ -122,6 +122,7 @@ def _run(
             f"runs it on {device}; choose cpu or auto"
         )
     state_dict = load_state_dict(spec)
+    spec = tasks.get_task(spec.task).prepare(spec, config, state_dict)
     # --runtime onnxruntime/openvino: exported (and for int8 quantized and checked) here,
     # once; workers load the export in place of the weights.
     exported = prepare_runtime(config, spec, state_dict, device.type, native_bf16(device))
@@ -271,6 +272,17 @@ def _prepare_mask_dir(
             previous=(manifest or {}).get("mask_dir"),
             check_only=check_only,
         )
+
+
+def embed_text(model: str, texts: list[str], weights: str = "DEFAULT") -> Any:
+    """Texts embedded by an image-text model (CLIP, SigLIP), L2-normalised: ``(N, d)``
+    float32 in the space of the image embeddings ``--task embed`` writes for that model,
+    so a text query finds images by cosine similarity (see the README)."""
+    spec = resolve_model(model, weights, task="embed")
+    from batchvision.models.registry import encode_text
+
+    embeddings, _ = encode_text(spec, load_state_dict(spec), list(texts))
+    return embeddings
 
 
 def _check_duplicates(config: RunConfig, kinds: list[str]) -> int | None:

@@ -19,6 +19,7 @@ from batchvision.config import (
     DEFAULT_MAX_INPUT_PIXELS,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_AGREEMENT,
+    DEFAULT_PROMPT,
     DEFAULT_RAY_CONNECT_TIMEOUT,
     ENGINES,
     INTERPOLATIONS,
@@ -81,8 +82,24 @@ def cli() -> None:
     "--task",
     type=click.Choice(TASKS),
     default=None,
-    help="classify, segment or embed [default: the model's own: segmentation models "
-    "segment, classifiers classify].",
+    help="classify, segment, embed or zero-shot [default: the model's own: segmentation "
+    "models segment, classifiers classify, image-text models (CLIP, SigLIP) embed].",
+)
+@click.option(
+    "--classes",
+    default="",
+    help="zero-shot: the class names, comma-separated (e.g. 'cat,dog,car').",
+)
+@click.option(
+    "--classes-file",
+    default=None,
+    help="zero-shot: a UTF-8 file of class names, one per line (for names with commas).",
+)
+@click.option(
+    "--prompt",
+    default=DEFAULT_PROMPT,
+    show_default=True,
+    help="zero-shot: the text each class name fills in at {} (CLIP's own prompt style).",
 )
 @click.option("--normalize", is_flag=True, help="embed: L2-normalise the embeddings.")
 @click.option(
@@ -445,7 +462,10 @@ def models_cmd(source: str | None, show_all: bool) -> None:
     sources = list_sources()
     if source and source not in sources:
         raise ConfigError(f"unknown source {source!r}; valid: {', '.join(sources)}")
-    click.echo("tasks: classify (top-k labels), segment (class mask per pixel), embed (features)")
+    click.echo(
+        "tasks: classify (top-k labels), segment (class mask per pixel), embed (features), "
+        "zero-shot (top-k of --classes, image-text models)"
+    )
     for src, impl in sources.items():
         if source and src != source:
             continue

@@ -18,7 +18,7 @@ EngineName = Literal["local", "ray"]
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
 ResizeMode = Literal["shorter_crop", "squash_crop", "shorter"]
 CropOffset = Literal["round", "floor"]
-TaskName = Literal["classify", "segment", "embed"]
+TaskName = Literal["classify", "segment", "embed", "zero-shot"]
 DecodeDevice = Literal["cpu", "cuda", "auto"]
 BatchSize = int | Literal["auto"]
 RuntimeName = Literal["torch", "onnxruntime", "openvino", "auto"]
@@ -42,6 +42,8 @@ INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
 RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 TASKS: tuple[str, ...] = get_args(TaskName)
 DECODE_DEVICES: tuple[str, ...] = get_args(DecodeDevice)
+#: ``--prompt``: CLIP's own prompt for ImageNet class names, in its simplest form.
+DEFAULT_PROMPT = "a photo of a {}."
 
 #: ``--max-pixels``: twice Pillow's warning threshold (where Pillow itself refuses), so a
 #: 100- or 150-megapixel camera photo is decoded; the decoded RGB image is at most 537 MB.
@@ -228,6 +230,11 @@ class RunConfig:
     task: TaskName | None = None
     normalize: bool = False
     mask_dir: str | None = None
+    #: ``zero-shot``: the class names (``--classes``) or a file of them, one per line.
+    classes: tuple[str, ...] = ()
+    classes_file: str | None = None
+    #: ``zero-shot``: each class name fills the ``{}`` of this text.
+    prompt: str = DEFAULT_PROMPT
     #: WebDataset shards: member extensions that hold the image, in order of preference.
     image_key: tuple[str, ...] = DEFAULT_IMAGE_KEYS
     #: Parquet shards: the column of image bytes (``None``: the one plausible column).
@@ -275,6 +282,7 @@ class RunConfig:
         _choice("--format", self.format, OUTPUT_FORMATS)
         if self.task is not None:
             _choice("--task", self.task, TASKS)
+        object.__setattr__(self, "classes", _names(self.classes))
         if self.mask_dir is not None:
             object.__setattr__(self, "mask_dir", str(self.mask_dir))
             if "://" in self.mask_dir:

@@ -42,14 +42,15 @@ COLUMNS: dict[str, str] = {
     "mask_height": "Height of the class map.",
     "classes": "The classes present in the mask: `id`, `label` and the `fraction` of mask pixels.",
     "embedding": "The image's embedding vector, `d` = the manifest's `embedding_dim` values "
-    "(a fixed-size list: Lance, LanceDB and DuckDB's `FLOAT[d]` search it; pandas and "
-    "pyarrow read it as a list).",
+    "(a fixed-size list: Lance and LanceDB search it; pandas and pyarrow read it as a list; "
+    "DuckDB reads a Parquet part's column as `FLOAT[]`: cast it to `FLOAT[d]`).",
 }
 
 #: Top-level fields of `_manifest.json` (a field the code writes but missing here fails a test).
 MANIFEST: dict[str, str] = {
     "model": "Resolved model name (`source:arch`).",
-    "task": "`classify`, `segment` or `embed`: which columns the parts have.",
+    "task": "`classify`, `segment`, `embed` or `zero-shot` (the `classify` columns): which "
+    "columns the parts have.",
     "weights": "Weights as resolved (enum name or absolute checkpoint path).",
     "weights_kind": "`pretrained`, `checkpoint` or `random`.",
     "num_classes": "Number of classes the model outputs.",
@@ -70,7 +71,11 @@ MANIFEST: dict[str, str] = {
     "embedding_type": "`embed` only: the embedding column's Arrow type, "
     "`fixed_size_list<float32>[d]`; `--resume` must match (earlier versions wrote "
     "`list<float32>`).",
-    "labels": "`segment` only: the class names, in pixel-value order.",
+    "labels": "`segment`: the class names, in pixel-value order; `zero-shot`: the classes "
+    "(`--classes` or `--classes-file`), in id order.",
+    "prompt": "`zero-shot` only: `--prompt`; `--resume` must match.",
+    "class_scores": "`zero-shot` only: `softmax` over the classes (CLIP) or `sigmoid` per "
+    "class (SigLIP); `--resume` must match.",
     "inputs": "The INPUT arguments.",
     "s3_endpoint": "`--s3-endpoint` (or `AWS_ENDPOINT_URL`) used; `null` for AWS itself. "
     "Credentials are never recorded.",

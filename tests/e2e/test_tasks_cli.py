@@ -217,3 +217,41 @@ def test_segment_refuses_extreme_aspect_ratios_before_spending_memory(tmp_path: 
     again = run_cli(*args, "--resume", timeout=240)
     assert again.returncode == 0, again.stderr
     assert pq.read_table(out).num_rows == 4
+
+
+def test_zero_shot_from_the_command_line_with_odd_images(tmp_path: Path, inputs: Path) -> None:
+    """--classes-file and --prompt through the CLI on a tiny CLIP; a 1x1 image, a
+    grayscale one, a CMYK JPEG and a large panorama are rows; the corrupt file is an error
+    row; zero-shot's options on another task are refused in one line."""
+    from tests.task_models import save_tiny_clip
+
+    model = tmp_path / "clip"
+    save_tiny_clip(model)
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(inputs / "a" / "dot.png")
+    Image.new("L", (90, 70), 128).save(inputs / "a" / "grey.jpg")
+    Image.new("CMYK", (64, 48), (0, 80, 160, 0)).save(inputs / "a" / "cmyk.jpg")
+    Image.new("RGB", (6000, 400), (20, 120, 40)).save(inputs / "b" / "wide.jpg")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\ncar, red\n", encoding="utf-8")
+    out = tmp_path / "zs"
+    args = [
+        "run", str(inputs), "--model", f"hf:{model}", "--output", str(out), "--workers", "0",
+        "--task", "zero-shot", "--classes-file", str(classes), "--prompt", "a picture of {}",
+        "--max-error-rate", "0.5", "-q",
+    ]  # fmt: skip
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    rows = {r["id"]: r for r in pq.read_table(out).to_pylist()}
+    assert len(rows) == 9
+    assert rows["b/broken.jpg"]["status"] == "error" and rows["b/broken.jpg"]["label"] is None
+    for name in ("a/dot.png", "a/grey.jpg", "a/cmyk.jpg", "b/wide.jpg"):
+        row = rows[name]
+        assert row["status"] == "ok", row
+        assert row["label"] in ("cat", "dog", "car, red")
+        assert sorted(row["topk_labels"]) == ["car, red", "cat", "dog"]  # 3 classes < top 5
+        assert abs(sum(row["topk_scores"]) - 1) < 1e-4  # CLIP: softmax over the classes
+    manifest = read_manifest(str(out))
+    assert manifest is not None and manifest["prompt"] == "a picture of {}"
+    refused = run_cli(*[a if a != "zero-shot" else "embed" for a in args])
+    assert refused.returncode == 2
+    assert refused.stderr.strip().count("\n") == 0 and "--classes-file applies" in refused.stderr

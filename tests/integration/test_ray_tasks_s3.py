@@ -231,3 +231,49 @@ def test_s3_manifest_units_resume_by_unit_in_csv(
     table = pads.dataset(f"{bucket}/preds", format="csv", filesystem=fs).to_table()
     ids = table.column("id").to_pylist()
     assert sorted(ids) == rels and len(set(ids)) == len(rels)
+
+
+def test_zero_shot_on_ray_to_s3_matches_local_and_resumes(
+    ray_s3: S3Server, inputs: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """Zero-shot (CLIP): the Ray engine writing to S3 gives the local engine's rows; its
+    text embeddings travel in the spec. A second --resume run redoes nothing; a resume
+    with another prompt is refused (its scores would differ)."""
+    from tests.task_models import save_tiny_clip
+
+    model = tmp_path_factory.mktemp("clip")
+    save_tiny_clip(model)
+    bucket = ray_s3.new_bucket("zs")
+    common = {
+        "inputs": (str(inputs),),
+        "model": f"hf:{model}",
+        "task": "zero-shot",
+        "classes": ("cat", "dog", "car"),
+        "precision": "fp32",
+        "batch_size": 8,
+        "s3_endpoint": ray_s3.endpoint,
+    }
+    local = batchvision.run(RunConfig(output=str(tmp_path / "local"), **common))
+    out = f"s3://{bucket}/zs"
+    remote = batchvision.run(RunConfig(output=out, engine="ray", **common))
+    assert (remote.ok, remote.error) == (local.ok, local.error) == (24, 1)
+    fs = pafs.S3FileSystem(endpoint_override=ray_s3.endpoint, region="us-east-1")
+    got, want = _rows(out, fs), _rows(str(tmp_path / "local"))
+    assert got.keys() == want.keys()
+    for i, a in want.items():
+        b = got[i]
+        assert (a["status"], a["label"], a["topk_labels"]) == (
+            b["status"],
+            b["label"],
+            b["topk_labels"],
+        )
+        if a["status"] == "ok":
+            assert len(b["topk_scores"]) == 3  # --top-k 5 > 3 classes: all three
+            np.testing.assert_allclose(a["topk_scores"], b["topk_scores"], atol=1e-5)
+    again = batchvision.run(RunConfig(output=out, engine="ray", resume=True, **common))
+    assert again.ok + again.error == 0 and again.already_done == 25
+    assert _rows(out, fs).keys() == want.keys()
+    with pytest.raises(batchvision.errors.OutputDirError, match="prompt differs"):
+        batchvision.run(
+            RunConfig(output=out, engine="ray", resume=True, **{**common, "prompt": "{}"})
+        )

@@ -412,3 +412,63 @@ def test_runtimes_match_torch_on_every_source(
         else:
             a, b = np.array(g["embedding"]), np.array(r["embedding"])
             assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.9999
+
+
+# ---------------------------------------------------------------------------------------
+# Zero-shot and projected embeddings of image-text models (issue 14)
+
+ZS_CLASSES = ("cat", "dog", "car", "bird", "tree", "house")
+
+
+@pytest.fixture(scope="module", params=["clip", "siglip"])
+def image_text(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Saved:
+    from tests.task_models import save_tiny_clip, save_tiny_siglip
+
+    path = tmp_path_factory.mktemp(request.param)
+    save = save_tiny_clip if request.param == "clip" else save_tiny_siglip
+    return Saved(path, save(path))
+
+
+def test_zero_shot_and_embed_match_transformers(
+    image_text: Saved, images: Path, tmp_path: Path
+) -> None:
+    """CLIP and SigLIP from their saved folders: zero-shot scores are transformers'
+    ``logits_per_image`` through softmax (CLIP) or sigmoid (SigLIP), from the documented
+    recipe (processor with both texts and images, then the model); ``embed`` writes
+    ``get_image_features`` (the projected embedding). A wrong class order scores low."""
+    model = image_text.model
+    siglip = hasattr(model, "logit_bias")
+    k = len(ZS_CLASSES)
+    rows = _run(
+        images, tmp_path / "zs", f"hf:{image_text.path}", task="zero-shot",
+        classes=ZS_CLASSES, top_k=k,
+    )  # fmt: skip
+    emb_rows = _run(images, tmp_path / "emb", f"hf:{image_text.path}", task="embed")
+    processor = tf.AutoProcessor.from_pretrained(image_text.path, backend="pil")
+    texts = [f"a photo of a {c}." for c in ZS_CLASSES]
+    padding = "max_length" if siglip else True
+    x = processor(
+        text=texts, images=[_pil(images / str(r["id"])) for r in rows], padding=padding,
+        return_tensors="pt",
+    )  # fmt: skip
+    with torch.no_grad():
+        logits = model(**x).logits_per_image.double()
+        feats = model.get_image_features(pixel_values=x["pixel_values"]).pooler_output
+    ref = torch.sigmoid(logits) if siglip else torch.softmax(logits, 1)
+    ours = np.full((len(rows), k), np.nan)
+    for i, r in enumerate(rows):
+        ours[i, r["topk_ids"]] = r["topk_scores"]  # type: ignore[index]
+        assert r["label"] == ZS_CLASSES[int(np.argmax(ref[i]))]
+    np.testing.assert_allclose(ours, ref.numpy(), atol=2e-3)
+    # The image-dependent part too (random towers answer nearly alike for every image).
+    to_logit = (lambda p: np.log(p / (1 - p))) if siglip else np.log
+    score_ref = to_logit(ref.numpy())
+    assert centred_cosine(to_logit(ours), score_ref).min() >= COS_PASS
+    assert centred_cosine(to_logit(ours[:, ::-1]), score_ref).mean() < WRONG_BELOW
+    got = np.array([r["embedding"] for r in emb_rows])
+    assert got.shape == tuple(feats.shape) and got.shape[1] == (32 if siglip else 16)
+    assert centred_cosine(got, feats.numpy()).min() >= EMB_PASS
+    manifest = batchvision.io.outdir.read_manifest(str(tmp_path / "zs"))
+    assert manifest is not None and manifest["labels"] == list(ZS_CLASSES)
+    assert manifest["class_scores"] == ("sigmoid" if siglip else "softmax")
+    assert manifest["prompt"] == "a photo of a {}."

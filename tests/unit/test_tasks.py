@@ -297,8 +297,8 @@ def test_task_defaults_and_refusals() -> None:
     assert pickle.loads(pickle.dumps(seg)) == seg
     with pytest.raises(ConfigError, match="supports segment"):
         resolve_model("lraspp_mobilenet_v3_large", "random", task="classify")
-    with pytest.raises(ConfigError, match="--task 'detect' is not valid"):
-        RunConfig(inputs=("x",), output="o", model="m", task="detect")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--task 'detector' is not valid"):
+        RunConfig(inputs=("x",), output="o", model="m", task="detector")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="--normalize applies to --task embed"):
         cfg = RunConfig(inputs=("x",), output="o", model="m", task="classify", normalize=True)
         check_options(cfg, resolve_model("mobilenet_v3_small", "random"))
@@ -399,3 +399,43 @@ def test_prepare_mask_dir_refuses_and_cleans(tmp_path) -> None:  # type: ignore[
     (masks / "mine.txt").unlink()
     prepare_mask_dir(str(masks), str(out), resume=False, overwrite=True, previous=str(masks))
     assert not list(masks.rglob("*.png"))
+
+
+def test_task_registry_has_one_way_in_and_lists_the_valid_names() -> None:
+    from batchvision.tasks import list_tasks, register_task
+    from batchvision.tasks.classify import Classify
+
+    assert {"classify", "embed", "segment", "zero-shot"} <= set(list_tasks())
+    with pytest.raises(ValueError, match="already registered under the name 'classify'"):
+        register_task(Classify)
+    with pytest.raises(
+        ConfigError, match="--task 'detector' is not valid; choose one of: classify"
+    ):
+        get_task("detector")
+
+
+def test_zero_shot_options_and_their_refusals(tmp_path: Path) -> None:
+    from batchvision.tasks.zero_shot import prompts, read_classes
+
+    def cfg(**kw: object) -> RunConfig:
+        return RunConfig(inputs=("x",), output="o", model="m", **kw)  # type: ignore[arg-type]
+
+    assert read_classes(cfg(classes="cat, dog,,cat ,car")) == ("cat", "dog", "car")
+    names = tmp_path / "classes.txt"
+    names.write_bytes("\ufeffhot dog, with mustard\n\n  café \nhot dog, with mustard\n".encode())
+    assert read_classes(cfg(classes_file=str(names))) == ("hot dog, with mustard", "café")
+    with pytest.raises(ConfigError, match="needs class names"):
+        read_classes(cfg())
+    with pytest.raises(ConfigError, match="exclude each other"):
+        read_classes(cfg(classes="a", classes_file=str(names)))
+    with pytest.raises(ConfigError, match="--classes-file"):
+        read_classes(cfg(classes_file=str(tmp_path / "missing.txt")))
+    assert prompts("a {} photo", ("cat",)) == ("a cat photo",)
+    for bad in ("a photo", "{} and {}"):
+        with pytest.raises(ConfigError, match="must hold \\{\\} once"):
+            prompts(bad, ("cat",))
+    spec = resolve_model("mobilenet_v3_small", "random")
+    with pytest.raises(ConfigError, match="--classes applies to --task zero-shot only"):
+        check_options(cfg(classes="a,b"), spec)
+    with pytest.raises(ConfigError, match="supports classify, embed"):
+        resolve_model("mobilenet_v3_small", "random", task="zero-shot")

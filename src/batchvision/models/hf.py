@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from batchvision.config import Interpolation, PreprocessConfig, PreprocessOverrides
@@ -24,6 +25,10 @@ INSTALL_HINT = "pip install 'batchvision[hf]'"
 # PIL resampling codes used by image processors.
 _RESAMPLE: dict[int, Interpolation] = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 _HEADS = {"classify": "image-classification", "segment": "semantic-segmentation"}
+#: What a CLIP-style dual encoder (an image and a text tower in one space) can do.
+IMAGE_TEXT_TASKS: tuple[Task, ...] = ("embed", "zero-shot")
+#: Prompts embedded at once on the driver (``zero-shot``).
+TEXT_BATCH = 256
 # ConvNeXT-style processors resize to shortest_edge / crop_pct and crop below this size.
 _CROP_PCT_BELOW = 384
 _HF_WEIGHTS = ("DEFAULT", "random")
@@ -44,7 +49,8 @@ def require_transformers() -> Any:
 
 
 class HuggingFaceSource:
-    """Image classification and semantic segmentation models from transformers."""
+    """Image classification, semantic segmentation and image-text (CLIP-style) models from
+    transformers."""
 
     name = "hf"
     naming = (
@@ -138,7 +144,51 @@ class HuggingFaceSource:
                 model.load_state_dict(state_dict, strict=True)
             except RuntimeError as e:
                 raise ModelLoadError(f"weights do not fit {spec.arch!r}: {_first_line(e)}") from e
+        if _image_text(config):
+            return HFImageTextModel(model, spec).eval()
         return HFTaskModel(model, spec.task).eval()
+
+    def encode_text(
+        self, spec: ModelSpec, state_dict: dict[str, torch.Tensor] | None, texts: list[str]
+    ) -> tuple[np.ndarray, str]:
+        """L2-normalised text embeddings ``(len(texts), d)`` of an image-text model, and how
+        its logits become scores (``softmax`` for CLIP, ``sigmoid`` for SigLIP).
+
+        Tokenized as each model's own recipe does: SigLIP pads to the tokenizer's
+        ``model_max_length`` (it was trained so, and pools the last position); CLIP pads to
+        the longest text. Embedded in batches of ``TEXT_BATCH`` on the driver, once a run.
+        """
+        tf = require_transformers()
+        try:
+            tokenizer = _from_hub(
+                spec.arch, lambda: tf.AutoTokenizer.from_pretrained(spec.arch), ModelLoadError
+            )
+        except (OSError, ValueError, ImportError) as e:
+            raise ConfigError(
+                f"cannot load the tokenizer of {spec.arch!r}: {_first_line(e)}"
+            ) from e
+        cfg = dict(spec.source_config["config"])
+        config = tf.CONFIG_MAPPING[cfg["model_type"]].from_dict(cfg)
+        if state_dict is None and spec.weights_kind != "random":
+            state_dict = self.load_state_dict(spec)
+        with torch.random.fork_rng(devices=[]), _skip_init(tf, state_dict is not None):
+            torch.manual_seed(spec.seed)
+            model = tf.AutoModel.from_config(config)
+        if state_dict is not None:
+            model.load_state_dict(state_dict, strict=True)
+        model.eval()
+        sigmoid = hasattr(model, "logit_bias")
+        padding = {"padding": "max_length", "truncation": True} if sigmoid else {"padding": True}
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), TEXT_BATCH):
+                tokens = tokenizer(
+                    texts[start : start + TEXT_BATCH], return_tensors="pt", **padding
+                )
+                feats = model.get_text_features(**tokens)
+                feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
+                out.append(torch.nn.functional.normalize(feats.float(), dim=-1))
+        return torch.cat(out).numpy(), "sigmoid" if sigmoid else "softmax"
 
     def list_models(self) -> list[ModelInfo]:
         # The hub has no offline list; describe what is accepted instead.
@@ -146,7 +196,47 @@ class HuggingFaceSource:
             ModelInfo(name="…ForImageClassification", task="classify|embed", weights=_HF_WEIGHTS),
             ModelInfo(name="…ForSemanticSegmentation", task="segment", weights=_HF_WEIGHTS),
             ModelInfo(name="other vision backbones", task="embed", weights=_HF_WEIGHTS),
+            ModelInfo(
+                name="image-text models (CLIP, SigLIP)", task="embed|zero-shot", weights=_HF_WEIGHTS
+            ),
         ]
+
+
+class HFImageTextModel(torch.nn.Module):
+    """The image side of a CLIP-style model (CLIP, SigLIP, ...): ``get_image_features``.
+
+    ``embed``: the projected image embedding, the one that compares with text embeddings.
+    ``zero-shot``: its cosine similarity with each class's text embedding, times the model's
+    ``logit_scale`` (plus SigLIP's ``logit_bias``): ``logits_per_image`` as transformers
+    computes it. The text tower is dropped after loading (its output travels in the spec).
+    """
+
+    model: Any  # a transformers model: get_image_features, logit_scale, logit_bias
+
+    def __init__(self, model: torch.nn.Module, spec: ModelSpec) -> None:
+        super().__init__()
+        if hasattr(model, "text_model"):
+            del model.text_model
+        self.model = model
+        self.zero_shot = spec.task == "zero-shot"
+        if self.zero_shot:
+            if spec.text_head is None:
+                raise ConfigError("--task zero-shot: the classes were not embedded (no --classes)")
+            text = torch.from_numpy(np.ascontiguousarray(spec.text_head.embeddings))
+            self.register_buffer("text", text, persistent=False)
+            self.bias = hasattr(model, "logit_bias")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model.get_image_features(pixel_values=x)
+        emb: torch.Tensor = out if isinstance(out, torch.Tensor) else out.pooler_output
+        if not self.zero_shot:
+            return emb
+        emb = emb / emb.norm(p=2, dim=-1, keepdim=True)
+        text: torch.Tensor = self.get_buffer("text")
+        logits = (emb @ text.t().to(emb.dtype)) * self.model.logit_scale.exp()
+        if self.bias:
+            logits = logits + self.model.logit_bias
+        return logits
 
 
 class HFTaskModel(torch.nn.Module):
@@ -217,8 +307,15 @@ def _skip_init(tf: Any, skip: bool) -> contextlib.AbstractContextManager[Any]:
     return no_init_weights()
 
 
+def _image_text(config: Any) -> bool:
+    """A CLIP-style dual encoder: a text and a vision tower in one config."""
+    return hasattr(config, "text_config") and hasattr(config, "vision_config")
+
+
 def _tasks(config: Any) -> tuple[Task, ...]:
     archs = config.architectures or []
+    if _image_text(config):
+        return IMAGE_TEXT_TASKS
     if any(a.endswith("ForSemanticSegmentation") for a in archs):
         return ("segment",)
     if any(a.endswith("ForImageClassification") for a in archs):

@@ -10,7 +10,7 @@ import dataclasses
 import importlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from batchvision.config import TASKS, PreprocessOverrides, TaskName
 from batchvision.errors import ConfigError
@@ -168,6 +168,22 @@ def _probe_embedding_dim(spec: ModelSpec) -> int:
 def load_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor] | None:
     """``spec``'s weights, fetched once so workers never download on their own."""
     return get_source(spec.source).load_state_dict(spec)
+
+
+def encode_text(
+    spec: ModelSpec, state_dict: dict[str, torch.Tensor] | None, texts: list[str]
+) -> tuple[Any, str]:
+    """Text embeddings of an image-text model (``zero-shot``), and its score function.
+
+    Only sources with image-text models have ``encode_text``; for others this is a
+    ConfigError (``with_task`` refuses zero-shot on their models first).
+    """
+    source = get_source(spec.source)
+    encode = getattr(source, "encode_text", None)
+    if encode is None:
+        raise ConfigError(f"--task zero-shot needs an image-text model; {spec.name} has no text")
+    result: tuple[Any, str] = encode(spec, state_dict, texts)
+    return result
 
 
 def build_model(

@@ -5,10 +5,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from batchvision.config import PreprocessConfig, TaskName
 
 Task = TaskName
 WeightsKind = Literal["pretrained", "random", "checkpoint"]
+
+
+@dataclass(frozen=True)
+class TextHead:
+    """``zero-shot``: the classes as text, embedded once on the driver.
+
+    Attributes:
+        prompt: ``--prompt``, with ``{}`` where each class name went.
+        prompts: the texts embedded, one per class (the prompt filled with its name).
+        embeddings: ``(classes, d)`` float32, L2-normalised, in the image embeddings' space.
+        scores: ``softmax`` over the classes (CLIP) or ``sigmoid`` per class (SigLIP: its
+            training loss scores each image-text pair on its own).
+    """
+
+    prompt: str
+    prompts: tuple[str, ...]
+    embeddings: np.ndarray = field(repr=False, compare=False, hash=False)
+    scores: Literal["softmax", "sigmoid"] = "softmax"
 
 
 @dataclass(frozen=True)
@@ -30,6 +50,7 @@ class ModelSpec:
         source_config: what the source needs to build the model without a network (e.g. a
             Hugging Face config as a dict); resolved on the driver, plain picklable data.
         embedding_dim: size of the pooled features (``embed``), found on the driver.
+        text_head: ``zero-shot`` only: the classes' text embeddings, made on the driver.
     """
 
     source: str
@@ -44,6 +65,7 @@ class ModelSpec:
     tasks: tuple[Task, ...] = ("classify", "embed")
     source_config: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     embedding_dim: int | None = None
+    text_head: TextHead | None = field(default=None, hash=False, compare=False)
 
     @property
     def name(self) -> str:

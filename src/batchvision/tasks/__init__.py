@@ -58,7 +58,7 @@ def check_options(config: RunConfig, spec: ModelSpec) -> None:
     get_task(spec.task).check(config, spec)
 
 
-from batchvision.tasks import classify, embed, segment  # noqa: E402  (they register)
+from batchvision.tasks import classify, embed, segment, zero_shot  # noqa: E402  (they register)
 
 __all__ = [
     "check_options",
@@ -68,4 +68,5 @@ __all__ = [
     "list_tasks",
     "register_task",
     "segment",
+    "zero_shot",
 ]

@@ -16,6 +16,8 @@ import pyarrow as pa
 from batchvision.io.sinks import COMMON_FIELDS, common_columns
 
 if TYPE_CHECKING:
+    import torch
+
     from batchvision.config import RunConfig
     from batchvision.models.spec import ModelSpec
     from batchvision.stages.predict import Predictor
@@ -43,6 +45,13 @@ class Task:
 
     def check(self, config: RunConfig, spec: ModelSpec) -> None:
         """Refuse option values this task cannot honour for ``spec`` (ConfigError)."""
+
+    def prepare(
+        self, spec: ModelSpec, config: RunConfig, state_dict: dict[str, torch.Tensor] | None
+    ) -> ModelSpec:
+        """On the driver, once a run, after the weights are read: ``spec`` completed with
+        what this task needs made once (e.g. zero-shot's text embeddings)."""
+        return spec
 
     def setup(self, predictor: Predictor) -> None:
         """Called once when ``predictor`` is built: check its options, prepare constants."""
