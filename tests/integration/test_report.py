@@ -299,3 +299,27 @@ def test_report_of_a_real_segmentation_run(
         present = {c["label"] for r in rows for c in r["classes"]}
         legend = set(re.findall(r'class="swatch"[^>]*></span>([^<]+?) <span', html))
         assert legend and legend <= present
+
+
+def test_zero_shot_report_shows_labels_like_classify(tmp_path: Path) -> None:
+    """A zero-shot run's report: the chart of top-1 classes, the label filter and the
+    top-k per card, as for classify (the rows share its schema)."""
+    import batchvision
+    from batchvision.config import RunConfig
+    from tests.task_models import save_tiny_clip
+
+    save_tiny_clip(tmp_path / "clip")
+    make_images(tmp_path / "in")
+    out = tmp_path / "zs"
+    batchvision.run(
+        RunConfig(
+            inputs=(str(tmp_path / "in"),), output=str(out), model=f"hf:{tmp_path / 'clip'}",
+            task="zero-shot", classes=("cat", "dog", "car"), workers=0, max_error_rate=1.0,
+        )
+    )  # fmt: skip
+    result = build_report(ReportConfig(str(out), html=str(tmp_path / "z.html")))
+    html = (tmp_path / "z.html").read_text()
+    assert result.task == "zero-shot" and result.ok == GOOD + 1  # the GONE image is there
+    assert "Top-1 label of" in html and 'id="label-filter"' in html
+    bars = _bars(html)
+    assert set(bars) <= {"cat", "dog", "car"} and sum(map(int, bars.values())) == GOOD + 1

@@ -15,6 +15,7 @@ from batchvision.errors import ConfigError, OutputDirError, RowError
 from batchvision.io import sinks
 from batchvision.io.storage import StorageOptions, env_endpoint
 from batchvision.report import data, images, reading, render
+from batchvision.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def _card(
     except Exception as e:  # a report must never die on one image
         logger.warning("thumbnail of %s failed: %s", card["path"], e)
         card["missing"] = f"unreadable: {e}"
-    if task == "segment" and card["status"] == "ok":
+    if get_task(task).report_view == "classes" and card["status"] == "ok":
         _add_mask(out, row, card, base, config)
     return card
 

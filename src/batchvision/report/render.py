@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from batchvision.report.data import Distribution, ErrorGroup, run_records
+from batchvision.tasks import get_task
 
 if TYPE_CHECKING:
     from batchvision.report.build import ReportConfig
@@ -104,12 +105,14 @@ def render_html(
     """The whole page as a string: inline CSS, SVG, images and script; nothing external."""
     runs = run_records(manifest)
     bars = chart_bars(distribution)
+    view = get_task(task).report_view
     labels = sorted({c["label"] for c in cards if c.get("label")})
-    if task == "segment":
+    if view == "classes":
         labels = sorted({e["label"] for c in cards for e in c["legend"]})
     template = _environment().get_template("report.html.j2")
     return template.render(
         task=task,
+        view=view,
         model=manifest.get("model", "?"),
         weights=manifest.get("weights", "?"),
         manifest_status=manifest.get("status", "unknown"),

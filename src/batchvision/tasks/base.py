@@ -32,6 +32,8 @@ class Task:
         options: ``(RunConfig field, flag)`` of the options that apply to this task only.
         resume_fields: keys of :meth:`manifest_fields` that ``--resume`` requires equal
             (missing in an earlier run's manifest counts as different).
+        report_view: how the report shows a row: ``labels`` (top-1 and top-k), ``classes``
+            (classes present, with an overlay) or ``vectors`` (the image only).
         light_columns: what the report reads for every row (beyond ``status``/``error``).
         row_columns: what the report reads for the rows it shows (beyond the common ones).
     """
@@ -40,6 +42,7 @@ class Task:
     fields: ClassVar[tuple[pa.Field, ...]]
     options: ClassVar[tuple[tuple[str, str], ...]] = ()
     resume_fields: ClassVar[tuple[str, ...]] = ()
+    report_view: ClassVar[str] = "vectors"
     light_columns: ClassVar[tuple[str, ...]] = ()
     row_columns: ClassVar[tuple[str, ...]] = ()
 

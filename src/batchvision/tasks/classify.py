@@ -108,6 +108,7 @@ class LabelTask(Task):
     """A task whose rows are the classification schema (classify, zero-shot)."""
 
     fields = LABEL_FIELDS
+    report_view = "labels"
     light_columns = ("label", "score")
     row_columns = ("label", "score", "topk_labels", "topk_scores")
 

@@ -135,6 +135,7 @@ class Segment(Task):
     #: (:func:`batchvision.io.sinks.masks_to_files`).
     fields = (pa.field("mask", pa.binary()), *MASK_FIELDS)
     options = (("mask_dir", "--mask-dir"),)
+    report_view = "classes"
     light_columns = ("classes",)
     row_columns = ("mask", "mask_path", "mask_width", "mask_height", "classes")
 
