@@ -472,3 +472,22 @@ def test_zero_shot_and_embed_match_transformers(
     assert manifest is not None and manifest["labels"] == list(ZS_CLASSES)
     assert manifest["class_scores"] == ("sigmoid" if siglip else "softmax")
     assert manifest["prompt"] == "a photo of a {}."
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_zero_shot_runtimes_match_torch(
+    runtime: str, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The zero-shot graph (image tower, class embeddings as constants) exports: the
+    runtime's scores are torch's at fp32."""
+    pytest.importorskip(runtime)
+    from tests.task_models import save_tiny_clip
+
+    monkeypatch.setenv("BATCHVISION_CACHE_DIR", str(tmp_path / "cache"))
+    save_tiny_clip(tmp_path / "clip")
+    opts = {"task": "zero-shot", "classes": ZS_CLASSES, "top_k": len(ZS_CLASSES)}
+    ref = _run(images, tmp_path / "torch", f"hf:{tmp_path / 'clip'}", **opts)
+    got = _run(images, tmp_path / runtime, f"hf:{tmp_path / 'clip'}", runtime=runtime, **opts)
+    for r, g in zip(ref, got, strict=True):
+        assert g["topk_ids"] == r["topk_ids"]
+        np.testing.assert_allclose(g["topk_scores"], r["topk_scores"], atol=1e-5)

@@ -346,3 +346,24 @@ def test_a_second_writer_of_one_export_keeps_the_first(cache_dir: Path) -> None:
     assert leftovers == []  # the loser's temporary folder is gone
     exported = Exported("onnxruntime", "fp32", key, {"model.onnx": b"second"})
     assert (exported.materialize() / "model.onnx").read_bytes() == b"first"
+
+
+def test_export_key_of_a_zero_shot_model_follows_its_prompts() -> None:
+    """The class embeddings are constants of a zero-shot graph: other classes (or another
+    prompt) are another export; the same prompts by the same weights are the same one."""
+    import dataclasses
+
+    from batchvision.models.registry import resolve_model
+    from batchvision.models.spec import TextHead
+    from batchvision.runtimes.export import cache_key
+
+    spec = resolve_model("mobilenet_v3_small", "random")
+
+    def key(prompts: tuple[str, ...], fill: float) -> str:
+        emb = np.full((len(prompts), 4), fill, np.float32)
+        head = TextHead(prompt="{}", prompts=prompts, embeddings=emb)
+        return cache_key(dataclasses.replace(spec, text_head=head), "w", {})
+
+    assert key(("cat", "dog"), 0.0) == key(("cat", "dog"), 1.0)
+    assert key(("cat", "dog"), 0.0) != key(("cat", "car"), 0.0)
+    assert key(("cat", "dog"), 0.0) != cache_key(spec, "w", {})

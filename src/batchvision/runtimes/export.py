@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +145,12 @@ def cache_key(spec: ModelSpec, weights: str, parts: dict[str, Any]) -> str:
     """The key of an export: the spec, the weights' digest and ``parts`` (options, versions)."""
     import torch
 
+    head = spec.text_head  # zero-shot: the class embeddings are constants of the graph,
+    # made from the prompts by these weights: the prompts stand for them in the key.
+    spec = replace(spec, text_head=None)
     described = {
         "spec": {k: v for k, v in asdict(spec).items() if k != "labels"},
+        "text_head": None if head is None else {"prompts": head.prompts, "scores": head.scores},
         "weights": weights,
         "torch": torch.__version__,
         "export": EXPORT_VERSION,
