@@ -42,6 +42,7 @@ from batchvision.config import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_INPUT_PIXELS,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_PROMPT,
     PredictOptions,
     PreprocessConfig,
     TaskName,
@@ -91,16 +92,22 @@ def resolve(
     *,
     labels: str | None = None,
     task: TaskName | None = None,
+    classes: tuple[str, ...] = (),
+    prompt: str = DEFAULT_PROMPT,
 ) -> tuple[ModelSpec, Any]:
     """Resolve a model once on the driver: its spec and its weights in the object store.
 
     Pass both to :class:`Predictor` (``spec=``, ``state_dict=``) so that actors never
-    download or read the weights themselves.
+    download or read the weights themselves. ``task="zero-shot"`` embeds ``classes`` (each
+    in ``prompt``) here, once; the spec carries them to the actors.
     """
     from batchvision.models.registry import load_state_dict, resolve_model
+    from batchvision.tasks.zero_shot import with_classes
 
     spec = resolve_model(model, weights, labels_path=labels, task=task)
     state_dict = load_state_dict(spec)
+    if spec.task == "zero-shot":
+        spec = with_classes(spec, state_dict, tuple(classes), prompt)
     return spec, (ray.put(state_dict) if state_dict is not None else None)
 
 
@@ -197,7 +204,8 @@ class Predictor:
             ``top_k``, ``channels_last``, ``normalize``, ``compile``, ``fuse``, as the CLI
             flags); default: ``PredictOptions()``, the CLI's defaults.
         labels: class names file, for checkpoints.
-        task: ``classify``, ``segment`` or ``embed`` (default: the model's own).
+        task: ``classify``, ``segment``, ``embed`` or ``zero-shot`` (default: the model's own;
+            zero-shot needs a ``spec`` from :func:`resolve` with its classes).
         spec: a spec resolved on the driver (see :func:`resolve`).
         state_dict: the weights resolved on the driver, or an object ref to them.
         postprocess: add the task's output columns (``label``, ``score``, ``topk_labels``;

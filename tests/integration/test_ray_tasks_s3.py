@@ -270,6 +270,23 @@ def test_zero_shot_on_ray_to_s3_matches_local_and_resumes(
         if a["status"] == "ok":
             assert len(b["topk_scores"]) == 3  # --top-k 5 > 3 classes: all three
             np.testing.assert_allclose(a["topk_scores"], b["topk_scores"], atol=1e-5)
+    # The public callables in a user's own Ray Data pipeline: the same labels.
+    import batchvision.ray as bvr
+
+    spec, weights = bvr.resolve(f"hf:{model}", task="zero-shot", classes=("cat", "dog", "car"))
+    ds = ray.data.from_items([{"path": str(inputs / i)} for i in sorted(want)])
+    ds = ds.map_batches(bvr.Decoder(spec.preprocess), batch_size=8)
+    ds = ds.map_batches(
+        bvr.Predictor,
+        fn_constructor_kwargs={
+            "spec": spec, "state_dict": weights, "options": bvr.PredictOptions(precision="fp32"),
+        },
+        compute=ray.data.ActorPoolStrategy(size=1),
+        batch_size=8,
+    )  # fmt: skip
+    mine = {r["path"]: r for r in ds.take_all()}
+    for i, a in want.items():
+        assert mine[str(inputs / i)]["label"] == a["label"], i
     again = batchvision.run(RunConfig(output=out, engine="ray", resume=True, **common))
     assert again.ok + again.error == 0 and again.already_done == 25
     assert _rows(out, fs).keys() == want.keys()

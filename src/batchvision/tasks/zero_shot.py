@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from batchvision.config import DEFAULT_PROMPT
 from batchvision.errors import ConfigError
 from batchvision.models.registry import encode_text
 from batchvision.models.spec import TextHead
@@ -60,6 +61,27 @@ def prompts(prompt: str, classes: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(prompt.replace("{}", name) for name in classes)
 
 
+def with_classes(
+    spec: ModelSpec,
+    state_dict: dict[str, torch.Tensor] | None,
+    classes: tuple[str, ...],
+    prompt: str = DEFAULT_PROMPT,
+) -> ModelSpec:
+    """``spec`` (an image-text model) set up to score ``classes``: their prompts embedded
+    once, here, by the model's text tower; the labels are the class names."""
+    if not classes:
+        raise ConfigError("--task zero-shot needs at least one class name")
+    texts = prompts(prompt, classes)
+    embeddings, scores = encode_text(spec, state_dict, list(texts))
+    head = TextHead(
+        prompt=prompt,
+        prompts=texts,
+        embeddings=np.asarray(embeddings, dtype=np.float32),
+        scores="sigmoid" if scores == "sigmoid" else "softmax",
+    )
+    return dataclasses.replace(spec, labels=classes, num_classes=len(classes), text_head=head)
+
+
 @torch.inference_mode()
 def class_scores(predictor: Predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Top-k class ids and scores: softmax over the classes, or sigmoid per class."""
@@ -88,16 +110,7 @@ class ZeroShot(LabelTask):
     def prepare(
         self, spec: ModelSpec, config: RunConfig, state_dict: dict[str, torch.Tensor] | None
     ) -> ModelSpec:
-        classes = read_classes(config)
-        texts = prompts(config.prompt, classes)
-        embeddings, scores = encode_text(spec, state_dict, list(texts))
-        head = TextHead(
-            prompt=config.prompt,
-            prompts=texts,
-            embeddings=np.asarray(embeddings, dtype=np.float32),
-            scores="sigmoid" if scores == "sigmoid" else "softmax",
-        )
-        return dataclasses.replace(spec, labels=classes, num_classes=len(classes), text_head=head)
+        return with_classes(spec, state_dict, read_classes(config), config.prompt)
 
     def setup(self, predictor: Predictor) -> None:
         # Fewer classes than --top-k (e.g. 'cat,dog,car' with the default 5): all of them.
