@@ -12,6 +12,8 @@ the very same code.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ from batchvision.stages.upsample import UPSAMPLE_BYTES
 from batchvision.tasks import get_task
 
 logger = logging.getLogger(__name__)
+_R = TypeVar("_R")
 
 
 class Predictor:
@@ -67,6 +70,8 @@ class Predictor:
         self.task = get_task(spec.task)
         self.top_k = options.top_k
         self.normalize = options.normalize
+        self.score_threshold = options.score_threshold
+        self.max_detections = options.max_detections
         self.upsample_bytes = UPSAMPLE_BYTES
         self.device = resolve_device(options.device)
         self.channels_last = options.channels_last
@@ -112,11 +117,21 @@ class Predictor:
         """fp32 logits for a uint8 NHWC batch, in pieces of ``batch_limit`` after an OOM."""
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(images)
-        n = len(images)
+        batch = images
+        pieces = self.in_pieces(len(batch), lambda a, b: self._logits(batch[a:b]))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def in_pieces(self, n: int, run: Callable[[int, int], _R]) -> list[_R]:
+        """``run(start, stop)`` over rows ``0..n``: whole, or in pieces of ``batch_limit``.
+
+        A piece that runs out of device memory is retried in halves, down to one row (then
+        the error is real), and the smaller size is kept for later batches. Tasks whose
+        model output is not one tensor (detection) run their own forward through this.
+        """
         limit = self.batch_limit or n
         if n <= limit:
             try:
-                return self._logits(images)
+                return [run(0, n)]
             except Exception as e:
                 if n <= 1 or not is_out_of_memory(e):
                     raise
@@ -124,23 +139,28 @@ class Predictor:
         outs = []
         start = 0
         while start < n:
-            chunk = images[start : start + limit]
+            stop = min(n, start + limit)
             try:
-                outs.append(self._logits(chunk))
+                outs.append(run(start, stop))
             except Exception as e:
-                if len(chunk) <= 1 or not is_out_of_memory(e):
+                if stop - start <= 1 or not is_out_of_memory(e):
                     raise
-                limit = self._shrink(len(chunk), e)
+                limit = self._shrink(stop - start, e)
                 continue
-            start += len(chunk)
-        return torch.cat(outs)
+            start = stop
+        return outs
 
-    def _logits(self, images: torch.Tensor) -> torch.Tensor:
-        if self.inject_oom_above is not None and len(images) > self.inject_oom_above:
+    def check_injected_oom(self, n: int) -> None:
+        """The test hook: a model call on more than ``inject_oom_above`` images raises
+        ``torch.cuda.OutOfMemoryError``, on any device."""
+        if self.inject_oom_above is not None and n > self.inject_oom_above:
             raise torch.cuda.OutOfMemoryError(
-                f"CUDA out of memory (injected by the test hook: batch of {len(images)} > "
+                f"CUDA out of memory (injected by the test hook: batch of {n} > "
                 f"{self.inject_oom_above})"
             )
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        self.check_injected_oom(len(images))
         if self._session is not None:  # the exported graph takes the uint8 batch itself
             return torch.from_numpy(self._session(images.numpy()))
         with autocast(self.device, self.precision):
@@ -167,7 +187,7 @@ class Predictor:
     def input_size(self) -> tuple[int, int]:
         """``(h, w)`` of a model input: the crop, or the resize for uncropped inputs."""
         pre = self.spec.preprocess
-        if pre.resize_mode == "shorter":
+        if pre.uncropped:
             return pre.resize_size, pre.resize_size
         return pre.crop_size
 
