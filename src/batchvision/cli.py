@@ -15,12 +15,14 @@ from batchvision.config import (
     DEFAULT_AGREEMENT_IMAGES,
     DEFAULT_CALIBRATION_IMAGES,
     DEFAULT_IMAGE_KEYS,
+    DEFAULT_MAX_DETECTIONS,
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_INPUT_PIXELS,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_AGREEMENT,
     DEFAULT_PROMPT,
     DEFAULT_RAY_CONNECT_TIMEOUT,
+    DEFAULT_SCORE_THRESHOLD,
     ENGINES,
     INTERPOLATIONS,
     OUTPUT_FORMATS,
@@ -82,8 +84,9 @@ def cli() -> None:
     "--task",
     type=click.Choice(TASKS),
     default=None,
-    help="classify, segment, embed or zero-shot [default: the model's own: segmentation "
-    "models segment, classifiers classify, image-text models (CLIP, SigLIP) embed].",
+    help="classify, segment, embed, zero-shot or detect [default: the model's own: "
+    "segmentation models segment, detectors detect, classifiers classify, image-text models "
+    "(CLIP, SigLIP) embed].",
 )
 @click.option(
     "--classes",
@@ -107,6 +110,20 @@ def cli() -> None:
     default=None,
     help="segment: write each mask as a PNG file here (named after the id) and put its "
     "path in mask_path, instead of the PNG bytes in mask.",
+)
+@click.option(
+    "--score-threshold",
+    type=click.FloatRange(0.0, 1.0),
+    default=DEFAULT_SCORE_THRESHOLD,
+    show_default=True,
+    help="detect: drop boxes scoring less (applied in the model's own post-processing).",
+)
+@click.option(
+    "--max-detections",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_DETECTIONS,
+    show_default=True,
+    help="detect: keep at most this many boxes per image, best first.",
 )
 @click.option(
     "--image-key",

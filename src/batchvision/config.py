@@ -16,9 +16,9 @@ Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 OutputFormat = Literal["parquet", "csv", "jsonl", "lance"]
 EngineName = Literal["local", "ray"]
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
-ResizeMode = Literal["shorter_crop", "squash_crop", "shorter"]
+ResizeMode = Literal["shorter_crop", "squash_crop", "shorter", "shorter_max", "edges"]
 CropOffset = Literal["round", "floor"]
-TaskName = Literal["classify", "segment", "embed", "zero-shot"]
+TaskName = Literal["classify", "segment", "embed", "zero-shot", "detect"]
 DecodeDevice = Literal["cpu", "cuda", "auto"]
 BatchSize = int | Literal["auto"]
 RuntimeName = Literal["torch", "onnxruntime", "openvino", "auto"]
@@ -53,6 +53,14 @@ DEFAULT_MAX_PIXELS = 178_956_970
 #: can get near it: a 4:3 photo resized to 520 is 0.36 megapixels, a 15:1 panorama 4.1;
 #: a 1x65000 strip would be 17,576 megapixels (and its logits 21 classes x 4 bytes each).
 DEFAULT_MAX_INPUT_PIXELS = 4_194_304
+#: ``--score-threshold`` (detect): boxes scoring less are dropped, as Hugging Face's
+#: object-detection pipeline does by default.
+DEFAULT_SCORE_THRESHOLD = 0.5
+#: ``--max-detections`` (detect): the most boxes per image (torchvision's Faster R-CNN and
+#: DETR's 100 queries).
+DEFAULT_MAX_DETECTIONS = 100
+#: Resize modes without a crop: inputs keep their aspect ratio and vary in size.
+UNCROPPED_MODES = ("shorter", "shorter_max", "edges")
 #: Seconds ``--ray-address`` may take to answer (``--ray-connect-timeout``).
 DEFAULT_RAY_CONNECT_TIMEOUT = 30.0
 
@@ -96,6 +104,10 @@ class PreprocessConfig:
       ViT's, where the crop equals the resize; timm's ``squash`` crop mode).
     - ``shorter``: shorter side to ``resize_size`` and no crop, so inputs vary in size
       (torchvision's segmentation weights).
+    - ``shorter_max``: no crop, scaled by ``min(resize_size / shorter, max_size / longer)``
+      with each side floored (torchvision's detectors, ``GeneralizedRCNNTransform``).
+    - ``edges``: no crop, shorter side to ``resize_size`` unless the longer would pass
+      ``max_size`` (Hugging Face ``shortest_edge`` + ``longest_edge``, DETR's processors).
 
     ``crop_offset`` says how an odd margin is split: torchvision rounds, Hugging Face floors.
     """
@@ -109,6 +121,13 @@ class PreprocessConfig:
     resize_hw: tuple[int, int] | None = None
     crop_offset: CropOffset = "round"
     rescale_factor: float = 1 / 255
+    #: ``shorter_max`` and ``edges``: the most pixels the longer side may have.
+    max_size: int | None = None
+
+    @property
+    def uncropped(self) -> bool:
+        """Whether inputs keep their aspect ratio, so a batch's inputs differ in size."""
+        return self.resize_mode in UNCROPPED_MODES
 
     def __post_init__(self) -> None:
         if self.resize_size < 1:
@@ -127,6 +146,13 @@ class PreprocessConfig:
             raise ConfigError(
                 f"resize_hw is only used by resize_mode squash_crop, not {self.resize_mode}"
             )
+        if (self.max_size is None) != (self.resize_mode not in ("shorter_max", "edges")):
+            raise ConfigError(
+                f"max_size {self.max_size} does not fit resize_mode {self.resize_mode}: "
+                "shorter_max and edges need it, the others take none"
+            )
+        if self.max_size is not None and self.max_size < self.resize_size:
+            raise ConfigError(f"max_size {self.max_size} is below resize_size {self.resize_size}")
         if not self.rescale_factor > 0:
             raise ConfigError(f"rescale factor must be > 0, got {self.rescale_factor}")
         object.__setattr__(self, "mean", _mean_std("mean", self.mean, positive=False))
@@ -157,6 +183,8 @@ class PreprocessOverrides:
             changes["resize_size"] = self.resize_size
             if base.resize_mode == "squash_crop":
                 changes["resize_hw"] = (self.resize_size, self.resize_size)
+            if base.max_size is not None:  # the longer side's bound scales with it
+                changes["max_size"] = round(base.max_size * self.resize_size / base.resize_size)
         if self.crop_size is not None:
             changes["crop_size"] = (self.crop_size, self.crop_size)
         if self.interpolation is not None:
@@ -235,6 +263,10 @@ class RunConfig:
     classes_file: str | None = None
     #: ``zero-shot``: each class name fills the ``{}`` of this text.
     prompt: str = DEFAULT_PROMPT
+    #: detect: boxes scoring less are dropped (in the model's own post-processing).
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    #: detect: the most boxes kept per image, best first.
+    max_detections: int = DEFAULT_MAX_DETECTIONS
     #: WebDataset shards: member extensions that hold the image, in order of preference.
     image_key: tuple[str, ...] = DEFAULT_IMAGE_KEYS
     #: Parquet shards: the column of image bytes (``None``: the one plausible column).
@@ -306,6 +338,9 @@ class RunConfig:
         _check_batch_size(self.batch_size)
         _choice("--decode-device", self.decode_device, DECODE_DEVICES)
         _positive("--top-k", self.top_k)
+        _positive("--max-detections", self.max_detections)
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"--score-threshold must lie in [0, 1], got {self.score_threshold}")
         _positive("--max-pixels", self.max_pixels)
         _positive("--max-input-pixels", self.max_input_pixels)
         _positive("--max-file-bytes", self.max_file_bytes)
@@ -458,6 +493,9 @@ class PredictOptions:
     compile: bool = False
     #: Fold BatchNorm layers into the convolutions before them (see :func:`fold_batch_norms`).
     fuse: bool = True
+    #: detect: ``--score-threshold`` and ``--max-detections``.
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    max_detections: int = DEFAULT_MAX_DETECTIONS
     #: Test hook (``BATCHVISION_INJECT_OOM_ABOVE``): model calls on more images than this
     #: raise ``torch.cuda.OutOfMemoryError``, on any device.
     inject_oom_above: int | None = None
@@ -473,6 +511,8 @@ class PredictOptions:
             normalize=config.normalize,
             compile=config.compile,
             fuse=config.fuse,
+            score_threshold=config.score_threshold,
+            max_detections=config.max_detections,
             inject_oom_above=_injected_oom_limit(),
         )
 
@@ -487,7 +527,7 @@ def _injected_oom_limit() -> int | None:
 KEEP_RESERVED = (
     "id", "path", "status", "error", "width", "height", "label", "score", "topk_ids",
     "topk_labels", "topk_scores", "embedding", "mask", "mask_path", "mask_width",
-    "mask_height", "classes",
+    "mask_height", "classes", "detections", "num_detections",
 )  # fmt: skip
 
 

@@ -666,6 +666,8 @@ def new_manifest(
             "top_k": config.top_k,
             "format": config.format,
             "normalize": config.normalize,
+            "score_threshold": config.score_threshold,
+            "max_detections": config.max_detections,
             "mask_dir": None if config.mask_dir is None else str(Path(config.mask_dir).resolve()),
             # The output's extra columns, and how samples were found in shards.
             "keep_columns": list(config.keep_columns),
@@ -687,7 +689,7 @@ def new_manifest(
     return manifest
 
 
-_LATER_PREPROCESS_KEYS = ("resize_mode", "resize_hw", "crop_offset", "rescale_factor")
+_LATER_PREPROCESS_KEYS = ("resize_mode", "resize_hw", "crop_offset", "rescale_factor", "max_size")
 
 
 def check_resumable(

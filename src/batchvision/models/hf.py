@@ -8,6 +8,7 @@ processor config travel in the spec as plain dicts, and the weights are read onc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ import torch
 from batchvision.config import Interpolation, PreprocessConfig, PreprocessOverrides
 from batchvision.errors import ConfigError, ModelLoadError
 from batchvision.models import hub
+from batchvision.models.detectors import HFDetector
 from batchvision.models.registry import ModelInfo, register_source
 from batchvision.models.spec import ModelSpec, Task
 
@@ -49,8 +51,8 @@ def require_transformers() -> Any:
 
 
 class HuggingFaceSource:
-    """Image classification, semantic segmentation and image-text (CLIP-style) models from
-    transformers."""
+    """Image classification, semantic segmentation, object detection and image-text
+    (CLIP-style) models from transformers."""
 
     name = "hf"
     naming = (
@@ -97,7 +99,11 @@ class HuggingFaceSource:
             from batchvision.models.checkpoints import read_labels
 
             labels = read_labels(labels_path, len(labels) or None)
-        base = preprocess_from_processor(processor)
+        if tasks[0] == "detect":
+            _processor(tf, processor)  # refused here, before any output, if it cannot
+            base = detection_preprocess_from_processor(processor)
+        else:
+            base = preprocess_from_processor(processor)
         local = os.path.isdir(arch)
         return ModelSpec(
             source=self.name,
@@ -146,6 +152,8 @@ class HuggingFaceSource:
                 raise ModelLoadError(f"weights do not fit {spec.arch!r}: {_first_line(e)}") from e
         if _image_text(config):
             return HFImageTextModel(model, spec).eval()
+        if spec.task == "detect":
+            return HFDetector(model, _processor(tf, spec.source_config["processor"])).eval()
         return HFTaskModel(model, spec.task).eval()
 
     def encode_text(
@@ -195,6 +203,7 @@ class HuggingFaceSource:
         return [
             ModelInfo(name="…ForImageClassification", task="classify|embed", weights=_HF_WEIGHTS),
             ModelInfo(name="…ForSemanticSegmentation", task="segment", weights=_HF_WEIGHTS),
+            ModelInfo(name="…ForObjectDetection", task="detect", weights=_HF_WEIGHTS),
             ModelInfo(name="other vision backbones", task="embed", weights=_HF_WEIGHTS),
             ModelInfo(
                 name="image-text models (CLIP, SigLIP)", task="embed|zero-shot", weights=_HF_WEIGHTS
@@ -318,6 +327,8 @@ def _tasks(config: Any) -> tuple[Task, ...]:
         return IMAGE_TEXT_TASKS
     if any(a.endswith("ForSemanticSegmentation") for a in archs):
         return ("segment",)
+    if any(a.endswith("ForObjectDetection") for a in archs):
+        return ("detect",)
     if any(a.endswith("ForImageClassification") for a in archs):
         return ("classify", "embed")
     return ("embed",)
@@ -328,6 +339,8 @@ def _auto_class(tf: Any, task: Task) -> Any:
         return tf.AutoModelForSemanticSegmentation
     if task == "classify":
         return tf.AutoModelForImageClassification
+    if task == "detect":
+        return tf.AutoModelForObjectDetection
     return tf.AutoModel
 
 
@@ -408,6 +421,36 @@ def preprocess_from_processor(p: dict[str, Any]) -> PreprocessConfig:
             resize_size=edge, crop_size=(edge, edge), resize_mode="shorter", **common
         )
     return PreprocessConfig(resize_size=edge, crop_size=crop_hw, **common)
+
+
+def detection_preprocess_from_processor(p: dict[str, Any]) -> PreprocessConfig:
+    """A detection processor's config: ``shortest_edge`` + ``longest_edge`` (DETR, YOLOS;
+    no crop, padded in the batch with a pixel mask) or ``height`` + ``width`` (RT-DETR);
+    the rest as :func:`preprocess_from_processor` reads it."""
+    size = dict(p.get("size") or {})
+    rest = {**p, "do_pad": False, "do_center_crop": False}
+    if size.get("shortest_edge") and size.get("longest_edge"):
+        edge = int(size["shortest_edge"])
+        flat = preprocess_from_processor({**rest, "size": {"height": edge, "width": edge}})
+        return dataclasses.replace(
+            flat,
+            resize_mode="edges",
+            resize_hw=None,
+            crop_size=(edge, edge),
+            max_size=int(size["longest_edge"]),
+        )
+    return preprocess_from_processor(rest)
+
+
+def _processor(tf: Any, config: dict[str, Any]) -> Any:
+    """The image processor named in ``config``, for its ``post_process_object_detection``
+    (which reads no configuration)."""
+    kind = str(config.get("image_processor_type", ""))
+    cls = getattr(tf, kind, None)
+    if cls is None or not hasattr(cls, "post_process_object_detection"):
+        raise ConfigError(f"--task detect: {kind or 'this processor'} has no object detection "
+                          "post-processing")  # fmt: skip
+    return cls()
 
 
 def _rgb(value: Any) -> tuple[float, float, float]:

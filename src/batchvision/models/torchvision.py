@@ -1,4 +1,5 @@
-"""torchvision classification and segmentation models, through torchvision's own registry."""
+"""torchvision classification, segmentation and detection models, through torchvision's own
+registry."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from batchvision.models.checkpoints import (
     read_checkpoint,
     read_labels,
 )
+from batchvision.models.detectors import TorchvisionDetector, transform_of
 from batchvision.models.registry import ModelInfo, register_source
 from batchvision.models.spec import ModelSpec, Task, WeightsKind
 
@@ -56,9 +58,16 @@ class TorchvisionSource:
         arch = _check_arch(arch)
         weights = weights.strip()
         default = _default_weights(arch)
-        base = preprocess_from_weights(default) if default else PreprocessConfig()
+        if arch in _detection_archs():
+            base = detection_preprocess(arch)
+        else:
+            base = preprocess_from_weights(default) if default else PreprocessConfig()
         kind: WeightsKind
-        if looks_like_path(weights):
+        if looks_like_path(weights) and labels_path and arch in _detection_archs():
+            labels = read_labels(labels_path, None)  # one per class, background included
+            num_classes = len(labels)
+            kind, desc = "checkpoint", str(Path(weights).resolve())
+        elif looks_like_path(weights):
             num_classes = checkpoint_num_classes(arch, weights)
             labels = read_labels(labels_path, num_classes)
             kind, desc = "checkpoint", str(Path(weights).resolve())
@@ -68,7 +77,7 @@ class TorchvisionSource:
             kind, desc = "random", "random"
         else:
             w = parse_weights(arch, weights)
-            base = preprocess_from_weights(w)
+            base = base if arch in _detection_archs() else preprocess_from_weights(w)
             categories = tuple(w.meta.get("categories") or ())
             labels = read_labels(labels_path, len(categories)) if labels_path else categories
             num_classes = len(labels)
@@ -126,16 +135,23 @@ def _segmentation_archs() -> list[str]:
     return list(tvm.list_models(module=tvm.segmentation))
 
 
+def _detection_archs() -> list[str]:
+    # Keypoint R-CNN's output is keypoints; its boxes alone would be a poor detector.
+    return [a for a in tvm.list_models(module=tvm.detection) if not a.startswith("keypoint")]
+
+
 def _all_archs() -> list[str]:
-    return list(tvm.list_models(module=tvm)) + _segmentation_archs()
+    return list(tvm.list_models(module=tvm)) + _segmentation_archs() + _detection_archs()
 
 
 def _tasks(arch: str) -> tuple[Task, ...]:
+    if arch in _detection_archs():
+        return ("detect",)
     return ("segment",) if arch in _segmentation_archs() else ("classify", "embed")
 
 
 def _get_model(arch: str, num_classes: int, **kwargs: Any) -> torch.nn.Module:
-    if arch in _segmentation_archs():
+    if arch in _segmentation_archs() or arch in _detection_archs():
         # Never fetch the ImageNet backbone the segmentation builders default to.
         kwargs.setdefault("weights_backbone", None)
     return tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
@@ -161,6 +177,8 @@ def for_task(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
     """
     if spec.task == "segment":
         return _SegmentationLogits(model)
+    if spec.task == "detect":
+        return TorchvisionDetector(model)
     if spec.task != "embed":
         return model
     parent, name = _head(model, spec)
@@ -262,6 +280,36 @@ def preprocess_from_weights(weights: WeightsEnum) -> PreprocessConfig:
     )
 
 
+def detection_preprocess(arch: str) -> PreprocessConfig:
+    """A detector's preprocessing, read off the model's own ``GeneralizedRCNNTransform``.
+
+    The weights' ``transforms()`` only scale to [0, 1]; the resize (shorter side to
+    ``min_size``, longer at most ``max_size``; or SSD's ``fixed_size``), mean and std live
+    in the model. Here the resize runs on the CPU as uint8 (bounded decode cost, small
+    transfers) and the model's transform then only pads (``detectors._Presized``).
+    """
+    try:
+        with torch.device("meta"):
+            model = _get_model(arch, HEAD_PROBE_CLASSES)
+    except (NotImplementedError, RuntimeError):
+        model = _get_model(arch, HEAD_PROBE_CLASSES)
+    t = transform_of(model)
+    common: dict[str, Any] = {"mean": tuple(t.image_mean), "std": tuple(t.image_std)}
+    if t.fixed_size is not None:  # SSD: squashed to (width, height)
+        hw = (int(t.fixed_size[1]), int(t.fixed_size[0]))
+        return PreprocessConfig(
+            resize_size=min(hw), resize_mode="squash_crop", resize_hw=hw, crop_size=hw, **common
+        )
+    size = int(t.min_size[-1])
+    return PreprocessConfig(
+        resize_size=size,
+        crop_size=(size, size),
+        resize_mode="shorter_max",
+        max_size=int(t.max_size),
+        **common,
+    )
+
+
 def _labels_for_random(default: WeightsEnum | None, labels_path: str | None) -> tuple[str, ...]:
     if labels_path:
         return read_labels(labels_path, None)
@@ -276,6 +324,11 @@ def checkpoint_num_classes(arch: str, path: str) -> int:
     The head is found by building the architecture on the meta device with 1000 classes
     and looking for the tensors whose first dimension is that 1000.
     """
+    if arch in _detection_archs():
+        # Detection heads interleave classes with anchors (RetinaNet, SSD), so their size
+        # does not name the class count: the weights' categories do (the load checks it).
+        default = _default_weights(arch)
+        return len(default.meta["categories"]) if default else 91
     shapes = checkpoint_shapes(path)
     try:
         with torch.device("meta"):

@@ -165,7 +165,7 @@ def input_size(spec: ModelSpec) -> tuple[int, int] | None:
     """``(h, w)`` of every model input (the crop), or ``None`` where sizes vary (resize
     mode ``shorter``: no crop)."""
     pre = spec.preprocess
-    return None if pre.resize_mode == "shorter" else tuple(pre.crop_size)  # type: ignore[return-value]
+    return None if pre.uncropped else tuple(pre.crop_size)  # type: ignore[return-value]
 
 
 def uint8_model(model: Any, spec: ModelSpec) -> Any:

@@ -62,6 +62,8 @@ def prepare(
     config: RunConfig, spec: ModelSpec, state_dict: Any, device_type: str, native_bf16: bool
 ) -> Exported | None:
     """The model as the run's runtime loads it, or ``None`` for ``--runtime torch``."""
+    if spec.task == "detect" and config.runtime == "auto":
+        return None  # boxes are not one tensor: the exports do not cover detectors
     runtime = resolve_runtime(config.runtime, device_type)
     precision = resolve_precision(runtime, config.precision, native_bf16)
     if runtime == "torch":

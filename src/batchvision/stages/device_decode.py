@@ -118,7 +118,7 @@ def resize_crop_tensor(img: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor
         else:
             x = F.interpolate(x, size=(rh, rw), mode=mode, antialias=True, align_corners=False)
     out = x[0].round_().clamp_(0, 255).to(torch.uint8)
-    if cfg.resize_mode != "shorter":
+    if not cfg.uncropped:
         out = _center_crop(out, cfg.crop_size, floor=cfg.crop_offset == "floor")
     return out.permute(1, 2, 0)
 
@@ -191,7 +191,7 @@ def decode_batch_device(
     if fallback:
         logger.debug("decode: %d of %d image(s) decoded on the CPU", len(fallback), n)
     out: dict[str, np.ndarray | torch.Tensor] = {**row_columns(batch, errors, width, height)}
-    if preprocess.resize_mode == "shorter":
+    if preprocess.uncropped:
         out["image"], out["input_height"], out["input_width"] = _stack_padded(images, device)
     else:
         ch, cw = preprocess.crop_size

@@ -10,6 +10,7 @@ resize-then-crop result without computing the discarded border.
 from __future__ import annotations
 
 import functools
+import math
 from concurrent.futures import Executor
 
 import numpy as np
@@ -32,11 +33,41 @@ def resized_size(width: int, height: int, resize_size: int) -> tuple[int, int]:
     return int(resize_size * width / height), resize_size
 
 
+def bounded_size(width: int, height: int, size: int, max_size: int) -> tuple[int, int]:
+    """``(w, h)`` after torchvision's detection resize (``GeneralizedRCNNTransform``):
+    scaled by ``min(size / shorter, max_size / longer)``, each side floored, as
+    ``F.interpolate(scale_factor=..., recompute_scale_factor=True)`` sizes its output."""
+    scale = min(size / min(width, height), max_size / max(width, height))
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
+def edges_size(width: int, height: int, size: int, max_size: int) -> tuple[int, int]:
+    """``(w, h)`` after Hugging Face's ``shortest_edge``/``longest_edge`` resize (DETR's
+    processors: transformers' ``get_size_with_aspect_ratio``, its rounding kept)."""
+    raw: float | None = None
+    short, long = float(min(width, height)), float(max(width, height))
+    if long / short * size > max_size:
+        raw = max_size * short / long
+        size = round(raw)
+    scale = raw if raw is not None else size
+    if (height <= width and height == size) or (width <= height and width == size):
+        return width, height
+    if width < height:
+        return size, max(1, int(scale * height / width))
+    return max(1, int(scale * width / height)), size
+
+
 def output_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
     """``(w, h)`` of the resize, before any crop, for ``cfg.resize_mode``."""
     if cfg.resize_mode == "squash_crop":
         assert cfg.resize_hw is not None
         return cfg.resize_hw[1], cfg.resize_hw[0]
+    if cfg.resize_mode == "shorter_max":
+        assert cfg.max_size is not None
+        return bounded_size(width, height, cfg.resize_size, cfg.max_size)
+    if cfg.resize_mode == "edges":
+        assert cfg.max_size is not None
+        return edges_size(width, height, cfg.resize_size, cfg.max_size)
     return resized_size(width, height, cfg.resize_size)
 
 
@@ -49,7 +80,7 @@ def resized_pixels(width: int, height: int, cfg: PreprocessConfig) -> tuple[int,
     whole resize is made and zero-padded).
     """
     rw, rh = output_size(width, height, cfg)
-    if cfg.resize_mode == "shorter":
+    if cfg.uncropped:
         return rw, rh
     ch, cw = cfg.crop_size
     if ch > rh or cw > rw:
@@ -94,7 +125,7 @@ def resize_crop(
     rw, rh = output_size(w, h, cfg)
     resample = _RESAMPLE[cfg.interpolation]
     whole = (left0, top0, right0, bottom0)
-    if cfg.resize_mode == "shorter":
+    if cfg.uncropped:
         return np.asarray(img.resize((rw, rh), resample, box=whole))
     ch, cw = cfg.crop_size
     if ch > rh or cw > rw:
@@ -210,13 +241,14 @@ def decode_batch(
     Returns:
         ``id``, ``path``, ``status`` ("ok"/"error"), ``error``, ``width``/``height`` (as
         displayed) and ``image``: ``(N, crop_h, crop_w, 3)`` uint8, zeros on error rows.
-        With ``resize_mode`` ``shorter`` (no crop) images differ in size: ``image`` is then
+        With an uncropped ``resize_mode`` (``shorter``, ``shorter_max``, ``edges``) images
+        differ in size: ``image`` is then
         the batch's largest size, each image at the top left and zero-padded, and
         ``input_height``/``input_width`` give each image's own size.
     """
     n = len(batch["id"])
     ch, cw = preprocess.crop_size
-    variable = preprocess.resize_mode == "shorter"
+    variable = preprocess.uncropped
     arrays: list[np.ndarray | None] = [None] * n
     images = np.zeros((0 if variable else n, ch, cw, 3), dtype=np.uint8)
     width = np.zeros(n, dtype=np.int32)

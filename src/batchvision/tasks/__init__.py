@@ -58,11 +58,12 @@ def check_options(config: RunConfig, spec: ModelSpec) -> None:
     get_task(spec.task).check(config, spec)
 
 
-from batchvision.tasks import classify, embed, segment, zero_shot  # noqa: E402  (they register)
+from batchvision.tasks import classify, detect, embed, segment, zero_shot  # noqa: E402  (they register)
 
 __all__ = [
     "check_options",
     "classify",
+    "detect",
     "embed",
     "get_task",
     "list_tasks",

@@ -1,0 +1,212 @@
+"""``detect``: boxes, labels and scores of the objects in each image, in displayed pixels."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from batchvision.errors import ConfigError
+from batchvision.stages.device import autocast
+from batchvision.tasks import register_task
+from batchvision.tasks.base import Task, without_image
+
+if TYPE_CHECKING:
+    from batchvision.config import RunConfig
+    from batchvision.models.detectors import Detector
+    from batchvision.models.spec import ModelSpec
+    from batchvision.stages.predict import Predictor
+
+#: One detection: the class, its score and the box corners, in pixels of the image as
+#: displayed (after EXIF rotation), x to the right and y down from the top-left corner.
+DETECTION = pa.struct(
+    [
+        pa.field("label_id", pa.int32()),
+        pa.field("label", pa.string()),
+        pa.field("score", pa.float32()),
+        pa.field("x0", pa.float32()),
+        pa.field("y0", pa.float32()),
+        pa.field("x1", pa.float32()),
+        pa.field("y1", pa.float32()),
+    ]
+)
+#: What the model gives per image, before labels: ``(k, 4)`` boxes, ``(k,)`` scores and ids.
+RAW = ("det_boxes", "det_scores", "det_ids")
+Found = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _empty() -> Found:
+    return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32)
+
+
+def detector_of(predictor: Predictor) -> Detector:
+    """The predictor's model as a :class:`~batchvision.models.detectors.Detector`."""
+    from batchvision.models.detectors import Detector
+
+    model = getattr(predictor, "model", None)
+    if not isinstance(model, Detector):
+        raise ConfigError(
+            f"--task detect runs torchvision and Hugging Face detectors in torch; "
+            f"{predictor.spec.name} under --runtime {predictor.runtime} cannot"
+        )
+    return model
+
+
+@torch.inference_mode()
+def detect(
+    predictor: Predictor,
+    images: torch.Tensor | np.ndarray,
+    inputs: list[tuple[int, int]],
+    displayed: list[tuple[int, int]],
+) -> list[Found]:
+    """Detections for uint8 NHWC ``images`` (each at the top left, ``inputs`` its
+    ``(h, w)``), boxes scaled to ``displayed``; in pieces after an out-of-memory error.
+
+    The batch crosses to the device as uint8 (only as large as its largest image) and is
+    normalised there by the predictor; the detector batches it its family's way.
+    """
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    detector = detector_of(predictor)
+    batch = images
+
+    def run(start: int, stop: int) -> list[Found]:
+        predictor.check_injected_oom(stop - start)
+        sizes = inputs[start:stop]
+        h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
+        with autocast(predictor.device, predictor.precision):
+            x = predictor.to_input(batch[start:stop, :h, :w])
+            found = detector.detect(x, sizes, displayed[start:stop])
+        return [
+            (b.cpu().numpy(), s.cpu().numpy(), i.to(torch.int32).cpu().numpy()) for b, s, i in found
+        ]
+
+    return [d for piece in predictor.in_pieces(len(inputs), run) for d in piece]
+
+
+def detection_batch(batch: dict[str, np.ndarray], labels: tuple[str, ...]) -> dict[str, Any]:
+    """The raw columns to ``detections`` (per image a list of dicts, best first: plain
+    Python values, so the column converts to Arrow's list<struct> as is; ``None`` on error
+    rows) and ``num_detections``."""
+    n = len(batch["status"])
+    ok = np.asarray(batch["status"]) == "ok"
+    dets = np.full(n, None, dtype=object)
+    count = np.zeros(n, dtype=np.int32)
+    for i in np.flatnonzero(ok):
+        boxes, scores, ids = (batch[k][i] for k in RAW)
+        dets[i] = [
+            {
+                "label_id": int(c),
+                "label": labels[c] if 0 <= c < len(labels) else str(int(c)),
+                "score": float(s),
+                "x0": float(b[0]),
+                "y0": float(b[1]),
+                "x1": float(b[2]),
+                "y1": float(b[3]),
+            }
+            for b, s, c in zip(boxes.reshape(-1, 4), scores, ids, strict=True)
+        ]
+        count[i] = len(dets[i])
+    out = {k: v for k, v in batch.items() if k not in RAW}
+    out.update(detections=dets, num_detections=count)
+    return out
+
+
+@register_task
+class Detect(Task):
+    """Object detection: torchvision detectors and transformers ``…ForObjectDetection``."""
+
+    name = "detect"
+    fields = (
+        pa.field("detections", pa.list_(DETECTION)),
+        pa.field("num_detections", pa.int32()),
+    )
+    options = (
+        ("score_threshold", "--score-threshold"),
+        ("max_detections", "--max-detections"),
+    )
+    #: Parts made with another threshold or cap would not be one consistent output.
+    resume_fields = ("score_threshold", "max_detections")
+    light_columns = ("detections",)
+    row_columns = ("detections", "num_detections")
+
+    def check(self, config: RunConfig, spec: ModelSpec) -> None:
+        if config.runtime not in ("torch", "auto"):
+            raise ConfigError(
+                f"--task detect runs in torch; --runtime {config.runtime} exports models with "
+                "one tensor output (classify, embed, segment)"
+            )
+
+    def setup(self, predictor: Predictor) -> None:
+        detector_of(predictor).configure(predictor.score_threshold, predictor.max_detections)
+
+    def predict(self, predictor: Predictor, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``det_boxes``/``det_scores``/``det_ids`` per image (empty on error rows)."""
+        n = len(batch["status"])
+        found: list[Found] = [_empty() for _ in range(n)]
+        ok = np.flatnonzero(batch["status"] == "ok")
+        images = batch["image"]
+        if "input_height" in batch:
+            inputs = [(int(batch["input_height"][i]), int(batch["input_width"][i])) for i in ok]
+        else:
+            inputs = [(int(images.shape[1]), int(images.shape[2]))] * len(ok)
+        displayed = [(int(batch["height"][i]), int(batch["width"][i])) for i in ok]
+        # Models without a pixel mask (YOLOS) see padding as image: run each size alone.
+        keys = inputs if detector_of(predictor).same_size_batches else [(0, 0)] * len(ok)
+        for key in dict.fromkeys(keys):
+            pos = [j for j, k in enumerate(keys) if k == key]
+            idx = ok[pos]
+            group = detect(
+                predictor, images[idx], [inputs[j] for j in pos], [displayed[j] for j in pos]
+            )
+            for i, d in zip(idx, group, strict=True):
+                found[i] = d
+        out = without_image(batch)
+        for k, col in zip(RAW, zip(*found, strict=True), strict=True):
+            arr = np.empty(n, dtype=object)
+            arr[:] = [np.asarray(v) for v in col] if n else []
+            out[k] = arr
+        if not n:
+            for k in RAW:
+                out[k] = np.empty(0, dtype=object)
+        return out
+
+    def postprocess(self, batch: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, np.ndarray]:
+        return detection_batch(batch, spec.labels)
+
+    def columns(self, batch: dict[str, np.ndarray], ok: np.ndarray) -> dict[str, pa.Array]:
+        return {
+            "detections": pa.array(batch["detections"].tolist(), pa.list_(DETECTION)),
+            "num_detections": pa.array(batch["num_detections"], pa.int32(), mask=~ok),
+        }
+
+    def manifest_fields(self, spec: ModelSpec) -> dict[str, Any]:
+        return {"labels": list(spec.labels)}
+
+    def label_values(self, table: pa.Table, ok: pa.Array) -> pa.Array | None:
+        if "detections" not in table.column_names:
+            return None
+        dets = table.column("detections").filter(ok).combine_chunks()
+        if not pa.types.is_list(dets.type):
+            return None
+        return pc.struct_field(pc.list_flatten(dets), "label")
+
+    def label_hits(self, table: pa.Table, label: str) -> np.ndarray | None:
+        """Rows with at least one detection of ``label``."""
+        hit = np.zeros(table.num_rows, dtype=bool)
+        if "detections" not in table.column_names or not table.num_rows:
+            return hit
+        dets = table.column("detections").combine_chunks()
+        if not pa.types.is_list(dets.type):
+            return hit
+        labels = pc.struct_field(pc.list_flatten(dets), "label")
+        parents = np.asarray(pc.list_parent_indices(dets).to_numpy(zero_copy_only=False))
+        match = np.asarray(
+            pc.fill_null(pc.equal(labels, label), False).to_numpy(zero_copy_only=False),
+            dtype=bool,
+        )
+        hit[parents[match]] = True
+        return hit
