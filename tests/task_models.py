@@ -114,4 +114,105 @@ def save_tiny_siglip(path: Path, size: int = 32) -> torch.nn.Module:
     model.save_pretrained(path)
     processor = tf.SiglipImageProcessor(size={"height": size, "width": size})
     tf.SiglipProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(path)
+
+
+DET_CLASSES = 5
+
+
+def _spread_heads(model: torch.nn.Module) -> None:
+    """Widen a random detector's heads: freshly initialised, every class scores alike and
+    every box is its anchor, so "the top detections" would be a tie."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bbox_reg.bias"):  # FCOS's distances pass a ReLU: keep them > 0
+                p.fill_(0.5)
+            if not name.endswith("weight") or p.ndim < 2:
+                continue
+            # Convolutional heads (RetinaNet, FCOS, SSD) sum over 9x more inputs per output.
+            conv = p.ndim == 4
+            if any(k in name for k in ("cls", "classification", "class_labels")):
+                p.normal_(0, 0.02 if conv else 0.5)
+            elif any(k in name for k in ("bbox", "regression", "ctrness")):
+                p.normal_(0, 0.002 if conv else 0.05)
+
+
+def _calibrate_bn(model: torch.nn.Module, batch: torch.Tensor) -> None:
+    """Batch-norm statistics from photo-like inputs, so activations do not vanish."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        body = getattr(model, "backbone", None)
+        (body if body is not None else model)(batch)
+    model.eval()
+
+
+def tiny_torchvision_detector(arch: str) -> torch.nn.Module:
+    """A seeded random torchvision detector (``DET_CLASSES`` classes, background included)
+    whose scores and boxes differ between images and between detections."""
+    import numpy as np
+    import torchvision
+
+    from batchvision.demo import synth
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(
+        arch, weights=None, weights_backbone=None, num_classes=DET_CLASSES
+    ).eval()
+    rng = np.random.default_rng(7)
+    to_tensor = torchvision.transforms.functional.to_tensor
+    batch = torch.stack([to_tensor(synth.photo_like(rng, (128, 128))) for _ in range(8)])
+    mean = torch.tensor(model.transform.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.transform.image_std).view(1, 3, 1, 1)
+    _calibrate_bn(model, (batch - mean) / std)
+    _spread_heads(model)
+    return model
+
+
+def save_tiny_detr(path: Path, kind: str = "detr", size: int = 128, longest: int = 200) -> Any:
+    """A small DETR-style detector (``detr`` or ``conditional_detr``) and its image
+    processor, saved with save_pretrained; heads widened as for torchvision's."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    labels = {i: f"obj_{i}" for i in range(DET_CLASSES)}
+    common: dict[str, Any] = {
+        "num_labels": DET_CLASSES,
+        "id2label": labels,
+        "label2id": {v: k for k, v in labels.items()},
+    }
+    backbone = tf.ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32, 64, 64], depths=[1, 1, 1, 1],
+        out_features=["stage4"],
+    )  # fmt: skip
+    cls, model_cls, proc = {
+        "detr": (tf.DetrConfig, tf.DetrForObjectDetection, tf.DetrImageProcessor),
+        "conditional_detr": (
+            tf.ConditionalDetrConfig,
+            tf.ConditionalDetrForObjectDetection,
+            tf.ConditionalDetrImageProcessor,
+        ),
+    }[kind]
+    config = cls(
+        backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False,
+        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=20,
+        **common,
+    )  # fmt: skip
+    model = model_cls(config).eval()
+    processor = proc(size={"shortest_edge": size, "longest_edge": longest})
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "query_position" in name:
+                p.normal_(0, 1.0)
+            elif "class_labels_classifier" in name:
+                p.normal_(0, 0.5)
+            elif "bbox_predictor" in name and name.endswith("weight"):
+                p.normal_(0, 0.2)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
     return model

@@ -16,7 +16,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 OutputFormat = Literal["parquet", "csv", "jsonl", "lance"]
 EngineName = Literal["local", "ray"]
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
-ResizeMode = Literal["shorter_crop", "squash_crop", "shorter", "shorter_max", "edges"]
+ResizeMode = Literal["shorter_crop", "squash_crop", "shorter", "model", "edges"]
 CropOffset = Literal["round", "floor"]
 TaskName = Literal["classify", "segment", "embed", "zero-shot", "detect"]
 DecodeDevice = Literal["cpu", "cuda", "auto"]
@@ -60,7 +60,7 @@ DEFAULT_SCORE_THRESHOLD = 0.5
 #: DETR's 100 queries).
 DEFAULT_MAX_DETECTIONS = 100
 #: Resize modes without a crop: inputs keep their aspect ratio and vary in size.
-UNCROPPED_MODES = ("shorter", "shorter_max", "edges")
+UNCROPPED_MODES = ("shorter", "model", "edges")
 #: Seconds ``--ray-address`` may take to answer (``--ray-connect-timeout``).
 DEFAULT_RAY_CONNECT_TIMEOUT = 30.0
 
@@ -104,8 +104,10 @@ class PreprocessConfig:
       ViT's, where the crop equals the resize; timm's ``squash`` crop mode).
     - ``shorter``: shorter side to ``resize_size`` and no crop, so inputs vary in size
       (torchvision's segmentation weights).
-    - ``shorter_max``: no crop, scaled by ``min(resize_size / shorter, max_size / longer)``
-      with each side floored (torchvision's detectors, ``GeneralizedRCNNTransform``).
+    - ``model``: the image as decoded; the model resizes it on the device, in float, as
+      its own transform does (torchvision's detectors, ``GeneralizedRCNNTransform``: by
+      ``min(resize_size / shorter, max_size / longer)``, or to ``resize_hw`` for SSD).
+      Only the too-large check uses that size here.
     - ``edges``: no crop, shorter side to ``resize_size`` unless the longer would pass
       ``max_size`` (Hugging Face ``shortest_edge`` + ``longest_edge``, DETR's processors).
 
@@ -121,7 +123,7 @@ class PreprocessConfig:
     resize_hw: tuple[int, int] | None = None
     crop_offset: CropOffset = "round"
     rescale_factor: float = 1 / 255
-    #: ``shorter_max`` and ``edges``: the most pixels the longer side may have.
+    #: ``edges`` and ``model``: the most pixels the longer side may have.
     max_size: int | None = None
 
     @property
@@ -142,14 +144,17 @@ class PreprocessConfig:
             if len(hw) != 2 or min(hw) < 1:
                 raise ConfigError(f"resize_hw must be two positive ints, got {hw}")
             object.__setattr__(self, "resize_hw", (int(hw[0]), int(hw[1])))
-        elif self.resize_hw is not None:
+        elif self.resize_hw is not None and self.resize_mode != "model":
             raise ConfigError(
                 f"resize_hw is only used by resize_mode squash_crop, not {self.resize_mode}"
             )
-        if (self.max_size is None) != (self.resize_mode not in ("shorter_max", "edges")):
+        bounded = self.resize_mode == "edges" or (
+            self.resize_mode == "model" and self.resize_hw is None
+        )
+        if (self.max_size is None) == bounded:
             raise ConfigError(
                 f"max_size {self.max_size} does not fit resize_mode {self.resize_mode}: "
-                "shorter_max and edges need it, the others take none"
+                "edges (and model without resize_hw) need it, the others take none"
             )
         if self.max_size is not None and self.max_size < self.resize_size:
             raise ConfigError(f"max_size {self.max_size} is below resize_size {self.resize_size}")
@@ -181,7 +186,7 @@ class PreprocessOverrides:
         changes: dict[str, object] = {}
         if self.resize_size is not None:
             changes["resize_size"] = self.resize_size
-            if base.resize_mode == "squash_crop":
+            if base.resize_hw is not None:  # squash_crop, and SSD's fixed size
                 changes["resize_hw"] = (self.resize_size, self.resize_size)
             if base.max_size is not None:  # the longer side's bound scales with it
                 changes["max_size"] = round(base.max_size * self.resize_size / base.resize_size)

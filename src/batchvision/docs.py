@@ -41,6 +41,13 @@ COLUMNS: dict[str, str] = {
     "mask_width": "Width of the class map (the model's output size).",
     "mask_height": "Height of the class map.",
     "classes": "The classes present in the mask: `id`, `label` and the `fraction` of mask pixels.",
+    "detections": "The objects found, best first (at most `--max-detections`, each scoring at "
+    "least `--score-threshold`): `label_id` and `label` (the model's class; torchvision's "
+    "COCO ids count the background as 0), `score`, and the box `x0`, `y0` (top left) and "
+    "`x1`, `y1` (bottom right) in pixels of the image as displayed (after EXIF rotation, "
+    "the same pixels as `width` and `height`), as float32. A list of structs: DuckDB "
+    "`unnest`, pandas, Polars and pyarrow read it as is. Null on error rows.",
+    "num_detections": "How many entries `detections` has.",
     "embedding": "The image's embedding vector, `d` = the manifest's `embedding_dim` values "
     "(a fixed-size list: Lance and LanceDB search it; pandas and pyarrow read it as a list; "
     "DuckDB reads a Parquet part's column as `FLOAT[]`: cast it to `FLOAT[d]`).",
@@ -49,8 +56,8 @@ COLUMNS: dict[str, str] = {
 #: Top-level fields of `_manifest.json` (a field the code writes but missing here fails a test).
 MANIFEST: dict[str, str] = {
     "model": "Resolved model name (`source:arch`).",
-    "task": "`classify`, `segment`, `embed` or `zero-shot` (the `classify` columns): which "
-    "columns the parts have.",
+    "task": "`classify`, `segment`, `embed`, `zero-shot` (the `classify` columns) or "
+    "`detect`: which columns the parts have.",
     "weights": "Weights as resolved (enum name or absolute checkpoint path).",
     "weights_kind": "`pretrained`, `checkpoint` or `random`.",
     "num_classes": "Number of classes the model outputs.",
@@ -58,6 +65,8 @@ MANIFEST: dict[str, str] = {
     "preprocess": "Resize, crop, interpolation, mean and std actually used.",
     "top_k": "`--top-k`.",
     "normalize": "`--normalize` (embed: L2-normalised embeddings); `--resume` must match.",
+    "score_threshold": "`--score-threshold` (detect); `--resume` of a detect run must match.",
+    "max_detections": "`--max-detections` (detect); `--resume` of a detect run must match.",
     "mask_dir": "`--mask-dir` as an absolute path (segment), else `null`; `--resume` must match.",
     "keep_columns": "`--keep-columns`: input columns copied into the rows after the task's "
     "columns (Parquet columns with their types; WebDataset members as text); `--resume` "
@@ -72,7 +81,8 @@ MANIFEST: dict[str, str] = {
     "`fixed_size_list<float32>[d]`; `--resume` must match (earlier versions wrote "
     "`list<float32>`).",
     "labels": "`segment`: the class names, in pixel-value order; `zero-shot`: the classes "
-    "(`--classes` or `--classes-file`), in id order.",
+    "(`--classes` or `--classes-file`), in id order; `detect`: the class names, in "
+    "`label_id` order.",
     "prompt": "`zero-shot` only: `--prompt`; `--resume` must match.",
     "class_scores": "`zero-shot` only: `softmax` over the classes (CLIP) or `sigmoid` per "
     "class (SigLIP); `--resume` must match.",

@@ -1,11 +1,12 @@
 """Object detectors as one small interface, whatever library builds them.
 
-A detector here takes the batch as the predictor makes it (normalised float NCHW on the
-device, images at the top left, each at its own size) and returns, per image, boxes in the
-pixel coordinates of the image as displayed, scores and class ids. The model families
-differ in how they batch: torchvision's take a list of tensors and pad it themselves
-(``GeneralizedRCNNTransform.batch_images``); DETR-style models take one padded tensor and
-a pixel mask; models without a mask (YOLOS) run images of one size together.
+A detector here takes a batch as a list of images, each normalised on the device by the
+predictor (float CHW, at its own size), and returns, per image, boxes in the pixel
+coordinates of the image as displayed, scores and class ids. The model families differ in
+how they batch: torchvision's take the list and pad it themselves
+(``GeneralizedRCNNTransform.batch_images``); DETR-style models take one tensor padded
+with zeros after normalisation, as their processors pad, and a pixel mask; models without
+a mask (YOLOS) would see the padding as image, so they run images of one size together.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import torch
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from batchvision.config import PreprocessConfig
 
 #: One image's detections: boxes ``(k, 4)`` as ``x0, y0, x1, y1``, scores ``(k,)``, ids ``(k,)``.
 Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -35,16 +38,15 @@ class Detector(torch.nn.Module):
         self.score_threshold = score_threshold
         self.max_detections = max_detections
 
-    def detect(self, x: torch.Tensor, inputs: Sizes, displayed: Sizes) -> list[Detections]:
-        """Detections for a batch; ``inputs``/``displayed``: ``(h, w)`` of each image in
-        ``x`` and as displayed (what the boxes are scaled to)."""
+    def detect(self, images: list[torch.Tensor], displayed: Sizes) -> list[Detections]:
+        """Detections for a batch of ``(3, h, w)`` images; ``displayed``: each one's
+        ``(h, w)`` as displayed (what the boxes are scaled to)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The number of detections per image of a batch of one size: what the batch-size
         search and the out-of-memory probes time."""
-        size = (x.shape[2], x.shape[3])
-        found = self.detect(x, [size] * len(x), [size] * len(x))
+        found = self.detect(list(x), [(x.shape[2], x.shape[3])] * len(x))
         return torch.tensor([float(len(s)) for _, s, _ in found])
 
 
@@ -60,27 +62,29 @@ def top(dets: Detections, threshold: float, k: int) -> Detections:
 # --- torchvision --------------------------------------------------------------------------
 
 
-class _Presized(GeneralizedRCNNTransform):
-    """The model's own transform, less what the pipeline has done before it: images arrive
-    resized (on the CPU, as uint8) and normalised (on the device); it still batches them,
-    zero-padded to its ``size_divisible``, exactly as the model expects."""
+class _Normalised(GeneralizedRCNNTransform):
+    """The model's own transform, less the normalisation, which the predictor has done on
+    the device; it still resizes (float, on the device, as in the reference) and batches
+    the images, zero-padded to its ``size_divisible``."""
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         return image
 
-    def resize(self, image: torch.Tensor, target: Any = None) -> tuple[torch.Tensor, Any]:
-        return image, target
-
 
 class TorchvisionDetector(Detector):
-    """A torchvision detector (Faster R-CNN, RetinaNet, FCOS, SSD, ...) fed resized images."""
+    """A torchvision detector (Faster R-CNN, RetinaNet, FCOS, SSD, ...) fed normalised
+    images as decoded: its boxes come back in the decoded image's pixels, scaled here to
+    the displayed size (they differ after a ``--draft`` decode)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, preprocess: PreprocessConfig) -> None:
         super().__init__()
         t = transform_of(model)
-        model.transform = _Presized(
-            t.min_size, t.max_size, t.image_mean, t.image_std,
-            size_divisible=t.size_divisible, fixed_size=t.fixed_size,
+        # The resize the spec says (the model's own, or --resize-size).
+        fixed = preprocess.resize_hw
+        model.transform = _Normalised(
+            preprocess.resize_size, preprocess.max_size or t.max_size, t.image_mean,
+            t.image_std, size_divisible=t.size_divisible,
+            fixed_size=None if fixed is None else (fixed[1], fixed[0]),
         )  # fmt: skip
         self.model = model
         # Where the score threshold and the per-image cap live: RoIHeads, or the model.
@@ -91,13 +95,13 @@ class TorchvisionDetector(Detector):
         self._post.score_thresh = score_threshold
         self._post.detections_per_img = max_detections
 
-    def detect(self, x: torch.Tensor, inputs: Sizes, displayed: Sizes) -> list[Detections]:
-        images = [x[i, :, :h, :w] for i, (h, w) in enumerate(inputs)]
+    def detect(self, images: list[torch.Tensor], displayed: Sizes) -> list[Detections]:
         found = self.model(images)
         out = []
-        for d, (h, w), (dh, dw) in zip(found, inputs, displayed, strict=True):
-            # As the model's own postprocess (resize_boxes): float32 ratios per axis.
-            scale = torch.tensor([dw / w, dh / h, dw / w, dh / h], device=x.device)
+        for d, img, (dh, dw) in zip(found, images, displayed, strict=True):
+            # As the model's own postprocess (resize_boxes): ratios per axis.
+            h, w = img.shape[-2:]
+            scale = torch.tensor([dw / w, dh / h, dw / w, dh / h], device=img.device)
             boxes = d["boxes"].float() * scale
             out.append(top((boxes, d["scores"], d["labels"]), self.score_threshold,
                            self.max_detections))  # fmt: skip
@@ -134,16 +138,16 @@ class HFDetector(Detector):
         self.masked = "pixel_mask" in inspect.signature(model.forward).parameters
         self.same_size_batches = not self.masked
 
-    def detect(self, x: torch.Tensor, inputs: Sizes, displayed: Sizes) -> list[Detections]:
-        hmax = max(h for h, _ in inputs)
-        wmax = max(w for _, w in inputs)
-        x = x[:, :, :hmax, :wmax]
-        mask = torch.zeros((len(x), hmax, wmax), dtype=torch.long, device=x.device)
-        for i, (h, w) in enumerate(inputs):
-            mask[i, :h, :w] = 1
-        if any(s != (hmax, wmax) for s in inputs):
-            # The processors pad after normalising, with zeros.
-            x = x * mask[:, None].to(x.dtype)
+    def detect(self, images: list[torch.Tensor], displayed: Sizes) -> list[Detections]:
+        hmax = max(int(img.shape[1]) for img in images)
+        wmax = max(int(img.shape[2]) for img in images)
+        first = images[0]
+        # As the processors pad: zeros after normalising, bottom and right; mask 1 on pixels.
+        x = first.new_zeros((len(images), 3, hmax, wmax))
+        mask = torch.zeros((len(images), hmax, wmax), dtype=torch.long, device=first.device)
+        for i, img in enumerate(images):
+            x[i, :, : img.shape[1], : img.shape[2]] = img
+            mask[i, : img.shape[1], : img.shape[2]] = 1
         kwargs = {"pixel_mask": mask} if self.masked else {}
         out = self.model(pixel_values=x, **kwargs)
         for name in ("logits", "pred_boxes"):

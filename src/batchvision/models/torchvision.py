@@ -178,7 +178,7 @@ def for_task(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
     if spec.task == "segment":
         return _SegmentationLogits(model)
     if spec.task == "detect":
-        return TorchvisionDetector(model)
+        return TorchvisionDetector(model, spec.preprocess)
     if spec.task != "embed":
         return model
     parent, name = _head(model, spec)
@@ -285,8 +285,9 @@ def detection_preprocess(arch: str) -> PreprocessConfig:
 
     The weights' ``transforms()`` only scale to [0, 1]; the resize (shorter side to
     ``min_size``, longer at most ``max_size``; or SSD's ``fixed_size``), mean and std live
-    in the model. Here the resize runs on the CPU as uint8 (bounded decode cost, small
-    transfers) and the model's transform then only pads (``detectors._Presized``).
+    in the model. The image crosses to the device as decoded (uint8) and the model's
+    transform resizes it there, in float, as in the reference (``resize_mode`` ``model``);
+    only the normalisation moves to the predictor (``detectors._Normalised``).
     """
     try:
         with torch.device("meta"):
@@ -294,19 +295,17 @@ def detection_preprocess(arch: str) -> PreprocessConfig:
     except (NotImplementedError, RuntimeError):
         model = _get_model(arch, HEAD_PROBE_CLASSES)
     t = transform_of(model)
-    common: dict[str, Any] = {"mean": tuple(t.image_mean), "std": tuple(t.image_std)}
+    common: dict[str, Any] = {
+        "mean": tuple(t.image_mean),
+        "std": tuple(t.image_std),
+        "resize_mode": "model",
+    }
     if t.fixed_size is not None:  # SSD: squashed to (width, height)
         hw = (int(t.fixed_size[1]), int(t.fixed_size[0]))
-        return PreprocessConfig(
-            resize_size=min(hw), resize_mode="squash_crop", resize_hw=hw, crop_size=hw, **common
-        )
+        return PreprocessConfig(resize_size=min(hw), resize_hw=hw, crop_size=hw, **common)
     size = int(t.min_size[-1])
     return PreprocessConfig(
-        resize_size=size,
-        crop_size=(size, size),
-        resize_mode="shorter_max",
-        max_size=int(t.max_size),
-        **common,
+        resize_size=size, crop_size=(size, size), max_size=int(t.max_size), **common
     )
 
 

@@ -214,7 +214,31 @@ def _card(
         card["missing"] = f"unreadable: {e}"
     if get_task(task).report_view == "classes" and card["status"] == "ok":
         _add_mask(out, row, card, base, config)
+    if get_task(task).report_view == "boxes" and card["status"] == "ok":
+        _add_boxes(row, card, base)
     return card
+
+
+def _add_boxes(row: dict[str, Any], card: dict[str, Any], base: Any) -> None:
+    """The row's detections drawn on its thumbnail, and a legend: count and best score
+    per label (the colour of the label's boxes)."""
+    dets = row.get("detections") or []
+    legend: dict[int, dict[str, Any]] = {}
+    for d in dets:
+        entry = legend.setdefault(
+            int(d["label_id"]),
+            {"id": int(d["label_id"]), "label": str(d.get("label") or d["label_id"]),
+             "colour": images.hex_colour(int(d["label_id"]) + 1), "count": 0, "best": 0.0},
+        )  # fmt: skip
+        entry["count"] += 1
+        entry["best"] = max(entry["best"], float(d.get("score") or 0.0))
+    card["legend"] = [
+        {**e, "note": f"{e['count']}x, best {e['best']:.2f}"}
+        for e in sorted(legend.values(), key=lambda e: -e["best"])
+    ]
+    if base is not None and row.get("width"):
+        scale = base.width / float(row["width"])
+        card["overlay"] = images.data_uri(images.draw_boxes(base, dets, scale))
 
 
 def _add_mask(

@@ -44,6 +44,8 @@ def infer_task(manifest: dict[str, Any], columns: list[str]) -> str:
         return str(task)
     if "classes" in columns:
         return "segment"
+    if "detections" in columns:
+        return "detect"
     if "embedding" in columns:
         return "embed"
     return "classify"

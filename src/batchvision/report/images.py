@@ -1,4 +1,4 @@
-"""Thumbnails and mask overlays: bytes in, small embeddable JPEG/PNG data URIs out.
+"""Thumbnails, mask overlays and detection boxes: bytes in, small embeddable JPEG/PNG data URIs out.
 
 Decoding reuses ``stages.decode`` (EXIF orientation, JPEG draft scaling, bomb guard), so
 the report shows each image the way the model saw it.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -102,3 +103,20 @@ def overlay(base: Image.Image | None, mask: np.ndarray, size: int) -> Image.Imag
     )
     blend = (1 - ALPHA) * under + ALPHA * colours
     return Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def draw_boxes(base: Image.Image, detections: list[dict[str, Any]], scale: float) -> Image.Image:
+    """``detections`` (boxes in the displayed image's pixels) drawn on ``base`` (that image
+    shrunk by ``scale``), each in its label's palette colour, with its label and score."""
+    from PIL import ImageDraw
+
+    img = base.convert("RGB")
+    draw = ImageDraw.Draw(img)
+    for d in detections:
+        colour = hex_colour(int(d["label_id"]) + 1)  # id 0's palette colour is black
+        box = [float(d[k]) * scale for k in ("x0", "y0", "x1", "y1")]
+        box[2], box[3] = max(box[0], box[2]), max(box[1], box[3])
+        draw.rectangle(box, outline=colour, width=2)
+        draw.text((box[0] + 2, box[1] + 1), f"{d.get('label')} {float(d['score']):.2f}",
+                  fill=colour)  # fmt: skip
+    return img

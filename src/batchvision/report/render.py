@@ -107,7 +107,7 @@ def render_html(
     bars = chart_bars(distribution)
     view = get_task(task).report_view
     labels = sorted({c["label"] for c in cards if c.get("label")})
-    if view == "classes":
+    if view in ("classes", "boxes"):
         labels = sorted({e["label"] for c in cards for e in c["legend"]})
     template = _environment().get_template("report.html.j2")
     return template.render(

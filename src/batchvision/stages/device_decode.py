@@ -108,6 +108,8 @@ def resize_crop_tensor(img: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor
     Antialiased resize to the size ``cfg`` gives (as the PIL path), then the center crop
     (zero-padded where the crop is larger), rounded back to uint8.
     """
+    if cfg.resize_mode == "model":  # as decoded: the model resizes
+        return img.permute(1, 2, 0)
     _, h, w = img.shape
     rw, rh = output_size(w, h, cfg)
     mode = _MODES[cfg.interpolation]

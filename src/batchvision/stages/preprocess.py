@@ -62,7 +62,9 @@ def output_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, in
     if cfg.resize_mode == "squash_crop":
         assert cfg.resize_hw is not None
         return cfg.resize_hw[1], cfg.resize_hw[0]
-    if cfg.resize_mode == "shorter_max":
+    if cfg.resize_mode == "model":  # the model's own resize, on the device
+        if cfg.resize_hw is not None:
+            return cfg.resize_hw[1], cfg.resize_hw[0]
         assert cfg.max_size is not None
         return bounded_size(width, height, cfg.resize_size, cfg.max_size)
     if cfg.resize_mode == "edges":
@@ -120,6 +122,8 @@ def resize_crop(
     laid out on the full image, as the reference does, and read off ``img``, so the output
     size and the crop window do not move with the draft.
     """
+    if cfg.resize_mode == "model":  # as decoded: the model resizes on the device
+        return np.asarray(img)
     w, h = full_size or img.size
     left0, top0, right0, bottom0 = region or (0.0, 0.0, float(img.size[0]), float(img.size[1]))
     rw, rh = output_size(w, h, cfg)
@@ -241,7 +245,7 @@ def decode_batch(
     Returns:
         ``id``, ``path``, ``status`` ("ok"/"error"), ``error``, ``width``/``height`` (as
         displayed) and ``image``: ``(N, crop_h, crop_w, 3)`` uint8, zeros on error rows.
-        With an uncropped ``resize_mode`` (``shorter``, ``shorter_max``, ``edges``) images
+        With an uncropped ``resize_mode`` (``shorter``, ``model``, ``edges``) images
         differ in size: ``image`` is then
         the batch's largest size, each image at the top left and zero-padded, and
         ``input_height``/``input_width`` give each image's own size.

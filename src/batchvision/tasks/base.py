@@ -33,7 +33,8 @@ class Task:
         resume_fields: keys of :meth:`manifest_fields` that ``--resume`` requires equal
             (missing in an earlier run's manifest counts as different).
         report_view: how the report shows a row: ``labels`` (top-1 and top-k), ``classes``
-            (classes present, with an overlay) or ``vectors`` (the image only).
+            (classes present, with an overlay), ``boxes`` (detections drawn on the image,
+            with a legend) or ``vectors`` (the image only).
         light_columns: what the report reads for every row (beyond ``status``/``error``).
         row_columns: what the report reads for the rows it shows (beyond the common ones).
     """

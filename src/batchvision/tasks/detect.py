@@ -65,8 +65,8 @@ def detect(
     """Detections for uint8 NHWC ``images`` (each at the top left, ``inputs`` its
     ``(h, w)``), boxes scaled to ``displayed``; in pieces after an out-of-memory error.
 
-    The batch crosses to the device as uint8 (only as large as its largest image) and is
-    normalised there by the predictor; the detector batches it its family's way.
+    Each image crosses to the device as uint8 and is normalised there by the predictor;
+    the detector batches them its family's way.
     """
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
@@ -75,11 +75,14 @@ def detect(
 
     def run(start: int, stop: int) -> list[Found]:
         predictor.check_injected_oom(stop - start)
-        sizes = inputs[start:stop]
-        h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
         with autocast(predictor.device, predictor.precision):
-            x = predictor.to_input(batch[start:stop, :h, :w])
-            found = detector.detect(x, sizes, displayed[start:stop])
+            # One image at a time to the device and into float: padding a batch to its
+            # largest image would multiply a panorama's cost by the batch size.
+            xs = [
+                predictor.to_input(batch[i : i + 1, :h, :w])[0]
+                for i, (h, w) in enumerate(inputs[start:stop], start)
+            ]
+            found = detector.detect(xs, displayed[start:stop])
         return [
             (b.cpu().numpy(), s.cpu().numpy(), i.to(torch.int32).cpu().numpy()) for b, s, i in found
         ]
@@ -130,6 +133,7 @@ class Detect(Task):
     )
     #: Parts made with another threshold or cap would not be one consistent output.
     resume_fields = ("score_threshold", "max_detections")
+    report_view = "boxes"
     light_columns = ("detections",)
     row_columns = ("detections", "num_detections")
 
