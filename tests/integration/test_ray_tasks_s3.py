@@ -294,3 +294,31 @@ def test_zero_shot_on_ray_to_s3_matches_local_and_resumes(
         batchvision.run(
             RunConfig(output=out, engine="ray", resume=True, **{**common, "prompt": "{}"})
         )
+
+
+def test_detect_rows_match_local(
+    ray_s3: S3Server, inputs: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    import torch
+
+    from tests.integration.test_detect import assert_same_detections
+    from tests.task_models import tiny_torchvision_detector
+
+    arch = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    root = tmp_path_factory.mktemp("detector")
+    torch.save(tiny_torchvision_detector(arch).state_dict(), root / "det.pt")
+    (root / "labels.txt").write_text("\n".join(f"obj_{i}" for i in range(5)) + "\n")
+    local, remote = _both(
+        {
+            "inputs": (str(inputs),),
+            "model": arch,
+            "weights": str(root / "det.pt"),
+            "labels": str(root / "labels.txt"),
+            "precision": "fp32",
+            "batch_size": 4,
+            "score_threshold": 0.3,
+        },
+        tmp_path,
+    )
+    assert sum(r["num_detections"] or 0 for r in local.values()) > 0
+    assert_same_detections(local, remote)

@@ -76,10 +76,16 @@ def test_unknown_arch_suggests_and_lists() -> None:
     assert {"resnet18", "mobilenet_v3_small", "vit_b_16"} <= set(valid.split(", "))
 
 
-def test_detection_model_is_unknown() -> None:
-    # Detection builders are neither classification nor segmentation models.
+def test_detection_models_detect_and_keypoints_are_unknown() -> None:
+    spec = resolve_model("fasterrcnn_resnet50_fpn")
+    assert spec.tasks == ("detect",) and spec.labels[0] == "__background__"
+    pre = spec.preprocess
+    assert (pre.resize_mode, pre.resize_size, pre.max_size) == ("model", 800, 1333)
+    ssd = resolve_model("ssd300_vgg16").preprocess
+    assert (ssd.resize_mode, ssd.resize_hw, ssd.max_size) == ("model", (300, 300), None)
+    # Keypoint R-CNN's output is keypoints, not a detector's.
     with pytest.raises(ConfigError, match="unknown torchvision model"):
-        resolve_model("fasterrcnn_resnet50_fpn")
+        resolve_model("keypointrcnn_resnet50_fpn")
 
 
 # ---------------------------------------------------------------------------------------
@@ -480,7 +486,11 @@ def test_list_models() -> None:
         "ResNet50_Weights.IMAGENET1K_V2",
     }
     assert "MobileNet_V3_Small_Weights.IMAGENET1K_V1" in infos["mobilenet_v3_small"].weights
-    assert "fasterrcnn_resnet50_fpn" not in infos
-    assert len(infos) == len(tvm.list_models(module=tvm)) + len(
-        tvm.list_models(module=tvm.segmentation)
-    )
+    assert infos["fasterrcnn_resnet50_fpn"].task == "detect"
+    assert (
+        len(infos)
+        == len(tvm.list_models(module=tvm))
+        + len(tvm.list_models(module=tvm.segmentation))
+        + len(tvm.list_models(module=tvm.detection))
+        - 1
+    )  # keypoint R-CNN

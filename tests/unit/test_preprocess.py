@@ -437,3 +437,23 @@ def test_a_100_megapixel_photo_decodes_by_default() -> None:
     )
     assert error is None and arr is not None and (w, h) == (11648, 8736)
     assert arr.shape == (224, 224, 3)
+
+
+def test_detection_size_rules_match_the_references() -> None:
+    """``edges_size`` is transformers' shortest/longest-edge rule; ``bounded_size`` (the
+    too-large check of torchvision detectors) is the size their transform resizes to."""
+    import torch
+    from torchvision.models.detection.transform import _resize_image_and_masks
+
+    tf = pytest.importorskip("transformers")
+    from batchvision.stages.preprocess import bounded_size, edges_size
+
+    rng = np.random.default_rng(5)
+    sizes = [(1, 1), (2, 1), (1, 2000), (800, 800), (1333, 800), (640, 480)]
+    sizes += [tuple(int(v) for v in rng.integers(1, 3000, 2)) for _ in range(40)]
+    for w, h in sizes:
+        oh, ow = tf.image_transforms.get_size_with_aspect_ratio((h, w), 800, 1333)
+        assert edges_size(w, h, 800, 1333) == (ow, oh), (w, h)
+        if min(w, h) >= 8:
+            out, _ = _resize_image_and_masks(torch.zeros(3, h, w), 800, 1333)
+            assert bounded_size(w, h, 800, 1333) == (out.shape[2], out.shape[1]), (w, h)

@@ -299,6 +299,16 @@ def test_task_defaults_and_refusals() -> None:
         resolve_model("lraspp_mobilenet_v3_large", "random", task="classify")
     with pytest.raises(ConfigError, match="--task 'detector' is not valid"):
         RunConfig(inputs=("x",), output="o", model="m", task="detector")  # type: ignore[arg-type]
+    det = resolve_model("fasterrcnn_mobilenet_v3_large_320_fpn", "random")
+    assert det.task == "detect" and det.preprocess.resize_mode == "model"
+    with pytest.raises(ConfigError, match="supports classify, embed"):
+        resolve_model("mobilenet_v3_small", "random", task="detect")
+    with pytest.raises(ConfigError, match="--score-threshold applies to --task detect"):
+        cfg = RunConfig(inputs=("x",), output="o", model="m", score_threshold=0.2)
+        check_options(cfg, resolve_model("mobilenet_v3_small", "random"))
+    with pytest.raises(ConfigError, match="--task detect runs in torch"):
+        cfg = RunConfig(inputs=("x",), output="o", model="m", runtime="onnxruntime")
+        check_options(cfg, det)
     with pytest.raises(ConfigError, match="--normalize applies to --task embed"):
         cfg = RunConfig(inputs=("x",), output="o", model="m", task="classify", normalize=True)
         check_options(cfg, resolve_model("mobilenet_v3_small", "random"))
