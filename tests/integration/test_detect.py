@@ -244,3 +244,27 @@ def test_report_draws_boxes_and_labels(local_run: tuple[Any, str], tmp_path: Pat
     uris = re.findall(r'class="overlay boxes" src="data:image/jpeg;base64,([^"]+)"', html)
     drawn = np.asarray(Image.open(io.BytesIO(base64.b64decode(uris[0]))).convert("RGB"))
     assert drawn.std() > 0
+
+
+def test_out_of_memory_halving_and_batch_size_auto(
+    odd_dir: Path, detector: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A detector's batch that runs out of memory is retried in halves down to one image
+    (the same rows as batch 1), and ``--batch-size auto`` times the detector itself."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in sorted(odd_dir.glob("photo_*.jpg")):
+        shutil.copy(p, src / p.name)
+    single = str(tmp_path / "single")
+    batchvision.run(RunConfig(inputs=(str(src),), output=single, workers=0,
+                              **{**detector, "batch_size": 1}))  # fmt: skip
+    monkeypatch.setenv("BATCHVISION_INJECT_OOM_ABOVE", "1")
+    halved = str(tmp_path / "halved")
+    summary = batchvision.run(RunConfig(inputs=(str(src),), output=halved, workers=0, **detector))
+    assert summary.ok == 3
+    assert_same_detections(_rows(single), _rows(halved))
+    monkeypatch.delenv("BATCHVISION_INJECT_OOM_ABOVE")
+    auto = str(tmp_path / "auto")
+    summary = batchvision.run(RunConfig(inputs=(str(src),), output=auto, workers=0,
+                                        **{**detector, "batch_size": "auto"}))  # fmt: skip
+    assert summary.ok == 3
