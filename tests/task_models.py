@@ -114,6 +114,7 @@ def save_tiny_siglip(path: Path, size: int = 32) -> torch.nn.Module:
     model.save_pretrained(path)
     processor = tf.SiglipImageProcessor(size={"height": size, "width": size})
     tf.SiglipProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(path)
+    return model
 
 
 DET_CLASSES = 5
