@@ -27,8 +27,9 @@ class Detector(torch.nn.Module):
     """Base of the adapters: ``detect`` is the task's forward, ``forward`` a probe.
 
     Attributes:
-        same_size_batches: the model cannot batch images of different sizes (no pixel
-            mask), so the task runs each size on its own.
+        same_size_batches: the task gives the model only images of one size at a time:
+            for models that cannot batch sizes (no pixel mask), and for those whose
+            answer for an image would change with its neighbours' sizes.
     """
 
     same_size_batches = False
@@ -74,7 +75,15 @@ class _Normalised(GeneralizedRCNNTransform):
 class TorchvisionDetector(Detector):
     """A torchvision detector (Faster R-CNN, RetinaNet, FCOS, SSD, ...) fed normalised
     images as decoded: its boxes come back in the decoded image's pixels, scaled here to
-    the displayed size (they differ after a ``--draft`` decode)."""
+    the displayed size (they differ after a ``--draft`` decode).
+
+    Batches hold images of one size only: torchvision pads a batch to its largest image,
+    and the anchors over that padding compete with the image's own in the region proposals
+    and the top-k before NMS, so an image's boxes would depend on which images share its
+    batch. Of one size, a batch gives each image what ``model([img])`` gives it.
+    """
+
+    same_size_batches = True
 
     def __init__(self, model: torch.nn.Module, preprocess: PreprocessConfig) -> None:
         super().__init__()

@@ -158,7 +158,8 @@ class Detect(Task):
         else:
             inputs = [(int(images.shape[1]), int(images.shape[2]))] * len(ok)
         displayed = [(int(batch["height"][i]), int(batch["width"][i])) for i in ok]
-        # Models without a pixel mask (YOLOS) see padding as image: run each size alone.
+        # Some detectors take one size at a time (torchvision: padding changes proposals;
+        # YOLOS: no pixel mask): those batches are the images of one input size.
         keys = inputs if detector_of(predictor).same_size_batches else [(0, 0)] * len(ok)
         for key in dict.fromkeys(keys):
             pos = [j for j, k in enumerate(keys) if k == key]
