@@ -66,11 +66,14 @@ def _towers(size: int) -> dict[str, dict[str, int]]:
 
 
 def save_tiny_clip(
-    path: Path, size: int = 32, vision: dict[str, int] | None = None
+    path: Path,
+    size: int = 32,
+    vision: dict[str, int] | None = None,
+    text: dict[str, int] | None = None,
 ) -> torch.nn.Module:
     """A CLIP with tiny towers, its processor and a BPE tokenizer (CLIP's own class).
 
-    ``vision`` replaces the vision tower's sizes (e.g. ViT-B/32's, for benchmarks).
+    ``vision`` and ``text`` replace the towers' sizes (e.g. ViT-B/32's, for benchmarks).
     """
     import json
 
@@ -86,6 +89,7 @@ def save_tiny_clip(
         vocab_size=len(vocab), bos_token_id=0, eos_token_id=1, pad_token_id=1
     )
     towers["vision_config"].update(vision or {})
+    towers["text_config"].update(text or {})
     torch.manual_seed(0)
     model = tf.CLIPModel(tf.CLIPConfig(projection_dim=16, **towers)).eval()
     model.save_pretrained(path)
