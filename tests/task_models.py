@@ -179,8 +179,8 @@ def tiny_torchvision_detector(arch: str) -> torch.nn.Module:
 
 
 def save_tiny_detr(path: Path, kind: str = "detr", size: int = 128, longest: int = 200) -> Any:
-    """A small DETR-style detector (``detr`` or ``conditional_detr``) and its image
-    processor, saved with save_pretrained; heads widened as for torchvision's."""
+    """A small DETR-style detector (``detr``, ``conditional_detr`` or ``yolos``) and its
+    image processor, saved with save_pretrained; heads widened as for torchvision's."""
     import transformers as tf
 
     torch.manual_seed(0)
@@ -194,6 +194,14 @@ def save_tiny_detr(path: Path, kind: str = "detr", size: int = 128, longest: int
         embedding_size=16, hidden_sizes=[16, 32, 64, 64], depths=[1, 1, 1, 1],
         out_features=["stage4"],
     )  # fmt: skip
+    if kind == "yolos":  # a ViT over patches and detection tokens: no CNN backbone
+        config = tf.YolosConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            image_size=[size, size], patch_size=16, num_detection_tokens=20, **common,
+        )  # fmt: skip
+        model = tf.YolosForObjectDetection(config).eval()
+        processor = tf.YolosImageProcessor(size={"shortest_edge": size, "longest_edge": longest})
+        return _save_widened(model, processor, path)
     cls, model_cls, proc = {
         "detr": (tf.DetrConfig, tf.DetrForObjectDetection, tf.DetrImageProcessor),
         "conditional_detr": (
@@ -210,9 +218,13 @@ def save_tiny_detr(path: Path, kind: str = "detr", size: int = 128, longest: int
     )  # fmt: skip
     model = model_cls(config).eval()
     processor = proc(size={"shortest_edge": size, "longest_edge": longest})
+    return _save_widened(model, processor, path)
+
+
+def _save_widened(model: Any, processor: Any, path: Path) -> Any:
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "query_position" in name:
+            if "query_position" in name or "det_token" in name:
                 p.normal_(0, 1.0)
             elif "class_labels_classifier" in name:
                 p.normal_(0, 0.5)

@@ -125,6 +125,8 @@ class PreprocessConfig:
     rescale_factor: float = 1 / 255
     #: ``edges`` and ``model``: the most pixels the longer side may have.
     max_size: int | None = None
+    #: ``edges``: both sides rounded down to a multiple of this (YOLOS' processor: 16).
+    size_multiple: int = 1
 
     @property
     def uncropped(self) -> bool:
@@ -155,6 +157,10 @@ class PreprocessConfig:
             raise ConfigError(
                 f"max_size {self.max_size} does not fit resize_mode {self.resize_mode}: "
                 "edges (and model without resize_hw) need it, the others take none"
+            )
+        if self.size_multiple < 1 or (self.size_multiple > 1 and self.resize_mode != "edges"):
+            raise ConfigError(
+                f"size_multiple {self.size_multiple} applies to resize_mode edges only"
             )
         if self.max_size is not None and self.max_size < self.resize_size:
             raise ConfigError(f"max_size {self.max_size} is below resize_size {self.resize_size}")

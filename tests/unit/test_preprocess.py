@@ -440,12 +440,17 @@ def test_a_100_megapixel_photo_decodes_by_default() -> None:
 
 
 def test_detection_size_rules_match_the_references() -> None:
-    """``edges_size`` is transformers' shortest/longest-edge rule; ``bounded_size`` (the
+    """``edges_size`` is transformers' shortest/longest-edge rule (and YOLOS' variant, to
+    a multiple of 16); ``bounded_size`` (the
     too-large check of torchvision detectors) is the size their transform resizes to."""
     import torch
     from torchvision.models.detection.transform import _resize_image_and_masks
 
     tf = pytest.importorskip("transformers")
+    from transformers.models.yolos.image_processing_pil_yolos import (
+        get_size_with_aspect_ratio_yolos as yolos_size,
+    )
+
     from batchvision.stages.preprocess import bounded_size, edges_size
 
     rng = np.random.default_rng(5)
@@ -454,6 +459,9 @@ def test_detection_size_rules_match_the_references() -> None:
     for w, h in sizes:
         oh, ow = tf.image_transforms.get_size_with_aspect_ratio((h, w), 800, 1333)
         assert edges_size(w, h, 800, 1333) == (ow, oh), (w, h)
+        yh, yw = yolos_size((h, w), 800, 1333)
+        if min(yh, yw) > 0:  # transformers' own rule gives 0 for a 1x2000 strip
+            assert edges_size(w, h, 800, 1333, multiple=16) == (yw, yh), (w, h)
         if min(w, h) >= 8:
             out, _ = _resize_image_and_masks(torch.zeros(3, h, w), 800, 1333)
             assert bounded_size(w, h, 800, 1333) == (out.shape[2], out.shape[1]), (w, h)

@@ -689,7 +689,9 @@ def new_manifest(
     return manifest
 
 
-_LATER_PREPROCESS_KEYS = ("resize_mode", "resize_hw", "crop_offset", "rescale_factor", "max_size")
+_LATER_PREPROCESS_KEYS = (
+    "resize_mode", "resize_hw", "crop_offset", "rescale_factor", "max_size", "size_multiple",
+)  # fmt: skip
 
 
 def check_resumable(

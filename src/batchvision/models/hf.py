@@ -438,6 +438,8 @@ def detection_preprocess_from_processor(p: dict[str, Any]) -> PreprocessConfig:
             resize_hw=None,
             crop_size=(edge, edge),
             max_size=int(size["longest_edge"]),
+            # YOLOS' processors round both sides down to a multiple of its patch size.
+            size_multiple=16 if str(p.get("image_processor_type", "")).startswith("Yolos") else 1,
         )
     return preprocess_from_processor(rest)
 

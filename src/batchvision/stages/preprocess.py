@@ -41,16 +41,29 @@ def bounded_size(width: int, height: int, size: int, max_size: int) -> tuple[int
     return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
 
 
-def edges_size(width: int, height: int, size: int, max_size: int) -> tuple[int, int]:
+def edges_size(
+    width: int, height: int, size: int, max_size: int, multiple: int = 1
+) -> tuple[int, int]:
     """``(w, h)`` after Hugging Face's ``shortest_edge``/``longest_edge`` resize (DETR's
-    processors: transformers' ``get_size_with_aspect_ratio``, its rounding kept)."""
+    processors: transformers' ``get_size_with_aspect_ratio``, its rounding kept; with
+    ``multiple`` > 1, YOLOS' ``get_size_with_aspect_ratio_yolos``: the shorter side is
+    tested first, and both sides are rounded down to that multiple)."""
     raw: float | None = None
     short, long = float(min(width, height)), float(max(width, height))
     if long / short * size > max_size:
         raw = max_size * short / long
         size = round(raw)
     scale = raw if raw is not None else size
-    if (height <= width and height == size) or (width <= height and width == size):
+    same = (height <= width and height == size) or (width <= height and width == size)
+    if multiple > 1:  # YOLOS
+        if width < height:
+            w, h = size, int(scale * height / width)
+        elif same:
+            w, h = width, height
+        else:
+            w, h = int(scale * width / height), size
+        return max(multiple, w - w % multiple), max(multiple, h - h % multiple)
+    if same:
         return width, height
     if width < height:
         return size, max(1, int(scale * height / width))
@@ -69,7 +82,7 @@ def output_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, in
         return bounded_size(width, height, cfg.resize_size, cfg.max_size)
     if cfg.resize_mode == "edges":
         assert cfg.max_size is not None
-        return edges_size(width, height, cfg.resize_size, cfg.max_size)
+        return edges_size(width, height, cfg.resize_size, cfg.max_size, cfg.size_multiple)
     return resized_size(width, height, cfg.resize_size)
 
 
