@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from batchvision.io.sinks import COMMON_FIELDS, common_columns
 
@@ -97,6 +98,36 @@ class Task:
     def label_hits(self, table: pa.Table, label: str) -> np.ndarray | None:
         """The report's ``--label`` filter: rows that have ``label`` (None: not supported)."""
         return None
+
+
+class ListedLabels(Task):
+    """A task whose rows list labelled things in ``labelled_column`` (a list of structs
+    with a ``label``): the report counts and filters by the labels listed."""
+
+    labelled_column: ClassVar[str]
+
+    def _listed(self, table: pa.Table, ok: pa.Array | None = None) -> pa.Array | None:
+        if self.labelled_column not in table.column_names or not table.num_rows:
+            return None
+        column = table.column(self.labelled_column)
+        column = (column if ok is None else column.filter(ok)).combine_chunks()
+        return column if pa.types.is_list(column.type) else None
+
+    def label_values(self, table: pa.Table, ok: pa.Array) -> pa.Array | None:
+        listed = self._listed(table, ok)
+        return None if listed is None else pc.struct_field(pc.list_flatten(listed), "label")
+
+    def label_hits(self, table: pa.Table, label: str) -> np.ndarray | None:
+        """Rows that list ``label`` at least once."""
+        hit = np.zeros(table.num_rows, dtype=bool)
+        listed = self._listed(table)
+        if listed is None:
+            return hit
+        labels = pc.struct_field(pc.list_flatten(listed), "label")
+        parents = np.asarray(pc.list_parent_indices(listed).to_numpy(zero_copy_only=False))
+        match = pc.fill_null(pc.equal(labels, label), False).to_numpy(zero_copy_only=False)
+        hit[parents[np.asarray(match, dtype=bool)]] = True
+        return hit
 
 
 def without_image(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

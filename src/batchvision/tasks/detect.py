@@ -6,13 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from batchvision.errors import ConfigError
 from batchvision.stages.device import autocast
 from batchvision.tasks import register_task
-from batchvision.tasks.base import Task, without_image
+from batchvision.tasks.base import ListedLabels, without_image
 
 if TYPE_CHECKING:
     from batchvision.config import RunConfig
@@ -119,7 +118,7 @@ def detection_batch(batch: dict[str, np.ndarray], labels: tuple[str, ...]) -> di
 
 
 @register_task
-class Detect(Task):
+class Detect(ListedLabels):
     """Object detection: torchvision detectors and transformers ``…ForObjectDetection``."""
 
     name = "detect"
@@ -134,6 +133,7 @@ class Detect(Task):
     #: Parts made with another threshold or cap would not be one consistent output.
     resume_fields = ("score_threshold", "max_detections")
     report_view = "boxes"
+    labelled_column = "detections"
     light_columns = ("detections",)
     row_columns = ("detections", "num_detections")
 
@@ -190,28 +190,3 @@ class Detect(Task):
 
     def manifest_fields(self, spec: ModelSpec) -> dict[str, Any]:
         return {"labels": list(spec.labels)}
-
-    def label_values(self, table: pa.Table, ok: pa.Array) -> pa.Array | None:
-        if "detections" not in table.column_names:
-            return None
-        dets = table.column("detections").filter(ok).combine_chunks()
-        if not pa.types.is_list(dets.type):
-            return None
-        return pc.struct_field(pc.list_flatten(dets), "label")
-
-    def label_hits(self, table: pa.Table, label: str) -> np.ndarray | None:
-        """Rows with at least one detection of ``label``."""
-        hit = np.zeros(table.num_rows, dtype=bool)
-        if "detections" not in table.column_names or not table.num_rows:
-            return hit
-        dets = table.column("detections").combine_chunks()
-        if not pa.types.is_list(dets.type):
-            return hit
-        labels = pc.struct_field(pc.list_flatten(dets), "label")
-        parents = np.asarray(pc.list_parent_indices(dets).to_numpy(zero_copy_only=False))
-        match = np.asarray(
-            pc.fill_null(pc.equal(labels, label), False).to_numpy(zero_copy_only=False),
-            dtype=bool,
-        )
-        hit[parents[match]] = True
-        return hit

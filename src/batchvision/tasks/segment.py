@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from PIL import Image
 
@@ -17,7 +16,7 @@ from batchvision.io.sinks import COMMON_FIELDS
 from batchvision.stages.batching import free_cached_memory, is_out_of_memory
 from batchvision.stages.upsample import MIN_UPSAMPLE_BYTES, upsample_argmax
 from batchvision.tasks import register_task
-from batchvision.tasks.base import Task, without_image
+from batchvision.tasks.base import ListedLabels, without_image
 
 if TYPE_CHECKING:
     from batchvision.models.spec import ModelSpec
@@ -127,7 +126,7 @@ def mask_batch(batch: dict[str, np.ndarray], labels: Sequence[str]) -> dict[str,
 
 
 @register_task
-class Segment(Task):
+class Segment(ListedLabels):
     """Semantic segmentation: logits upsampled bilinearly on the device, then argmax."""
 
     name = "segment"
@@ -136,6 +135,7 @@ class Segment(Task):
     fields = (pa.field("mask", pa.binary()), *MASK_FIELDS)
     options = (("mask_dir", "--mask-dir"),)
     report_view = "classes"
+    labelled_column = "classes"
     light_columns = ("classes",)
     row_columns = ("mask", "mask_path", "mask_width", "mask_height", "classes")
 
@@ -180,28 +180,3 @@ class Segment(Task):
 
     def manifest_fields(self, spec: ModelSpec) -> dict[str, Any]:
         return {"labels": list(spec.labels)}
-
-    def label_values(self, table: pa.Table, ok: pa.Array) -> pa.Array | None:
-        if "classes" not in table.column_names:
-            return None
-        classes = table.column("classes").filter(ok).combine_chunks()
-        if not pa.types.is_list(classes.type):
-            return None
-        return pc.struct_field(pc.list_flatten(classes), "label")
-
-    def label_hits(self, table: pa.Table, label: str) -> np.ndarray | None:
-        """Rows whose ``classes`` list holds ``label``."""
-        hit = np.zeros(table.num_rows, dtype=bool)
-        if "classes" not in table.column_names or not table.num_rows:
-            return hit
-        classes = table.column("classes").combine_chunks()
-        if not pa.types.is_list(classes.type):
-            return hit
-        labels = pc.struct_field(pc.list_flatten(classes), "label")
-        parents = np.asarray(pc.list_parent_indices(classes).to_numpy(zero_copy_only=False))
-        match = np.asarray(
-            pc.fill_null(pc.equal(labels, label), False).to_numpy(zero_copy_only=False),
-            dtype=bool,
-        )
-        hit[parents[match]] = True
-        return hit
