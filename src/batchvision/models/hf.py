@@ -137,6 +137,18 @@ class HuggingFaceSource:
         self, spec: ModelSpec, state_dict: dict[str, torch.Tensor] | None = None
     ) -> torch.nn.Module:
         tf = require_transformers()
+        model, config = self._loaded(tf, spec, state_dict)
+        if _image_text(config):
+            return HFImageTextModel(model, spec).eval()
+        if spec.task == "detect":
+            return HFDetector(model, _processor(tf, spec.source_config["processor"])).eval()
+        return HFTaskModel(model, spec.task).eval()
+
+    def _loaded(
+        self, tf: Any, spec: ModelSpec, state_dict: dict[str, torch.Tensor] | None
+    ) -> tuple[torch.nn.Module, Any]:
+        """The transformers model of ``spec`` (its auto class) with its weights, and its
+        config: built from the config in the spec, no network."""
         cfg = dict(spec.source_config["config"])
         config = tf.CONFIG_MAPPING[cfg["model_type"]].from_dict(cfg)
         auto = _auto_class(tf, spec.tasks[0])
@@ -150,11 +162,7 @@ class HuggingFaceSource:
                 model.load_state_dict(state_dict, strict=True)
             except RuntimeError as e:
                 raise ModelLoadError(f"weights do not fit {spec.arch!r}: {_first_line(e)}") from e
-        if _image_text(config):
-            return HFImageTextModel(model, spec).eval()
-        if spec.task == "detect":
-            return HFDetector(model, _processor(tf, spec.source_config["processor"])).eval()
-        return HFTaskModel(model, spec.task).eval()
+        return model, config
 
     def encode_text(
         self, spec: ModelSpec, state_dict: dict[str, torch.Tensor] | None, texts: list[str]
@@ -175,16 +183,7 @@ class HuggingFaceSource:
             raise ConfigError(
                 f"cannot load the tokenizer of {spec.arch!r}: {_first_line(e)}"
             ) from e
-        cfg = dict(spec.source_config["config"])
-        config = tf.CONFIG_MAPPING[cfg["model_type"]].from_dict(cfg)
-        if state_dict is None and spec.weights_kind != "random":
-            state_dict = self.load_state_dict(spec)
-        with torch.random.fork_rng(devices=[]), _skip_init(tf, state_dict is not None):
-            torch.manual_seed(spec.seed)
-            model = tf.AutoModel.from_config(config)
-        if state_dict is not None:
-            model.load_state_dict(state_dict, strict=True)
-        model.eval()
+        model: Any = self._loaded(tf, spec, state_dict)[0].eval()
         sigmoid = hasattr(model, "logit_bias")
         padding = {"padding": "max_length", "truncation": True} if sigmoid else {"padding": True}
         out = []
