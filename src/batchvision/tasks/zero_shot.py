@@ -39,11 +39,11 @@ def read_classes(config: RunConfig) -> tuple[str, ...]:
         try:
             with open(config.classes_file, "rb") as f:
                 data = f.read(MAX_CLASSES_FILE_BYTES + 1)
+            if len(data) > MAX_CLASSES_FILE_BYTES:
+                raise ConfigError(f"--classes-file {config.classes_file!r} is over 64 MB")
             text = data.decode("utf-8-sig")
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"--classes-file {config.classes_file!r}: {e}") from e
-        if len(data) > MAX_CLASSES_FILE_BYTES:
-            raise ConfigError(f"--classes-file {config.classes_file!r} is over 64 MB")
         names = tuple(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
     else:
         names = config.classes
