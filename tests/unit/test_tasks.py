@@ -442,7 +442,7 @@ def test_zero_shot_options_and_their_refusals(tmp_path: Path) -> None:
         read_classes(cfg(classes_file=str(tmp_path / "missing.txt")))
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ConfigError, match="--classes-file .*can't decode"):
+    with pytest.raises(ConfigError, match=r"--classes-file .*can.t decode"):
         read_classes(cfg(classes_file=str(latin1)))
     assert prompts("a {} photo", ("cat",)) == ("a cat photo",)
     for bad in ("a photo", "{} and {}"):
