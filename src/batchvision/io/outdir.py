@@ -708,8 +708,8 @@ def check_resumable(
         if previous.get(key) != current.get(key):
             raise OutputDirError(
                 f"cannot --resume: {key} differs from the earlier run "
-                f"({previous.get(key)!r} there, {current.get(key)!r} now); the parts could "
-                "not be read as one table: --overwrite, or write to a new --output"
+                f"({previous.get(key)!r} there, {current.get(key)!r} now): the rows would "
+                "not agree; use the same settings, --overwrite, or a new --output"
             )
     for key in _RESUME_KEYS:
         # Compare as stored: the manifest's JSON turns tuples (crop_size, mean, std) into lists.
