@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import difflib
+import functools
 import warnings
 from collections.abc import Iterable, Mapping
 from enum import Enum
@@ -131,17 +132,21 @@ class TorchvisionSource:
         return infos
 
 
-def _segmentation_archs() -> list[str]:
-    return list(tvm.list_models(module=tvm.segmentation))
+# torchvision's registry is filled at import: each list is read once, not per lookup
+# (`batchvision models` asks for every architecture's tasks).
+@functools.cache
+def _segmentation_archs() -> tuple[str, ...]:
+    return tuple(tvm.list_models(module=tvm.segmentation))
 
 
-def _detection_archs() -> list[str]:
+@functools.cache
+def _detection_archs() -> tuple[str, ...]:
     # Keypoint R-CNN's output is keypoints; its boxes alone would be a poor detector.
-    return [a for a in tvm.list_models(module=tvm.detection) if not a.startswith("keypoint")]
+    return tuple(a for a in tvm.list_models(module=tvm.detection) if not a.startswith("keypoint"))
 
 
 def _all_archs() -> list[str]:
-    return list(tvm.list_models(module=tvm)) + _segmentation_archs() + _detection_archs()
+    return [*tvm.list_models(module=tvm), *_segmentation_archs(), *_detection_archs()]
 
 
 def _tasks(arch: str) -> tuple[Task, ...]:
