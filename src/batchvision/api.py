@@ -168,7 +168,7 @@ def _write_output(
     _prepare_mask_dir(config, before, check_only=False)
     previous = before if config.resume else None
     manifest = outdir.new_manifest(
-        config, spec, previous, run_id, tasks.get_task(spec.task).manifest_fields(spec)
+        config, spec, previous, run_id, tasks.get_task(spec.task).manifest_fields(spec, config)
     )
     manifest["runtime"] = runtime
     if previous is not None:

@@ -107,7 +107,8 @@ def test_resume_refuses_an_embed_output_of_the_variable_list_layout() -> None:
     from batchvision.io.outdir import _RESUME_KEYS, check_resumable
 
     spec = resolve_model("mobilenet_v3_small", "random", task="embed")
-    now = {**dict.fromkeys(_RESUME_KEYS, 0), **get_task("embed").manifest_fields(spec)}
+    config = RunConfig(inputs=("x",), output="o", model="m", task="embed")
+    now = {**dict.fromkeys(_RESUME_KEYS, 0), **get_task("embed").manifest_fields(spec, config)}
     assert now["embedding_type"] == "fixed_size_list<float32>[1024]"
     keys = get_task("embed").resume_fields
     check_resumable(dict(now), now, keys)  # the same layout: no error

@@ -666,8 +666,6 @@ def new_manifest(
             "top_k": config.top_k,
             "format": config.format,
             "normalize": config.normalize,
-            "score_threshold": config.score_threshold,
-            "max_detections": config.max_detections,
             "mask_dir": None if config.mask_dir is None else str(Path(config.mask_dir).resolve()),
             # The output's extra columns, and how samples were found in shards.
             "keep_columns": list(config.keep_columns),

@@ -73,7 +73,7 @@ class Task:
         """The task's Arrow columns of a postprocessed batch; nulls where ``ok`` is False."""
         raise NotImplementedError
 
-    def manifest_fields(self, spec: ModelSpec) -> dict[str, Any]:
+    def manifest_fields(self, spec: ModelSpec, config: RunConfig) -> dict[str, Any]:
         """What ``_manifest.json`` records about this task beyond the common fields."""
         return {}
 

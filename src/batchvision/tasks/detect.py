@@ -188,5 +188,9 @@ class Detect(ListedLabels):
             "num_detections": pa.array(batch["num_detections"], pa.int32(), mask=~ok),
         }
 
-    def manifest_fields(self, spec: ModelSpec) -> dict[str, Any]:
-        return {"labels": list(spec.labels)}
+    def manifest_fields(self, spec: ModelSpec, config: RunConfig) -> dict[str, Any]:
+        return {
+            "labels": list(spec.labels),
+            "score_threshold": config.score_threshold,
+            "max_detections": config.max_detections,
+        }

@@ -14,6 +14,7 @@ from batchvision.tasks import register_task
 from batchvision.tasks.base import Task, ok_rows, without_image
 
 if TYPE_CHECKING:
+    from batchvision.config import RunConfig
     from batchvision.models.spec import ModelSpec
     from batchvision.stages.predict import Predictor
 
@@ -68,7 +69,7 @@ class Embed(Task):
         schema = pa.schema([*COMMON_FIELDS, pa.field("embedding", pa.list_(pa.float32(), d))])
         return pa.table(columns, schema=schema)
 
-    def manifest_fields(self, spec: ModelSpec) -> dict[str, Any]:
+    def manifest_fields(self, spec: ModelSpec, config: RunConfig) -> dict[str, Any]:
         return {
             "embedding_dim": spec.embedding_dim,
             "embedding_type": f"fixed_size_list<float32>[{spec.embedding_dim}]",

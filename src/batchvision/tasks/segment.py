@@ -19,6 +19,7 @@ from batchvision.tasks import register_task
 from batchvision.tasks.base import ListedLabels, without_image
 
 if TYPE_CHECKING:
+    from batchvision.config import RunConfig
     from batchvision.models.spec import ModelSpec
     from batchvision.stages.predict import Predictor
 
@@ -178,5 +179,5 @@ class Segment(ListedLabels):
             "classes": pa.array(batch["classes"].tolist(), pa.list_(CLASS_STRUCT)),
         }
 
-    def manifest_fields(self, spec: ModelSpec) -> dict[str, Any]:
+    def manifest_fields(self, spec: ModelSpec, config: RunConfig) -> dict[str, Any]:
         return {"labels": list(spec.labels)}

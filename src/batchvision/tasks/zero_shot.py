@@ -119,7 +119,7 @@ class ZeroShot(LabelTask):
     def predict(self, predictor: Predictor, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return topk_columns(batch, predictor.top_k, lambda im: class_scores(predictor, im))
 
-    def manifest_fields(self, spec: ModelSpec) -> dict[str, Any]:
+    def manifest_fields(self, spec: ModelSpec, config: RunConfig) -> dict[str, Any]:
         head = spec.text_head
         return {
             "labels": list(spec.labels),
