@@ -178,6 +178,15 @@ def tiny_torchvision_detector(arch: str) -> torch.nn.Module:
     return model
 
 
+def save_tiny_detector(root: Path, arch: str, labels: tuple[str, ...]) -> tuple[Path, Path]:
+    """:func:`tiny_torchvision_detector` saved as a checkpoint with a labels file, as a
+    user passes a fine-tuned detector: ``(weights, labels)`` paths under ``root``."""
+    weights, names = root / "det.pt", root / "labels.txt"
+    torch.save(tiny_torchvision_detector(arch).state_dict(), weights)
+    names.write_text("\n".join(labels) + "\n")
+    return weights, names
+
+
 def save_tiny_detr(path: Path, kind: str = "detr", size: int = 128, longest: int = 200) -> Any:
     """A small DETR-style detector (``detr``, ``conditional_detr`` or ``yolos``) and its
     image processor, saved with save_pretrained; heads widened as for torchvision's."""

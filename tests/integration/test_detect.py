@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
-import torch
 from PIL import Image
 
 import batchvision
@@ -23,7 +22,7 @@ from batchvision.demo import synth
 from batchvision.errors import OutputDirError
 from batchvision.report import ReportConfig, build_report
 from tests.conftest import S3Server
-from tests.task_models import DET_CLASSES, tiny_torchvision_detector
+from tests.task_models import DET_CLASSES, save_tiny_detector
 
 ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 LABELS = ("__background__", *(f"obj_{i}" for i in range(1, DET_CLASSES)))
@@ -34,13 +33,11 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The tiny detector as a checkpoint and labels file: the run options that use it."""
-    root = tmp_path_factory.mktemp("detector")
-    torch.save(tiny_torchvision_detector(ARCH).state_dict(), root / "det.pt")
-    (root / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    weights, labels = save_tiny_detector(tmp_path_factory.mktemp("detector"), ARCH, LABELS)
     return {
         "model": ARCH,
-        "weights": str(root / "det.pt"),
-        "labels": str(root / "labels.txt"),
+        "weights": str(weights),
+        "labels": str(labels),
         "precision": "fp32",
         "score_threshold": 0.3,
         "max_detections": 8,

@@ -299,21 +299,18 @@ def test_zero_shot_on_ray_to_s3_matches_local_and_resumes(
 def test_detect_rows_match_local(
     ray_s3: S3Server, inputs: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    import torch
-
     from tests.integration.test_detect import assert_same_detections
-    from tests.task_models import tiny_torchvision_detector
+    from tests.task_models import save_tiny_detector
 
     arch = "fasterrcnn_mobilenet_v3_large_320_fpn"
-    root = tmp_path_factory.mktemp("detector")
-    torch.save(tiny_torchvision_detector(arch).state_dict(), root / "det.pt")
-    (root / "labels.txt").write_text("\n".join(f"obj_{i}" for i in range(5)) + "\n")
+    labels = tuple(f"obj_{i}" for i in range(5))
+    weights, names = save_tiny_detector(tmp_path_factory.mktemp("detector"), arch, labels)
     local, remote = _both(
         {
             "inputs": (str(inputs),),
             "model": arch,
-            "weights": str(root / "det.pt"),
-            "labels": str(root / "labels.txt"),
+            "weights": str(weights),
+            "labels": str(names),
             "precision": "fp32",
             "batch_size": 4,
             "score_threshold": 0.3,
