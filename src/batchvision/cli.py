@@ -481,7 +481,7 @@ def models_cmd(source: str | None, show_all: bool) -> None:
         raise ConfigError(f"unknown source {source!r}; valid: {', '.join(sources)}")
     click.echo(
         "tasks: classify (top-k labels), segment (class mask per pixel), embed (features), "
-        "zero-shot (top-k of --classes, image-text models)"
+        "zero-shot (top-k of --classes, image-text models), detect (boxes per image)"
     )
     for src, impl in sources.items():
         if source and src != source:
