@@ -85,11 +85,16 @@ class Task:
         """Every schema this task writes, by the name the docs give it."""
         return {self.name: self.schema()}
 
+    def table_schema(self, columns: dict[str, pa.Array]) -> pa.Schema:
+        """The schema of a table of these ``columns``: :meth:`schema`, unless a field's type
+        depends on the model (embed's list size)."""
+        return self.schema()
+
     def to_table(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """A postprocessed batch as the output table: plain Arrow, nulls on error rows."""
         ok = np.asarray(batch["status"] == "ok")
         columns = {**common_columns(batch, ok), **self.columns(batch, ok)}
-        return pa.table(columns, schema=self.schema())
+        return pa.table(columns, schema=self.table_schema(columns))
 
     def label_values(self, table: pa.Table, ok: pa.Array) -> pa.Array | None:
         """The report's label chart: one label per counted occurrence among ok rows."""

@@ -9,7 +9,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from batchvision.io.sinks import COMMON_FIELDS, common_columns
+from batchvision.io.sinks import COMMON_FIELDS
 from batchvision.tasks import register_task
 from batchvision.tasks.base import Task, ok_rows, without_image
 
@@ -62,12 +62,9 @@ class Embed(Task):
         )
         return {"embedding": column}
 
-    def to_table(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        ok = np.asarray(batch["status"] == "ok")
-        columns = {**common_columns(batch, ok), **self.columns(batch, ok)}
+    def table_schema(self, columns: dict[str, pa.Array]) -> pa.Schema:
         d = columns["embedding"].type.list_size
-        schema = pa.schema([*COMMON_FIELDS, pa.field("embedding", pa.list_(pa.float32(), d))])
-        return pa.table(columns, schema=schema)
+        return pa.schema([*COMMON_FIELDS, pa.field("embedding", pa.list_(pa.float32(), d))])
 
     def manifest_fields(self, spec: ModelSpec, config: RunConfig) -> dict[str, Any]:
         return {
