@@ -50,6 +50,7 @@ from batchvision.config import (
     RunConfig,
 )
 from batchvision.engines.base import Engine, EngineResult, Job, RunStats
+from batchvision.engines.finisher import Finisher
 from batchvision.engines.prefetch import prefetch_to_device
 from batchvision.errors import ConfigError, StorageAuthError
 from batchvision.interrupts import defer_interrupts
@@ -62,12 +63,15 @@ from batchvision.orphans import die_with_parent
 from batchvision.stages.device_decode import decode_batch_device
 from batchvision.stages.predict import PredictOptions, Predictor
 from batchvision.stages.preprocess import decode_batch
+from batchvision.stages.readback import Readback
 from batchvision.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
 # Batches each worker may hold ready ahead of inference; bounds memory.
 PREFETCH_PER_WORKER = 2
+# Batches inferred but not yet written that the model's thread may run ahead by.
+FINISH_DEPTH = 2
 
 
 class DecodeDataset(Dataset[dict[str, Any]]):
@@ -382,6 +386,21 @@ class LocalEngine(Engine):
             functools.partial(units.keep_types, shard_opts=cfg.shards, options=cfg.storage),
         )
         workers_iter: Iterator[dict[str, Any]] | None = None
+
+        def finish(item: tuple[Readback, Any, dict[str, Any]]) -> None:
+            """On the finishing thread: a batch's columns to rows written and counted."""
+            readback, tag, kept = item
+            t0 = time.perf_counter()
+            labelled = task.postprocess(readback.wait(), job.spec)
+            table = task.to_table(labelled)
+            if tag is None:
+                job.writer.add(table)
+            else:  # a shard's batch: its part is committed once the shard is whole
+                shard_parts.add(tag, table, kept)
+            seconds["write"] += time.perf_counter() - t0
+            stats.observe(labelled)
+
+        finisher = Finisher(finish, depth=FINISH_DEPTH)
         try:
             with warnings.catch_warnings():
                 # The workers fork here. A resumed --format lance run has read its parts with
@@ -408,19 +427,17 @@ class LocalEngine(Engine):
                     batch = decode_here(batch)
                     t_infer = time.perf_counter()
                     seconds["decode"] += t_infer - t1
-                labelled = task.postprocess(predictor(batch), job.spec)
+                n = len(batch["id"])
+                # Queued on the device, not waited for: the finishing thread reads it back,
+                # postprocesses and writes it while this thread queues the next batch.
+                readback = predictor.launch(batch)
+                del batch
                 t2 = time.perf_counter()
-                with defer_interrupts():  # a batch is written and counted, or neither
-                    if tag is None:
-                        job.writer.add(task.to_table(labelled))
-                    else:  # a shard's batch: its part is committed once the shard is whole
-                        shard_parts.add(tag, task.to_table(labelled), kept)
-                    t3 = time.perf_counter()
-                    seconds["wait"] += t1 - t0
-                    seconds["inference"] += t2 - t_infer
-                    seconds["write"] += t3 - t2
-                    stats.observe(labelled)
-                trim(len(labelled["id"]))
+                seconds["wait"] += t1 - t0
+                seconds["inference"] += t2 - t_infer
+                finisher.submit((readback, tag, kept))
+                seconds["wait"] += time.perf_counter() - t2  # the finishing thread was behind
+                trim(n)
         except KeyboardInterrupt:
             result.interrupted = True
             logger.warning("interrupted: writing the rows completed so far")
@@ -430,7 +447,13 @@ class LocalEngine(Engine):
             _end_workers(workers_iter)
             result.batch_size = predictor.batch_size_used(batch_size)
             t = time.perf_counter()
-            job.writer.close()
+            try:
+                with defer_interrupts():  # every batch submitted is written and counted
+                    finisher.close()
+            except KeyboardInterrupt:  # arrived while they were: they are written anyway
+                result.interrupted = True
+            finally:
+                job.writer.close()
             seconds["write"] += time.perf_counter() - t
             stats.report(force=True)
         result.stage_seconds = seconds

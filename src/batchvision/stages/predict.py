@@ -32,6 +32,7 @@ from batchvision.stages.batching import (
 )
 from batchvision.stages.device import autocast, resolve_device, resolve_precision
 from batchvision.stages.fuse import fold_batch_norms
+from batchvision.stages.readback import Readback, start_readback
 from batchvision.stages.upsample import UPSAMPLE_BYTES
 from batchvision.tasks import get_task
 
@@ -200,7 +201,13 @@ class Predictor:
         """``--batch-size auto`` for this predictor: see :func:`find_batch_size`."""
         return find_batch_size(self, start=start, limit=limit, budget_s=budget_s)
 
+    def launch(self, batch: dict[str, np.ndarray]) -> Readback:
+        """Queue ``batch`` on the device and the copy of its columns back to the host,
+        without waiting for either: the caller can queue the next batch at once and
+        :meth:`Readback.wait` for this one elsewhere (the engines' finishing thread)."""
+        return start_readback(self.task.predict(self, batch), self.device)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The task's columns for a decoded batch (``image`` dropped): see the task's
         ``predict``. Error rows get zeros (or empty values) and never reach the model."""
-        return self.task.predict(self, batch)
+        return self.launch(batch).wait()

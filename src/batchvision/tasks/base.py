@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
 from batchvision.io.sinks import COMMON_FIELDS, common_columns
 
@@ -135,19 +136,47 @@ class ListedLabels(Task):
         return hit
 
 
-def without_image(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def without_image(batch: dict[str, Any]) -> dict[str, Any]:
     """``batch`` without the decoded image and its padding sizes."""
     drop = ("image", "input_height", "input_width")
     return {k: v for k, v in batch.items() if k not in drop}
 
 
-def ok_rows(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Indices of the ``ok`` rows and their images (``None`` when there are none)."""
+def ok_rows(batch: dict[str, Any]) -> tuple[np.ndarray, Any]:
+    """Indices of the ``ok`` rows and their images (``None`` when there are none).
+
+    Images on a GPU are indexed with the indices on that device: a numpy index would be
+    copied there from pageable memory, which waits for the device's queue.
+    """
     ok = np.flatnonzero(batch["status"] == "ok")
     if not len(ok):
         return ok, None
     images = batch["image"]
-    return ok, images if len(ok) == len(images) else images[ok]
+    if len(ok) == len(images):
+        return ok, images
+    if isinstance(images, torch.Tensor):
+        return ok, images[device_index(ok, images.device)]
+    return ok, images[ok]
+
+
+def device_index(rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Row indices as an int64 tensor on ``device``, copied without waiting for its queue."""
+    index = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+    if device.type == "cuda":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index.to(device)
+
+
+def scatter_rows(values: torch.Tensor, rows: np.ndarray, n: int) -> torch.Tensor:
+    """An ``(n, ...)`` tensor on ``values``' device: ``values`` at ``rows``, zeros elsewhere.
+
+    Stays on the device (no readback): the engine copies the batch's columns back at once.
+    """
+    if len(rows) == n:
+        return values
+    out = values.new_zeros((n, *values.shape[1:]))
+    out[device_index(rows, values.device)] = values
+    return out
 
 
 def config_defaults() -> dict[str, Any]:

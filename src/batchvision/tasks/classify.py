@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +13,7 @@ import torch
 from batchvision.errors import ConfigError
 from batchvision.io.sinks import list_array
 from batchvision.tasks import register_task
-from batchvision.tasks.base import Task, ok_rows, without_image
+from batchvision.tasks.base import Task, ok_rows, scatter_rows, without_image
 
 if TYPE_CHECKING:
     from batchvision.config import RunConfig
@@ -40,34 +40,45 @@ def check_top_k(top_k: int, spec: ModelSpec) -> None:
 
 
 @torch.inference_mode()
+def topk_tensors(
+    predictor: Predictor, images: torch.Tensor | np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k class ids (int32) and softmax probabilities (float32) per image, left on the
+    model's device (read back with the rest of the batch's columns)."""
+    probs = torch.softmax(predictor.logits(images), dim=1)
+    scores, ids = probs.topk(predictor.top_k, dim=1)
+    return ids.to(torch.int32), scores
+
+
 def topk(predictor: Predictor, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k class ids (int32) and softmax probabilities (float32) per image."""
+    """:func:`topk_tensors` as numpy arrays on the host."""
     k = predictor.top_k
     if len(images) == 0:
         return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
-    probs = torch.softmax(predictor.logits(images), dim=1)
-    scores, ids = probs.topk(k, dim=1)
-    return ids.to(torch.int32).cpu().numpy(), scores.cpu().numpy()
+    ids, scores = topk_tensors(predictor, images)
+    return ids.cpu().numpy(), scores.cpu().numpy()
 
 
 def topk_columns(
-    batch: dict[str, np.ndarray],
+    batch: dict[str, Any],
     k: int,
-    scores_of: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-) -> dict[str, np.ndarray]:
+    scores_of: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
+) -> dict[str, Any]:
     """``topk_ids``/``topk_scores`` for a batch (zeros on error rows), ``image`` dropped.
 
-    ``scores_of(images)`` gives the ok rows' ids and scores.
+    ``scores_of(images)`` gives the ok rows' ids and scores as tensors on the model's
+    device; the columns stay there (see :mod:`batchvision.stages.readback`).
     """
     n = len(batch["status"])
-    ids = np.zeros((n, k), dtype=np.int32)
-    scores = np.zeros((n, k), dtype=np.float32)
     ok, images = ok_rows(batch)
-    if images is not None:
-        ids[ok], scores[ok] = scores_of(images)
     out = without_image(batch)
-    out["topk_ids"] = ids
-    out["topk_scores"] = scores
+    if images is None:
+        out["topk_ids"] = np.zeros((n, k), dtype=np.int32)
+        out["topk_scores"] = np.zeros((n, k), dtype=np.float32)
+        return out
+    ids, scores = scores_of(images)
+    out["topk_ids"] = scatter_rows(ids, ok, n)
+    out["topk_scores"] = scatter_rows(scores, ok, n)
     return out
 
 
@@ -140,4 +151,4 @@ class Classify(LabelTask):
         check_top_k(predictor.top_k, predictor.spec)
 
     def predict(self, predictor: Predictor, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return topk_columns(batch, predictor.top_k, lambda images: topk(predictor, images))
+        return topk_columns(batch, predictor.top_k, lambda images: topk_tensors(predictor, images))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from batchvision.io.sinks import COMMON_FIELDS
 from batchvision.tasks import register_task
-from batchvision.tasks.base import Task, ok_rows, without_image
+from batchvision.tasks.base import Task, ok_rows, scatter_rows, without_image
 
 if TYPE_CHECKING:
     from batchvision.config import RunConfig
@@ -20,12 +20,13 @@ if TYPE_CHECKING:
 
 
 @torch.inference_mode()
-def embed(predictor: Predictor, images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Features ``(N, D)`` float32, L2-normalised when the options say so."""
+def embed(predictor: Predictor, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Features ``(N, D)`` float32 on the model's device, L2-normalised when the options
+    say so."""
     feats = predictor.logits(images).reshape(len(images), -1)
     if predictor.normalize:
         feats = F.normalize(feats, dim=1)
-    return feats.cpu().numpy()
+    return feats
 
 
 @register_task
@@ -44,14 +45,11 @@ class Embed(Task):
     def predict(self, predictor: Predictor, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["status"])
         out = without_image(batch)
-        emb = np.zeros((n, predictor.spec.embedding_dim or 0), dtype=np.float32)
         ok, images = ok_rows(batch)
-        if images is not None:
-            feats = embed(predictor, images)
-            if emb.shape[1] != feats.shape[1]:
-                emb = np.zeros((n, feats.shape[1]), dtype=np.float32)
-            emb[ok] = feats
-        out["embedding"] = emb
+        if images is None:
+            out["embedding"] = np.zeros((n, predictor.spec.embedding_dim or 0), dtype=np.float32)
+        else:
+            out["embedding"] = scatter_rows(embed(predictor, images), ok, n)
         return out
 
     def columns(self, batch: dict[str, np.ndarray], ok: np.ndarray) -> dict[str, pa.Array]:

@@ -83,8 +83,9 @@ def with_classes(
 
 
 @torch.inference_mode()
-def class_scores(predictor: Predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k class ids and scores: softmax over the classes, or sigmoid per class."""
+def class_scores(predictor: Predictor, images: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k class ids and scores: softmax over the classes, or sigmoid per class (on the
+    model's device)."""
     head = predictor.spec.text_head
     logits = predictor.logits(images)
     if head is not None and head.scores == "sigmoid":
@@ -92,7 +93,7 @@ def class_scores(predictor: Predictor, images: np.ndarray) -> tuple[np.ndarray, 
     else:
         scores = torch.softmax(logits, dim=1)
     top, ids = scores.topk(predictor.top_k, dim=1)
-    return ids.to(torch.int32).cpu().numpy(), top.cpu().numpy()
+    return ids.to(torch.int32), top
 
 
 @register_task
