@@ -101,6 +101,10 @@ def test_is_out_of_memory() -> None:
     assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_out_of_memory(ValueError("out of memory"))
+    # The CUDA libraries' own allocations fail as plain RuntimeErrors with their status.
+    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling"))
+    assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert not is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_BAD_PARAM"))
 
 
 def test_inject_env_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,3 +214,42 @@ def test_find_batch_size_stops_at_injected_oom(spec: ModelSpec) -> None:
         assert got.trials[-1] == (8, 0.0)
     # The search leaves no limit behind: the run's batches start whole.
     assert injected.batch_limit is None
+
+
+def test_oom_memory_is_freed_outside_the_handler(
+    spec: ModelSpec, images: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # empty_cache() inside the except block frees nothing the failed forward pass still
+    # holds through the traceback: it must run once the handler is left.
+    import sys
+
+    import batchvision.stages.predict as predict
+
+    handling: list[object] = []
+    monkeypatch.setattr(predict, "free_cached_memory", lambda d: handling.append(sys.exc_info()[0]))
+    injected = _predictor(spec, 3)
+    injected.logits(images)
+    assert handling == [None, None]  # 10 -> 5 -> 2, each freed with no exception alive
+
+
+def test_a_halved_batch_grows_back_and_backs_off(spec: ModelSpec, images: np.ndarray) -> None:
+    injected = _predictor(spec, 3)
+    want = _predictor(spec, None).logits(images)
+    injected.logits(images)  # 10 -> 5 -> 2, then 5 pieces of 2 fit
+    assert injected.batch_limit == 2
+    injected.inject_oom_above = None  # the memory is back
+    injected.grow_after = 2
+    limits = []
+    for _ in range(3):
+        got = injected.logits(images)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # every row, in order
+        limits.append(injected.batch_limit)
+    # Call 1: 2 fits (enough in a row) -> 4; 4, 4 fit -> 8. Call 2: 8 fits once (the last
+    # piece of 2 is not a full one). Call 3: 8 fits again -> 16, past the batch: whole.
+    assert limits == [8, 8, None]
+    # A grown size that runs out again halves, and the next growth waits twice as long.
+    injected.inject_oom_above = 6
+    got = injected.logits(images)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert injected.batch_limit == 5
+    assert injected.grow_after == 4

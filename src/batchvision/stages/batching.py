@@ -49,11 +49,24 @@ def injected_oom_limit() -> int | None:
     return limit
 
 
+#: How the CUDA libraries report a failed allocation of their own workspace (cuBLAS,
+#: cuDNN, nvJPEG): torch raises these as plain RuntimeErrors, not OutOfMemoryError.
+_ALLOC_FAILURES = (
+    "out of memory",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "cudnn_status_not_enough_workspace",
+    "nvjpeg_status_allocator_failure",
+)
+
+
 def is_out_of_memory(e: BaseException) -> bool:
-    """Whether ``e`` is a device out-of-memory error (CUDA's, or a backend's RuntimeError)."""
+    """Whether ``e`` is a device out-of-memory error (CUDA's, or a backend's or CUDA
+    library's RuntimeError)."""
     if isinstance(e, torch.OutOfMemoryError):
         return True
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    message = str(e).lower()
+    return isinstance(e, RuntimeError) and any(s in message for s in _ALLOC_FAILURES)
 
 
 def free_cached_memory(device: torch.device) -> None:

@@ -39,6 +39,10 @@ from batchvision.tasks import get_task
 logger = logging.getLogger(__name__)
 _R = TypeVar("_R")
 
+#: After an out-of-memory halving, this many pieces must fit in a row before the size is
+#: doubled again (and twice as many after each grown size that runs out again).
+GROW_AFTER = 64
+
 
 class Predictor:
     """Run ``spec``'s model for ``spec.task`` on ``(N, H, W, 3)`` uint8 image batches.
@@ -98,6 +102,10 @@ class Predictor:
         self.inject_oom_above = options.inject_oom_above
         #: Largest batch given to the model at once; ``None``: whole batches (no OOM yet).
         self.batch_limit: int | None = None
+        #: Pieces that must fit in a row at ``batch_limit`` before it is doubled again.
+        self.grow_after = GROW_AFTER
+        self._fits_in_a_row = 0
+        self._grown = False
         mean = torch.tensor(spec.preprocess.mean, dtype=torch.float32, device=self.device)
         std = torch.tensor(spec.preprocess.std, dtype=torch.float32, device=self.device)
         # (x * rescale - mean) / std  ==  x * scale + shift, one fused multiply-add.
@@ -126,30 +134,46 @@ class Predictor:
         """``run(start, stop)`` over rows ``0..n``: whole, or in pieces of ``batch_limit``.
 
         A piece that runs out of device memory is retried in halves, down to one row (then
-        the error is real), and the smaller size is kept for later batches. Tasks whose
-        model output is not one tensor (detection) run their own forward through this.
+        the error is real), and the smaller size is kept for later batches; after
+        ``grow_after`` pieces in a row have fit at that size it is doubled again (a
+        transient peak, another process's memory freed), and each time a grown size runs
+        out of memory again the wait before the next try doubles. Tasks whose model output
+        is not one tensor (detection) run their own forward through this.
         """
-        limit = self.batch_limit or n
-        if n <= limit:
-            try:
-                return [run(0, n)]
-            except Exception as e:
-                if n <= 1 or not is_out_of_memory(e):
-                    raise
-                limit = self._shrink(n, e)
-        outs = []
+        outs: list[_R] = []
         start = 0
         while start < n:
-            stop = min(n, start + limit)
+            stop = min(n, start + (self.batch_limit or n))
             try:
                 outs.append(run(start, stop))
             except Exception as e:
                 if stop - start <= 1 or not is_out_of_memory(e):
                     raise
-                limit = self._shrink(stop - start, e)
+                message = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            else:
+                self._fitted(stop - start, n)
+                start = stop
                 continue
-            start = stop
+            # Outside the handler: the failed call's traceback, and the activations its
+            # frames hold, are released before the allocator's cache is emptied.
+            self._shrink(stop - start, message)
         return outs
+
+    def _fitted(self, size: int, n: int) -> None:
+        """A piece of ``size`` rows (of a batch of ``n``) ran: grow the limit back in time."""
+        if self.batch_limit is None or size < self.batch_limit:
+            return
+        self._fits_in_a_row += 1
+        if self._fits_in_a_row < self.grow_after:
+            return
+        self._fits_in_a_row = 0
+        grown = self.batch_limit * 2
+        self.batch_limit = None if grown >= n else grown
+        self._grown = True
+        logger.info(
+            "%d batches fitted on %s: trying batches of %s again",
+            *(self.grow_after, self.device, grown if self.batch_limit else n),
+        )
 
     def check_injected_oom(self, n: int) -> None:
         """The test hook: a model call on more than ``inject_oom_above`` images raises
@@ -170,16 +194,19 @@ class Predictor:
             out = out[0]
         return out.float()
 
-    def _shrink(self, n: int, error: BaseException) -> int:
+    def _shrink(self, n: int, message: str) -> None:
         """Halve the batch after an out-of-memory error on ``n`` images; keep the new size."""
         free_cached_memory(self.device)
+        if self._grown:  # a size grown back ran out again: wait twice as long next time
+            self.grow_after *= 2
+        self._grown = False
+        self._fits_in_a_row = 0
         self.batch_limit = max(1, n // 2)
         logger.warning(
             "out of memory on %s with a batch of %d (%s): retrying the same rows in batches "
             "of %d, and keeping that size",
-            *(self.device, n, str(error).splitlines()[0][:120], self.batch_limit),
+            *(self.device, n, message, self.batch_limit),
         )
-        return self.batch_limit
 
     def batch_size_used(self, requested: int) -> int:
         """The batch size the model ran at: ``requested``, or less after an OOM."""
