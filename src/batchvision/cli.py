@@ -53,7 +53,9 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> An
         ) from None
 
 
-def _batch_size(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+def _batch_size(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
     if value.strip().lower() == "auto":
         return "auto"
     try:
@@ -217,11 +219,11 @@ def cli() -> None:
     "--batch-size",
     "-b",
     callback=_batch_size,
-    default="32",
-    show_default=True,
+    default=None,
     metavar="N|auto",
     help="Images per batch; auto: the size with the best throughput that fits the device, "
-    "measured once per run. Out of device memory, a batch is split in halves and retried.",
+    "measured once per run. Out of device memory, a batch is split in halves and retried "
+    "(and grows back once batches fit again).  [default: 32 on the CPU, auto on CUDA]",
 )
 @click.option(
     "--workers",

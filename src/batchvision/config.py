@@ -21,6 +21,8 @@ CropOffset = Literal["round", "floor"]
 TaskName = Literal["classify", "segment", "embed", "zero-shot", "detect"]
 DecodeDevice = Literal["cpu", "cuda", "auto"]
 BatchSize = int | Literal["auto"]
+#: ``--batch-size`` for a model on the CPU when none is given.
+DEFAULT_BATCH_SIZE = 32
 RuntimeName = Literal["torch", "onnxruntime", "openvino", "auto"]
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -219,8 +221,9 @@ class RunConfig:
     engine: EngineName = "local"
     device: str = "auto"
     precision: Precision = "auto"
-    #: Images per batch, or ``auto``: the best-throughput size that fits, measured per run.
-    batch_size: BatchSize = 32
+    #: Images per batch, or ``auto``: the best-throughput size that fits, measured per run;
+    #: ``None``: 32 on the CPU, ``auto`` on CUDA (see :meth:`batch_size_for`).
+    batch_size: BatchSize | None = None
     workers: int | None = None
     top_k: int = 5
     format: OutputFormat = "parquet"
@@ -429,12 +432,22 @@ class RunConfig:
         if self.ray_address is not None and not self.ray_address.strip():
             raise ConfigError("--ray-address is empty; give auto, HOST:PORT or ray://HOST:PORT")
 
-    @property
-    def num_workers(self) -> int:
-        """Decode workers: ``--workers`` or the number of usable cores."""
+    def batch_size_for(self, model_device: str) -> BatchSize:
+        """``--batch-size``, or its default for a model on ``model_device`` (``cpu``...):
+        32 on the CPU; ``auto`` on CUDA, where 32 images leave a large GPU mostly idle
+        between batches and the size that fits depends on the GPU and the model."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return "auto" if model_device == "cuda" else DEFAULT_BATCH_SIZE
+
+    def num_workers(self, model_device: str = "cpu") -> int:
+        """Reader (and decoder) worker processes: ``--workers``, or one per usable core;
+        with the model on CUDA two fewer (at least one), leaving a core each to the
+        model's thread, which feeds the GPU, and to the loader's pin-memory thread."""
         if self.workers is not None:
             return self.workers
-        return usable_cores()
+        cores = usable_cores()
+        return max(1, cores - 2) if model_device == "cuda" else cores
 
     def num_decode_threads(self, model_device: str) -> int:
         """``--decode-threads``, or its default for a model on ``model_device`` (``cpu``...).
@@ -480,7 +493,7 @@ def parse_concurrency(value: str | int | tuple[int, ...] | list[int]) -> tuple[i
 
 
 def _check_batch_size(value: object) -> None:
-    if value == "auto":
+    if value == "auto" or value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"--batch-size {value!r} is not valid; choose a positive integer or auto")

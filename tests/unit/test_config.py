@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from batchvision.config import PreprocessConfig, PreprocessOverrides
+from batchvision.config import PreprocessConfig, PreprocessOverrides, RunConfig
 from batchvision.errors import ConfigError
 
 
@@ -41,3 +41,22 @@ def test_preprocess_config_refuses_non_finite_mean_std(field: str, value: tuple)
     # A model's own config (e.g. a Hugging Face processor file) is checked the same way.
     with pytest.raises(ConfigError, match=f"^{field} .* is not valid"):
         PreprocessConfig(**{field: value})
+
+
+def test_batch_size_and_workers_default_by_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import batchvision.config as config
+
+    monkeypatch.setattr(config, "usable_cores", lambda: 16)
+    cfg = RunConfig(inputs=("x",), output="y", model="resnet50")
+    assert cfg.batch_size is None
+    assert cfg.batch_size_for("cpu") == 32
+    assert cfg.batch_size_for("cuda") == "auto"  # 32 leaves a large GPU idle
+    assert (
+        RunConfig(inputs=("x",), output="y", model="m", batch_size=64).batch_size_for("cuda") == 64
+    )
+    # The model's thread and the pin-memory thread keep a core each beside a GPU.
+    assert cfg.num_workers("cpu") == 16
+    assert cfg.num_workers("cuda") == 14
+    monkeypatch.setattr(config, "usable_cores", lambda: 2)
+    assert cfg.num_workers("cuda") == 1
+    assert RunConfig(inputs=("x",), output="y", model="m", workers=3).num_workers("cuda") == 3

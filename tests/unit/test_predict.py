@@ -395,3 +395,43 @@ def test_out_of_memory_while_upsampling_halves_the_bands(spec, monkeypatch, capl
     with pytest.raises(ValueError, match="not a memory problem"):
         _upsample(pred, logits, (60, 80))
     assert pred.upsample_bytes == 64 * mib  # other errors are not retried
+
+
+# --- a GPU's fixed shapes, tested on the CPU ------------------------------------------------
+
+
+def test_padded_batches_give_the_same_rows_and_one_input_shape(
+    spec: ModelSpec, images: np.ndarray
+) -> None:
+    plain = Predictor(spec, PredictOptions(device="cpu", precision="fp32", top_k=3))
+    assert not plain.pad_batches  # only on CUDA, where cuDNN's autotuner is switched on
+    padded = Predictor(spec, PredictOptions(device="cpu", precision="fp32", top_k=3))
+    padded.pad_batches = True
+    shapes: list[tuple[int, ...]] = []
+    model = padded._forward
+    padded._forward = lambda x: (shapes.append(tuple(x.shape)), model(x))[1]
+    want = plain.logits(images)
+    got_full = padded.logits(images)  # 6 images: the largest so far
+    got_last = padded.logits(images[:4])  # a last batch of 4 is run as 6
+    got_one = padded.logits(images[2:3])
+    torch.testing.assert_close(got_full, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_last, want[:4], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_one, want[2:3], rtol=1e-4, atol=1e-4)
+    assert shapes == [(6, 3, SIZE, SIZE)] * 3
+    # Within an out-of-memory limit, pieces pad to the limit, not past it.
+    padded.batch_limit = 4
+    torch.testing.assert_close(padded.logits(images[:5]), want[:5], rtol=1e-4, atol=1e-4)
+    assert [s[0] for s in shapes[3:]] == [4, 4]
+
+
+def test_the_batch_size_search_runs_uncompiled_and_unpadded(spec: ModelSpec) -> None:
+    pred = Predictor(spec, PredictOptions(device="cpu", precision="fp32", top_k=3))
+    pred.pad_batches = True
+
+    def compiled(x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the search compiled the model at a trial size")
+
+    pred._forward = compiled
+    search = pred.find_batch_size(start=1, limit=4, budget_s=5)
+    assert [b for b, _ in search.trials][:1] == [1]
+    assert pred._largest == 0  # the trials set no padding size for the run

@@ -59,7 +59,7 @@ class _RecordingCuda:
         self.calls: list[tuple[str, int]] = []
         self.events = 0
 
-    def Stream(self, device: torch.device) -> str:  # noqa: N802 - torch.cuda's name
+    def Stream(self, device: torch.device) -> str:
         return "side"
 
     def stream(self, stream: str) -> Any:
@@ -67,7 +67,7 @@ class _RecordingCuda:
 
         return contextlib.nullcontext()
 
-    def Event(self) -> Any:  # noqa: N802
+    def Event(self) -> Any:
         calls, n = self.calls, self.events
         self.events += 1
 

@@ -57,7 +57,7 @@ def measure_decode(p: dict[str, Any]) -> dict[str, Any]:
     cfg = RunConfig(
         inputs=(p["manifest"],), output="unused", model=p["model"], workers=p["workers"]
     )
-    workers = cfg.num_workers
+    workers = cfg.num_workers()
     start = time.perf_counter()
     loader = DataLoader(
         DecodeDataset(spec.preprocess, cfg.max_pixels, cfg.draft),

@@ -28,6 +28,7 @@ import itertools
 import logging
 import os
 import queue
+import shutil
 import signal
 import threading
 import time
@@ -48,6 +49,7 @@ from batchvision.config import (
     DecodeDevice,
     PreprocessConfig,
     RunConfig,
+    usable_cores,
 )
 from batchvision.engines.base import Engine, EngineResult, Job, RunStats
 from batchvision.engines.finisher import Finisher
@@ -70,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 # Batches each worker may hold ready ahead of inference; bounds memory.
 PREFETCH_PER_WORKER = 2
+# Where worker processes share tensors with this one (torch's shared-memory tensors).
+SHM = "/dev/shm"
 # Batches inferred but not yet written that the model's thread may run ahead by.
 FINISH_DEPTH = 2
 
@@ -276,13 +280,34 @@ class DecodePlan:
     device: torch.device | None = None
 
     @classmethod
-    def choose(cls, cfg: RunConfig, model_device: torch.device) -> DecodePlan:
-        """``--decode-device`` and ``--decode-threads`` for a model on ``model_device``."""
+    def choose(
+        cls, cfg: RunConfig, model_device: torch.device, in_flight_bytes: int = 0
+    ) -> DecodePlan:
+        """``--decode-device`` and ``--decode-threads`` for a model on ``model_device``.
+
+        Decoded batches come back from worker processes through shared memory
+        (``/dev/shm``), ``in_flight_bytes`` of it at most. A container's is often 64 MB,
+        where the workers would die with a bus error or "No space left on device": when
+        it has less free, the run decodes on threads here instead, and says so once.
+        """
         on_device = decode_target(cfg.decode_device, model_device)
         if on_device is not None:
             return cls("device", device=on_device)
         threads = cfg.num_decode_threads(model_device.type)
-        return cls("threads", threads=threads) if threads else cls("workers")
+        if threads:
+            return cls("threads", threads=threads)
+        free = shm_free_bytes()
+        if cfg.num_workers(model_device.type) and free is not None and in_flight_bytes > free:
+            threads = usable_cores()
+            logger.warning(
+                "%s has %d MB free, and decoded batches in flight from the decode workers "
+                "need about %d MB: decoding on %d thread(s) in this process instead (in a "
+                "container, give it more: docker run --shm-size=%dg)",
+                *(SHM, free >> 20, in_flight_bytes >> 20, threads),
+                max(1, -(-2 * in_flight_bytes // 2**30)),
+            )
+            return cls("threads", threads=threads)
+        return cls("workers")
 
     def decoder(
         self, cfg: RunConfig, preprocess: PreprocessConfig, pool: ThreadPoolExecutor | None
@@ -310,6 +335,22 @@ class DecodePlan:
         return None
 
 
+def shm_free_bytes() -> int | None:
+    """Free bytes of the shared memory that worker processes hand tensors back through;
+    ``None`` where there is no such mount to measure."""
+    try:
+        return shutil.disk_usage(SHM).free
+    except OSError:
+        return None
+
+
+def in_flight_bytes(workers: int, batch_size: int, input_size: tuple[int, int]) -> int:
+    """Shared memory the decode workers' batches can hold at once: each worker's prefetched
+    batches, plus the two this process holds (the one in the model and the next)."""
+    h, w = input_size
+    return (workers * PREFETCH_PER_WORKER + 2) * batch_size * h * w * 3
+
+
 def decode_target(setting: DecodeDevice, model_device: torch.device) -> torch.device | None:
     """The device JPEGs are decoded on, or ``None`` for the CPU worker processes."""
     if setting == "cpu" or (setting == "auto" and model_device.type != "cuda"):
@@ -323,9 +364,11 @@ def decode_target(setting: DecodeDevice, model_device: torch.device) -> torch.de
 
 
 def resolve_batch_size(cfg: RunConfig, predictor: Predictor, result: EngineResult) -> int:
-    """``--batch-size``, or for ``auto`` the size the predictor measures (kept in ``result``)."""
-    if cfg.batch_size != "auto":
-        return int(cfg.batch_size)
+    """``--batch-size`` (or its default for the device), or for ``auto`` the size the
+    predictor measures (kept in ``result``)."""
+    size = cfg.batch_size_for(predictor.device.type)
+    if size != "auto":
+        return int(size)
     search = predictor.find_batch_size()
     result.batch_search = search.as_record()
     return search.size
@@ -344,13 +387,14 @@ class LocalEngine(Engine):
         task = get_task(job.spec.task)
         result = stats.result
         batch_size = resolve_batch_size(cfg, predictor, result)
-        plan = DecodePlan.choose(cfg, predictor.device)
+        workers = cfg.num_workers(predictor.device.type)
+        shared = in_flight_bytes(workers, batch_size, predictor.input_size())
+        plan = DecodePlan.choose(cfg, predictor.device, shared)
         pool = (
             ThreadPoolExecutor(plan.threads, thread_name_prefix="decode")
             if plan.where == "threads"
             else None
         )
-        workers = cfg.num_workers
         loader = DataLoader(
             DecodeDataset(
                 job.spec.preprocess,

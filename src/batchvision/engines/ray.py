@@ -398,8 +398,9 @@ class RayEngine(Engine):
     def _batch_size(self, job: Job, weights_ref: Any, pool: Pool, result: EngineResult) -> int:
         """``--batch-size``, or ``auto`` resolved once, in a task shaped like a worker actor."""
         cfg = job.config
-        if cfg.batch_size != "auto":
-            return int(cfg.batch_size)
+        size = cfg.batch_size_for("cuda" if pool.num_gpus else "cpu")
+        if size != "auto":
+            return int(size)
         from batchvision.ray import find_batch_size
 
         task = self.ray.remote(

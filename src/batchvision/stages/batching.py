@@ -170,7 +170,7 @@ def find_batch_size(
     sample = sample.to(predictor.device)
 
     def run(n: int) -> None:
-        predictor._logits(sample.expand(n, h, w, 3).contiguous())
+        predictor._logits(sample.expand(n, h, w, 3).contiguous(), trial=True)
         if predictor.device.type == "cuda":
             torch.cuda.synchronize(predictor.device)
 

@@ -111,6 +111,14 @@ class Predictor:
         # (x * rescale - mean) / std  ==  x * scale + shift, one fused multiply-add.
         self._scale = (spec.preprocess.rescale_factor / std).view(1, 3, 1, 1)
         self._shift = (-mean / std).view(1, 3, 1, 1)
+        #: Pad smaller batches to one shape (see :meth:`_padded`): on CUDA, for fixed-size
+        #: (cropped) inputs run by torch, where cuDNN's autotuner is then switched on.
+        self.pad_batches = (
+            self.device.type == "cuda" and self._session is None and not spec.preprocess.uncropped
+        )
+        self._largest = 0
+        if self.pad_batches:
+            torch.backends.cudnn.benchmark = True
         self.task.setup(self)
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
@@ -184,15 +192,37 @@ class Predictor:
                 f"{self.inject_oom_above})"
             )
 
-    def _logits(self, images: torch.Tensor) -> torch.Tensor:
-        self.check_injected_oom(len(images))
+    def _logits(self, images: torch.Tensor, *, trial: bool = False) -> torch.Tensor:
+        """fp32 model outputs for one piece. ``trial``: a batch-size search's run, as it
+        is (not padded) and without ``torch.compile``, which would spend the search's
+        budget compiling each size."""
+        n = len(images)
+        self.check_injected_oom(n)
         if self._session is not None:  # the exported graph takes the uint8 batch itself
             return torch.from_numpy(self._session(images.numpy()))
+        images = images if trial else self._padded(images)
+        forward = self.model if trial else self._forward
         with autocast(self.device, self.precision):
-            out = self._forward(self.to_input(images))
+            out = forward(self.to_input(images))
         if not isinstance(out, torch.Tensor):  # e.g. GoogLeNet/Inception named tuples
             out = out[0]
-        return out.float()
+        return out[:n].float()
+
+    def _padded(self, images: torch.Tensor) -> torch.Tensor:
+        """With ``pad_batches``, a smaller batch (the last one, a batch's ok rows, a piece)
+        padded with copies of its last image to the largest size run so far, within
+        ``batch_limit``: the model then sees one input shape, so cuDNN's autotuner
+        (``cudnn.benchmark``) tunes once instead of at every new size, and a compiled model
+        does not recompile. The padding rows' outputs are dropped; in eval mode no row
+        depends on another."""
+        n = len(images)
+        if not self.pad_batches or n == 0:
+            return images
+        self._largest = max(self._largest, n)
+        target = min(self._largest, self.batch_limit or self._largest)
+        if n >= target:
+            return images
+        return torch.cat([images, images[-1:].expand(target - n, *images.shape[1:])])
 
     def _shrink(self, n: int, message: str) -> None:
         """Halve the batch after an out-of-memory error on ``n`` images; keep the new size."""
