@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchvision.config import PreprocessConfig
+from batchvision.engines.finisher import Finisher
 from batchvision.errors import OutputWriteError, StorageAuthError
 from batchvision.io import shards, sinks, units
 from batchvision.io.shards import ShardOptions
@@ -37,6 +38,7 @@ from batchvision.memory import HeapTrimmer
 from batchvision.models.spec import ModelSpec
 from batchvision.stages.predict import PredictOptions
 from batchvision.stages.preprocess import decode_batch
+from batchvision.stages.readback import Readback
 from batchvision.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -174,21 +176,37 @@ class UnitWorker:
     def _tables(
         self, reads: Iterator[dict[str, Any]], stats: dict[str, Any], types: dict[str, Any]
     ) -> list[pa.Table]:
+        """The unit's tables. Each batch is queued on the model and finished (read back,
+        postprocessed, made a table) on a thread while the next one runs, as in the local
+        engine: on a GPU the device never waits for the host's share of a batch."""
         tables: list[pa.Table] = []
         codes: Counter[str] = Counter()
-        for batch, kept in self._decoded(reads, stats):
-            self.trim(len(batch["id"]))
+
+        def finish(item: tuple[Readback, dict[str, list[Any]]]) -> None:
+            readback, kept = item
             t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*not writable.*")
-                labelled = self.task.postprocess(self.predictor(batch), self.spec)
-            stats["t_inference"] += time.perf_counter() - t0
-            self._maybe_fault("predictor_exit_once")
+            labelled = self.task.postprocess(readback.wait(), self.spec)
             ok = int(np.count_nonzero(labelled["status"] == "ok"))
             stats["ok"] += ok
             stats["error"] += len(labelled["status"]) - ok
             codes.update(str(e).split(":", 1)[0] for e in labelled["error"] if e is not None)
             tables.append(shards.add_kept(self.task.to_table(labelled), kept, types))
+            stats["t_write"] += time.perf_counter() - t0
+
+        finisher = Finisher(finish)
+        try:
+            for batch, kept in self._decoded(reads, stats):
+                self.trim(len(batch["id"]))
+                t0 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*not writable.*")
+                    readback = self.predictor.launch(batch)
+                del batch
+                stats["t_inference"] += time.perf_counter() - t0
+                self._maybe_fault("predictor_exit_once")
+                finisher.submit((readback, kept))
+        finally:
+            finisher.close()
         stats["rows"] = stats["ok"] + stats["error"]
         stats["error_codes"] = json.dumps(dict(codes))
         return tables
