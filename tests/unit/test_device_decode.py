@@ -16,11 +16,8 @@ from PIL import Image
 
 from batchvision.config import PreprocessConfig
 from batchvision.stages import device_decode
-from batchvision.stages.device_decode import (
-    decode_batch_device,
-    device_decodable,
-    resize_crop_tensor,
-)
+from batchvision.stages.device_decode import decode_batch_device, resize_crop_tensor
+from batchvision.stages.device_route import device_decodable
 from batchvision.stages.preprocess import decode_batch, resize_crop
 from tests.unit import odd_images as oi
 
@@ -129,7 +126,7 @@ def test_model_parity_centered_cosine(both) -> None:
     ("name", "expect"),
     [
         ("plain.jpg", (500, 375, 1)),
-        ("progressive.jpg", (640, 480, 1)),
+        ("progressive.jpg", None),  # SOF2: libjpeg on the CPU, in the workers
         ("gray.jpg", (280, 300, 1)),
         ("rotated.jpg", (300, 400, 6)),  # as displayed
         ("png.png", None),
