@@ -238,7 +238,7 @@ def decode_batch_device(
             max_input_pixels=max_input_pixels,
         )
         if arr is not None:
-            pieces.append(([job.row], torch.from_numpy(arr)[None].to(device)))
+            pieces.append(([job.row], torch.tensor(arr[None], device=device)))
     out: dict[str, np.ndarray | torch.Tensor] = {**row_columns(batch, errors, width, height)}
     if preprocess.uncropped:
         out["image"], out["input_height"], out["input_width"] = _stack_padded(pieces, n, device)
