@@ -20,10 +20,10 @@ the bytes (or here, for a batch that arrives unrouted). Here:
   A single image the device cannot decode goes to the CPU path (``decode_one``), so its
   row is the one ``--decode-device cpu`` gives;
 - images of one decoded size are resized together (one interpolate per size), after an
-  integer area-average pre-shrink of large downscales (:func:`preshrink_factors`), so no
-  antialiased resize shrinks an axis by ``2 * PRESHRINK_GAP`` (8x) or more: CUDA's
-  antialiased kernels refuse large factors ("Too much shared memory required", past
-  about 47x bicubic). A resize that still fails sends that image to the CPU path.
+  integer area-average pre-shrink of downscales past ``MAX_RESIZE_FACTOR`` (16x per
+  axis; :func:`preshrink_factors`): CUDA's antialiased kernels refuse large factors
+  ("Too much shared memory required", past about 47x bicubic). A resize that still fails
+  sends that image to the CPU path.
 """
 
 from __future__ import annotations
@@ -51,14 +51,18 @@ _MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exac
 #: Decoded bytes (width x height x 3 of each image) one decode call may make: bounds the
 #: full-resolution pixels alive at once (256 12-megapixel photos are 9 GB).
 MAX_DECODE_BYTES = 1 << 30
-#: Float32 bytes one resize call may stack (the images' float copies, before shrinking).
-MAX_RESIZE_BYTES = 512 << 20
-#: A downscale by at least twice this per axis is first shrunk by an integer factor
-#: (area average), leaving the antialiased resize a shrink of at least this factor and
-#: less than twice it (as Pillow's ``reducing_gap``): every antialiased resize on the
-#: device shrinks an axis by less than 8x. The composed filter is blurrier than the direct
-#: one; with 4 the uint8 result stays within a mean of 0.6 and a maximum of 4 of the CPU
-#: path's on 12 Mpixel to 256 and 2000x2000 to 32 (3 and 2 gave means of 0.7 and 2.6;
+#: Float32 bytes one resize call may stack: many small images share a call (one launch
+#: per size), a large image has one of its own (stacking it would only copy it).
+MAX_RESIZE_BYTES = 64 << 20
+#: The largest shrink per axis left to one antialiased resize. CUDA's antialiased kernels
+#: refuse large factors ("Too much shared memory required", from about 47x bicubic);
+#: 16x keeps a margin of three for bicubic, and more for bilinear.
+MAX_RESIZE_FACTOR = 16
+#: A shrink past ``MAX_RESIZE_FACTOR`` is first done in part by an integer factor (area
+#: average), leaving the antialiased resize a shrink of at least this factor and less than
+#: twice it (as Pillow's ``reducing_gap``). The composed filter is a little blurrier than
+#: the direct one: with 4 the uint8 result stays within a mean of 0.6 and a maximum of 4
+#: of the CPU path's for 2000x2000 to 32 (a gap of 3 gave a mean of 0.7, 2 gave 2.6;
 #: tests/unit/test_device_decode.py).
 PRESHRINK_GAP = 4
 
@@ -97,10 +101,17 @@ def upright(img: torch.Tensor, orientation: int) -> torch.Tensor:
 def preshrink_factors(height: int, width: int, out_h: int, out_w: int) -> tuple[int, int]:
     """Integer ``(fy, fx)`` to area-average an image by before resizing it to the output.
 
-    Each leaves the antialiased resize a shrink of at least ``PRESHRINK_GAP`` and less
-    than twice that; ``1`` where the axis shrinks by less than ``2 * PRESHRINK_GAP``.
+    ``1`` for an axis that shrinks by ``MAX_RESIZE_FACTOR`` or less; otherwise the factor
+    that leaves the antialiased resize a shrink of at least ``PRESHRINK_GAP`` and less
+    than twice that.
     """
-    return max(1, height // (out_h * PRESHRINK_GAP)), max(1, width // (out_w * PRESHRINK_GAP))
+
+    def factor(size: int, out: int) -> int:
+        if size <= out * MAX_RESIZE_FACTOR:
+            return 1
+        return size // (out * PRESHRINK_GAP)
+
+    return factor(height, out_h), factor(width, out_w)
 
 
 def resize_crop_batch(x: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
@@ -395,7 +406,8 @@ def _by_size(
 def _resize(chunk: list[tuple[_Jpeg, torch.Tensor]], cfg: PreprocessConfig) -> torch.Tensor | None:
     """:func:`resize_crop_batch` of the images, or ``None`` (logged) where it fails."""
     try:
-        return resize_crop_batch(torch.stack([img for _, img in chunk]), cfg)
+        images = [img for _, img in chunk]
+        return resize_crop_batch(images[0][None] if len(images) == 1 else torch.stack(images), cfg)
     except Exception as e:
         if is_out_of_memory(e):
             free_cached_memory(chunk[0][1].device)
