@@ -51,8 +51,9 @@ def simplejpeg_path(datas: list[bytes]) -> np.ndarray:
 
 
 def torchvision_batched(datas: list[bytes]) -> np.ndarray:
-    imgs = _decode_jpegs(datas, torch.device("cpu"))
-    return np.stack([resize_crop_tensor(i, CFG).numpy() for i in imgs if i is not None])
+    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    imgs = _decode_jpegs(tensors, torch.device("cpu"))
+    return np.stack([resize_crop_tensor(i, CFG).numpy() for i in imgs])
 
 
 def _time(fn: Callable[[list[bytes]], np.ndarray], datas: list[bytes], reps: int) -> Any:

@@ -63,6 +63,7 @@ from batchvision.io.storage import StorageOptions
 from batchvision.memory import HeapTrimmer
 from batchvision.orphans import die_with_parent
 from batchvision.stages.device_decode import decode_batch_device
+from batchvision.stages.device_route import CPU, DEVICE, route_batch
 from batchvision.stages.predict import PredictOptions, Predictor
 from batchvision.stages.preprocess import decode_batch
 from batchvision.stages.readback import Readback
@@ -81,9 +82,12 @@ FINISH_DEPTH = 2
 class DecodeDataset(Dataset[dict[str, Any]]):
     """Maps a chunk of inputs to its decoded batch: read, then decode and preprocess.
 
-    With ``decode=False`` it only reads (the bytes are decoded on the device, in the main
-    process). Files over ``max_file_bytes``, images over ``max_pixels`` or whose resize
-    exceeds ``max_input_pixels`` are error rows.
+    With ``decode=False`` it only reads (the bytes are decoded in the main process); with
+    ``device_route`` too, it leaves to the device decoder only the JPEGs it takes, with
+    their headers, and decodes the others here (``route_batch``), so the main process
+    parses and decodes nothing on the CPU (``decode_batch_device`` takes both). Files over
+    ``max_file_bytes``, images over ``max_pixels`` or whose resize exceeds
+    ``max_input_pixels`` are error rows.
     """
 
     def __init__(
@@ -96,8 +100,10 @@ class DecodeDataset(Dataset[dict[str, Any]]):
         *,
         max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        device_route: bool = False,
     ) -> None:
         self.preprocess = preprocess
+        self.device_route = device_route and not decode
         self.max_pixels = max_pixels
         self.max_input_pixels = max_input_pixels
         self.max_file_bytes = max_file_bytes
@@ -123,6 +129,19 @@ class DecodeDataset(Dataset[dict[str, Any]]):
 
     def _decoded(self, batch: dict[str, Any], read_seconds: float) -> dict[str, Any]:
         t1 = time.perf_counter()
+        if self.device_route:  # for the device decoder: route, decode what it cannot take
+            routed = route_batch(
+                batch,
+                self.preprocess,
+                max_pixels=self.max_pixels,
+                draft=self.draft,
+                max_input_pixels=self.max_input_pixels,
+            )
+            # Shared memory back to the main process (and pinned there, for nvJPEG's copy).
+            routed[DEVICE]["data"] = torch.from_numpy(routed[DEVICE]["data"])
+            routed[CPU]["image"] = torch.from_numpy(routed[CPU]["image"])
+            seconds = {"read": read_seconds, "decode": time.perf_counter() - t1}
+            return {**routed, "_seconds": seconds}
         if not self.decode:
             return {**batch, "_seconds": {"read": read_seconds}}
         out: dict[str, Any] = decode_batch(
