@@ -4,6 +4,7 @@ device decode path (run on the CPU device), and their manifest records."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +143,19 @@ def test_device_decode_path_gives_the_same_rows(
 ) -> None:
     # No GPU here: run the engine's device path with the CPU as the device.
     monkeypatch.setattr(local, "decode_target", lambda setting, dev: torch.device("cpu"))
+    # The worker routes each batch (the main process gets the device's JPEGs with their
+    # headers, and the rest decoded) and the device decodes on a thread of its own.
+    seen: list[tuple[str, bool]] = []
+    real_decode = local.decode_batch_device
+
+    def spy(batch: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        seen.append((threading.current_thread().name, "bytes" in batch))
+        return real_decode(batch, **kw)
+
+    monkeypatch.setattr(local, "decode_batch_device", spy)
     out = tmp_path / "out"
     summary = batchvision.run(_config(mixed_dir, out, tiny_checkpoint, workers=1, draft=False))
+    assert seen == [("decode-ahead", False)] * 4  # 30 images in batches of 8
     rows = _rows(out)
     assert sorted(rows) == sorted(baseline)
     for key, row in rows.items():

@@ -52,6 +52,7 @@ from batchvision.config import (
     usable_cores,
 )
 from batchvision.engines.base import Engine, EngineResult, Job, RunStats
+from batchvision.engines.decode_ahead import decode_ahead
 from batchvision.engines.finisher import Finisher
 from batchvision.engines.prefetch import prefetch_to_device
 from batchvision.errors import ConfigError, StorageAuthError
@@ -257,6 +258,27 @@ class UnitParts:
             self.open[unit.key] = (tables, final)
 
 
+def _tags_kept(
+    decode: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """``decode`` for a read batch that keeps the engine's own keys (a worker's fatal
+    error, stage times, a shard batch's unit and kept columns) and adds its own time."""
+
+    def run(batch: dict[str, Any]) -> dict[str, Any]:
+        if "_fatal" in batch:
+            return batch
+        own: dict[str, Any] = {
+            k: batch.pop(k) for k in ("_seconds", "_unit", "_keep") if k in batch
+        }
+        t0 = time.perf_counter()
+        out = decode(batch)
+        seconds = dict(own.get("_seconds", {}))
+        seconds["decode"] = seconds.get("decode", 0.0) + time.perf_counter() - t0
+        return {**out, **own, "_seconds": seconds}
+
+    return run
+
+
 def _identity(x: Any) -> Any:
     return x
 
@@ -421,6 +443,7 @@ class LocalEngine(Engine):
                 cfg.draft,
                 cfg.storage,
                 decode=plan.where == "workers",
+                device_route=plan.where == "device",
                 max_input_pixels=cfg.max_input_pixels,
                 max_file_bytes=cfg.max_file_bytes,
             ),
@@ -473,6 +496,11 @@ class LocalEngine(Engine):
             workers_iter = batches
             if predictor.device.type == "cuda" and plan.device is None:
                 batches = prefetch_to_device(batches, predictor.device)  # copy overlaps compute
+            if plan.device is not None and decode_here is not None:
+                # The GPU decoder holds its thread for a whole call: decode batch k+1 on a
+                # thread (and stream) of its own while the model runs batch k.
+                batches = decode_ahead(batches, _tags_kept(decode_here), plan.device)
+                decode_here = None
             it = batches
             while True:
                 t0 = time.perf_counter()
