@@ -105,6 +105,9 @@ def test_is_out_of_memory() -> None:
     assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling"))
     assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
     assert not is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_BAD_PARAM"))
+    assert is_out_of_memory(RuntimeError("nvjpegDecodeBatched failed: 5"))  # ALLOCATOR_FAILURE
+    assert not is_out_of_memory(RuntimeError("nvjpegDecodeBatched failed: 3"))  # BAD_JPEG
+    assert not is_out_of_memory(RuntimeError("nvjpegDecodeBatched failed: 50"))
 
 
 def test_inject_env_parsing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,13 +61,20 @@ _ALLOC_FAILURES = (
 )
 
 
+#: torchvision reports nvJPEG's status as a number ("nvjpegDecodeBatched failed: 5"):
+#: 5 is ``NVJPEG_STATUS_ALLOCATOR_FAILURE``.
+_NVJPEG_ALLOC_FAILED = re.compile(r"nvjpeg\w* failed: 5\b")
+
+
 def is_out_of_memory(e: BaseException) -> bool:
     """Whether ``e`` is a device out-of-memory error (CUDA's, or a backend's or CUDA
     library's RuntimeError)."""
     if isinstance(e, torch.OutOfMemoryError):
         return True
     message = str(e).lower()
-    return isinstance(e, RuntimeError) and any(s in message for s in _ALLOC_FAILURES)
+    return isinstance(e, RuntimeError) and (
+        any(s in message for s in _ALLOC_FAILURES) or bool(_NVJPEG_ALLOC_FAILED.search(message))
+    )
 
 
 def free_cached_memory(device: torch.device) -> None:
