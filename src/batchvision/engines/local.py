@@ -33,7 +33,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -472,6 +472,7 @@ class LocalEngine(Engine):
             functools.partial(units.keep_types, shard_opts=cfg.shards, options=cfg.storage),
         )
         workers_iter: Iterator[dict[str, Any]] | None = None
+        it: Iterator[dict[str, Any]] | None = None
 
         def finish(item: tuple[Readback, Any, dict[str, Any]]) -> None:
             """On the finishing thread: a batch's columns to rows written and counted."""
@@ -536,6 +537,8 @@ class LocalEngine(Engine):
             if pool is not None:
                 pool.shutdown()
             _end_workers(workers_iter)
+            if isinstance(it, Generator):  # stops a decode-ahead thread now, not at exit
+                it.close()
             result.batch_size = predictor.batch_size_used(batch_size)
             t = time.perf_counter()
             try:
