@@ -43,14 +43,12 @@ print(json.dumps({"seconds": time.perf_counter() - t, "ok": s.ok, "error": s.err
 def run_in(tree: Path, kw: dict[str, Any]) -> float:
     """Images per second of one run with ``tree``'s code."""
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(kw)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result = json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(kw)], env=env, capture_output=True, text=True
+    )
+    if proc.returncode:
+        raise SystemExit(f"{tree}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["error"] == 0, result
     return (result["ok"] + result["error"]) / result["seconds"]
 
@@ -106,7 +104,7 @@ def main() -> None:
             for name, kw in workloads.items():
                 order = list(trees.items()) if r % 2 == 0 else list(trees.items())[::-1]
                 for tree_name, tree in order:
-                    out = tmp / f"out-{r}-{len(rates)}-{tree_name.replace(' ', '_')}"
+                    out = tmp / f"out-{r}-{len(list(tmp.glob('out-*')))}"
                     rate = run_in(tree, {**kw, "output": str(out)})
                     rates.setdefault((name, tree_name), []).append(rate)
                     print(f"round {r} {name} {tree_name}: {rate:.1f} img/s", flush=True)
