@@ -358,11 +358,11 @@ def test_out_of_memory_while_upsampling_halves_the_bands(spec, monkeypatch, capl
     mib = 2**20
     tried: list[int] = []
 
-    def short_of_memory(logits: torch.Tensor, size: tuple[int, int], max_bytes: int):
+    def short_of_memory(logits: torch.Tensor, size: tuple[int, int], max_bytes: int, out=None):
         tried.append(max_bytes)
         if max_bytes > 40 * mib:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-        return real(logits, size, max_bytes)
+        return real(logits, size, max_bytes, out=out)
 
     monkeypatch.setattr(predict_module, "upsample_argmax", short_of_memory)
     pred = Predictor(spec, PredictOptions(device="cpu", precision="fp32"))
@@ -377,7 +377,7 @@ def test_out_of_memory_while_upsampling_halves_the_bands(spec, monkeypatch, capl
     torch.testing.assert_close(_upsample(pred, logits, (60, 80)), expected, rtol=0, atol=0)
     assert tried[-1] == 32 * mib and len(tried) == 5
 
-    def never_fits(logits: torch.Tensor, size: tuple[int, int], max_bytes: int):
+    def never_fits(logits: torch.Tensor, size: tuple[int, int], max_bytes: int, out=None):
         tried.append(max_bytes)
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
 
@@ -387,7 +387,7 @@ def test_out_of_memory_while_upsampling_halves_the_bands(spec, monkeypatch, capl
     assert pred.upsample_bytes == upsample_module.MIN_UPSAMPLE_BYTES
     assert tried[-1] == upsample_module.MIN_UPSAMPLE_BYTES
 
-    def broken(logits: torch.Tensor, size: tuple[int, int], max_bytes: int):
+    def broken(logits: torch.Tensor, size: tuple[int, int], max_bytes: int, out=None):
         raise ValueError("not a memory problem")
 
     monkeypatch.setattr(predict_module, "upsample_argmax", broken)

@@ -171,6 +171,94 @@ def test_downsample_too() -> None:
     assert (banded == expected[0].argmax(0)).float().mean().item() > 0.99
 
 
+@pytest.mark.parametrize(
+    ("classes", "dtype"), [(21, np.uint8), (300, np.uint16), (40000, np.uint16)]
+)
+def test_segment_maps_are_made_in_the_map_dtype_and_read_back_in_few_copies(
+    classes: int, dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    import batchvision.tasks.segment as seg
+    from batchvision.stages.device import HostCopies
+
+    torch.manual_seed(classes)
+    sizes = [(37, 53), (80, 60), (5, 400), (61, 45)]
+    logits = torch.randn(len(sizes), classes, 8, 9)
+    logits[1, classes - 1] += 5  # the highest id wins there (past int16's 32767 for 40000)
+    predictor = SimpleNamespace(
+        logits=lambda images: logits,
+        spec=SimpleNamespace(num_classes=classes),
+        upsample_bytes=1 << 30,
+        device=torch.device("cpu"),
+    )
+    made: list[torch.dtype] = []
+    real_upsample = seg.upsample_argmax
+
+    def upsample(logits, size, max_bytes, out=None):  # type: ignore[no-untyped-def]
+        made.append(out.dtype)
+        return real_upsample(logits, size, max_bytes, out=out)
+
+    copied: list[int] = []
+    real_add = HostCopies.add
+    monkeypatch.setattr(seg, "upsample_argmax", upsample)
+
+    def add(self: HostCopies, values: torch.Tensor) -> None:
+        copied.append(values.numel())
+        real_add(self, values)
+
+    monkeypatch.setattr(HostCopies, "add", add)
+    # Room for the first two maps (37*53 + 80*60 = 6761 pixels) in one copy, not three.
+    monkeypatch.setattr(seg, "READBACK_BYTES", 7000 * np.dtype(dtype).itemsize)
+    maps = seg.segment(predictor, np.zeros((4, 1, 1, 3), np.uint8), sizes)  # type: ignore[arg-type]
+    assert made == [torch.uint8 if dtype == np.uint8 else torch.int16] * 4  # never int64
+    assert copied == [37 * 53 + 80 * 60, 5 * 400 + 61 * 45]
+    for i, (m, size) in enumerate(zip(maps, sizes, strict=True)):
+        expected = real_upsample(logits[i], size, 1 << 30).numpy()
+        assert m.dtype == dtype and m.shape == size
+        np.testing.assert_array_equal(m, expected.astype(dtype))
+        np.testing.assert_array_equal(m.astype(np.int64), expected)  # no id wrapped
+    assert int(maps[1].max()) == classes - 1
+
+
+def test_mask_batch_on_threads_equals_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import batchvision.tasks.segment as seg
+
+    rng = np.random.default_rng(5)
+    maps = [rng.integers(0, 4, size=(30 + i, 40)).astype(np.uint8) for i in range(6)]
+    maps[4] = rng.integers(0, 700, size=(20, 30)).astype(np.uint16)
+    column = np.empty(7, dtype=object)
+    column[:] = [*maps, np.zeros((0, 0), np.uint8)]
+    batch = {"status": np.array(["ok"] * 6 + ["error"], dtype=object), "class_map": column}
+    labels = [f"c{i}" for i in range(700)]
+    threads: set[str] = set()
+    real_png = seg._png
+
+    def png(img):  # type: ignore[no-untyped-def]
+        threads.add(threading.current_thread().name)
+        return real_png(img)
+
+    monkeypatch.setattr(seg, "_png", png)
+    monkeypatch.setattr(seg.torch, "get_num_threads", lambda: 1)
+    one = mask_batch(batch, labels)
+    assert threads == {threading.current_thread().name}
+    threads.clear()
+    monkeypatch.setattr(seg.torch, "get_num_threads", lambda: 3)
+    many = mask_batch(batch, labels)
+    assert threads and all(t.startswith("masks") for t in threads)
+    assert list(many["mask"]) == list(one["mask"])
+    assert list(many["classes"]) == list(one["classes"])
+    for m, data, listed in zip(maps, many["mask"], many["classes"], strict=False):
+        np.testing.assert_array_equal(decode_mask(data), m)
+        ids, counts = np.unique(m, return_counts=True)
+        assert sorted((c["id"], c["fraction"]) for c in listed) == sorted(
+            zip(ids.tolist(), (counts / m.size).tolist(), strict=True)
+        )
+    assert many["mask"][6] is None and many["classes"][6] is None
+
+
 # ---------------------------------------------------------------------------------------
 # Preprocessing from Hugging Face and timm configs
 
