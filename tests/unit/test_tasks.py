@@ -221,6 +221,58 @@ def test_segment_maps_are_made_in_the_map_dtype_and_read_back_in_few_copies(
     assert int(maps[1].max()) == classes - 1
 
 
+def test_segment_picks_its_rows_of_a_tensor_batch_without_numpy_indices() -> None:
+    from types import SimpleNamespace
+
+    class NoNumpyIndex(torch.Tensor):
+        """A tensor that refuses numpy indices, which on a GPU wait for the device."""
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func is torch.Tensor.__getitem__:
+                index = args[1] if isinstance(args[1], tuple) else (args[1],)
+                assert not any(isinstance(i, np.ndarray) for i in index), "numpy index"
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    seen: list[tuple[list[int], tuple[int, ...]]] = []
+
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        seen.append((images[:, 0, 0, 0].tolist(), tuple(images.shape[1:3])))
+        return torch.zeros(len(images), 3, 2, 2)
+
+    predictor = SimpleNamespace(
+        logits=logits,
+        spec=SimpleNamespace(num_classes=3),
+        upsample_bytes=1 << 30,
+        device=torch.device("cpu"),
+    )
+    images = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 6, 8, 3).clone()
+    batch = {
+        "status": np.array(["ok", "error", "ok", "ok", "ok"], dtype=object),
+        "image": images.as_subclass(NoNumpyIndex),
+        "input_height": np.array([6, 0, 4, 6, 6]),
+        "input_width": np.array([8, 0, 8, 8, 8]),
+        "height": np.array([3, 0, 2, 3, 3]),
+        "width": np.array([4, 0, 4, 4, 4]),
+    }
+    out = get_task("segment").predict(predictor, batch)  # type: ignore[arg-type]
+    # Rows 0, 3, 4 (an index on the tensor's device), then row 2 (a slice), each group cut
+    # to its input size.
+    assert seen == [([0, 3, 4], (6, 8)), ([2], (4, 8))]
+    assert [m.shape for m in out["class_map"]] == [(3, 4), (0, 0), (2, 4), (3, 4), (3, 4)]
+
+
+def test_take_rows_slices_consecutive_rows_and_indexes_on_the_device() -> None:
+    from batchvision.tasks.base import take_rows
+
+    images = torch.arange(6 * 2).view(6, 2)
+    run = take_rows(images, np.array([2, 3, 4]))
+    assert run.data_ptr() == images[2].data_ptr()  # a view: no copy, no index
+    np.testing.assert_array_equal(take_rows(images, np.array([0, 3, 5])).numpy(), images[[0, 3, 5]])
+    arr = images.numpy()
+    np.testing.assert_array_equal(take_rows(arr, np.array([1, 4])), arr[[1, 4]])
+
+
 def test_mask_batch_on_threads_equals_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 

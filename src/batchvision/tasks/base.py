@@ -141,13 +141,31 @@ def without_image(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v for k, v in batch.items() if k not in drop}
 
 
-def ok_rows(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+def ok_rows(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, Any]:
     """Indices of the ``ok`` rows and their images (``None`` when there are none)."""
     ok = np.flatnonzero(batch["status"] == "ok")
     if not len(ok):
         return ok, None
     images = batch["image"]
-    return ok, images if len(ok) == len(images) else images[ok]
+    return ok, images if len(ok) == len(images) else take_rows(images, ok)
+
+
+def take_rows(images: Any, rows: np.ndarray) -> Any:
+    """``images[rows]`` for a numpy array, or a tensor (on the GPU after device decoding).
+
+    A tensor is never indexed with a numpy array: torch copies such an index to the device
+    from pageable memory and waits for the device to finish all its queued work first
+    (a boolean mask, whose count must come back, likewise). Consecutive rows are a slice
+    (a view, no copy); others an index sent to the device without blocking.
+    """
+    if isinstance(images, np.ndarray):
+        return images[rows]
+    import torch
+
+    if len(rows) and (np.diff(rows) == 1).all():
+        return images[int(rows[0]) : int(rows[-1]) + 1]
+    index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+    return images.index_select(0, index.to(images.device, non_blocking=True))
 
 
 def config_defaults() -> dict[str, Any]:

@@ -18,7 +18,7 @@ from batchvision.stages.batching import free_cached_memory, is_out_of_memory
 from batchvision.stages.device import HostCopies
 from batchvision.stages.upsample import MIN_UPSAMPLE_BYTES, upsample_argmax
 from batchvision.tasks import register_task
-from batchvision.tasks.base import ListedLabels, without_image
+from batchvision.tasks.base import ListedLabels, take_rows, without_image
 
 if TYPE_CHECKING:
     from batchvision.config import RunConfig
@@ -251,7 +251,7 @@ class Segment(ListedLabels):
         for key in dict.fromkeys(keys):
             idx = np.array([i for i, k in zip(ok, keys, strict=True) if k == key])
             sizes = [(int(batch["height"][i]), int(batch["width"][i])) for i in idx]
-            group = images[idx, : key[0], : key[1]]
+            group = take_rows(images, idx)[:, : key[0], : key[1]]
             for i, m in zip(idx, segment(predictor, group, sizes), strict=True):
                 maps[i] = m
         out = without_image(batch)
