@@ -233,6 +233,29 @@ def test_resolve_precision() -> None:
         resolve_precision("int8", cpu)
 
 
+def test_native_bf16_asks_the_models_gpu_not_the_current_one(monkeypatch) -> None:
+    # A Volta cuda:0 (the current device) beside an Ampere cuda:1: the model's GPU decides.
+    capability = {0: (7, 0), 1: (8, 0)}
+    asked: list[object] = []
+
+    def get_device_capability(device=None):  # type: ignore[no-untyped-def]
+        asked.append(device)
+        index = torch.device(device).index if device is not None else 0
+        return capability[0 if index is None else index]
+
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", get_device_capability)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kw: capability[0] >= (8, 0))
+    assert native_bf16(torch.device("cuda:1")) is True
+    assert resolve_precision("auto", torch.device("cuda:1")) == "bf16"
+    assert native_bf16(torch.device("cuda:0")) is False
+    assert resolve_precision("auto", torch.device("cuda:0")) == "fp32"
+    assert asked == [torch.device("cuda:1")] * 2 + [torch.device("cuda:0")] * 2
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm GPUs run bf16 natively
+    assert native_bf16(torch.device("cuda:0")) is True
+
+
 def test_bf16_predictor_is_close_to_fp32(spec, images) -> None:
     fp32 = _predictor(spec).logits(images)
     bf16 = _predictor(spec, precision="bf16")

@@ -39,9 +39,17 @@ def resolve_device(device: str) -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` runs bf16 matrix math in hardware (AVX512-BF16/AMX, or Ampere+)."""
+    """Whether ``device`` runs bf16 matrix math in hardware (AVX512-BF16/AMX, or Ampere+).
+
+    On CUDA the model's own GPU is asked (``torch.cuda.is_bf16_supported`` looks at the
+    current device, which need not be the model's: a Volta ``cuda:0`` beside an Ampere
+    ``cuda:1``). ROCm GPUs run bf16 natively.
+    """
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        if torch.version.hip:
+            return True
+        major, _ = torch.cuda.get_device_capability(device)
+        return major >= 8
     return bool(
         torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
