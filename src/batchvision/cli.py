@@ -176,7 +176,9 @@ def cli() -> None:
     default="auto",
     show_default=True,
     help="auto: bf16 where the device runs it natively, else fp32 (fp32 for --runtime "
-    "onnxruntime). int8: post-training static quantization, --runtime onnxruntime or "
+    "onnxruntime). fp32 on CUDA lets matmuls and convolutions use TF32 tensor cores "
+    "(Ampere and newer; NVIDIA_TF32_OVERRIDE=0 for IEEE fp32 throughout). "
+    "int8: post-training static quantization, --runtime onnxruntime or "
     "openvino only, calibrated on the input's first --calibration-images images and "
     "refused when its agreement with fp32 falls below --min-agreement.",
 )

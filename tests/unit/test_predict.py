@@ -256,6 +256,28 @@ def test_native_bf16_asks_the_models_gpu_not_the_current_one(monkeypatch) -> Non
     assert native_bf16(torch.device("cuda:0")) is True
 
 
+def test_fp32_on_cuda_runs_on_tf32_within_the_model_call_only(monkeypatch) -> None:
+    from batchvision.stages.device import autocast, uses_tf32
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = (matmul.fp32_precision, conv.fp32_precision)
+    assert matmul.fp32_precision != "tf32"  # PyTorch's default: IEEE fp32 matmuls
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    # Entering the CUDA context touches no GPU: only the backends' settings.
+    with autocast(torch.device("cuda:1"), "fp32"):
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+    assert (matmul.fp32_precision, conv.fp32_precision) == before  # restored after the call
+    for device, precision in (("cpu", "fp32"), ("cuda", "bf16"), ("cuda", "fp16")):
+        assert not uses_tf32(device, precision)
+    with autocast(torch.device("cpu"), "fp32"):
+        assert (matmul.fp32_precision, conv.fp32_precision) == before  # never on the CPU
+    assert uses_tf32("cuda:0", "fp32")
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")  # NVIDIA's opt-out: IEEE fp32 throughout
+    assert not uses_tf32("cuda:0", "fp32")
+    with autocast(torch.device("cuda"), "fp32"):
+        assert matmul.fp32_precision == before[0]
+
+
 def test_bf16_predictor_is_close_to_fp32(spec, images) -> None:
     fp32 = _predictor(spec).logits(images)
     bf16 = _predictor(spec, precision="bf16")
