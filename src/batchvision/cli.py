@@ -169,7 +169,12 @@ def cli() -> None:
 )
 @click.option("--labels", default=None, help="Class names, one per line (for checkpoints).")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda or cuda:N (--engine ray: cuda, each actor's own GPU).",
+)
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
@@ -387,7 +392,8 @@ def cli() -> None:
     "--num-gpus",
     type=float,
     default=None,
-    help="--engine ray: GPUs per worker actor [default: 1 where the cluster has GPUs, else 0].",
+    help="--engine ray: GPUs per worker actor [default: 1 where the cluster has GPUs and "
+    "--device is not cpu, else 0].",
 )
 @click.option(
     "--num-cpus",

@@ -35,8 +35,12 @@ def resolve_device(device: str) -> torch.device:
         if count == 0:
             raise ConfigError(f"--device {device!r}: no CUDA GPU is available; use cpu or auto")
         if dev.index is not None and dev.index >= count:
+            # Ray (and schedulers like it) show a worker only its own GPUs, from cuda:0.
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            seen = "" if visible is None else f" (CUDA_VISIBLE_DEVICES={visible!r})"
             raise ConfigError(
-                f"--device {device!r}: only {count} GPU(s) here; valid: cuda:0..cuda:{count - 1}"
+                f"--device {device!r}: only {count} GPU(s) visible here{seen}; valid: "
+                f"cuda:0..cuda:{count - 1}"
             )
     return dev
 
