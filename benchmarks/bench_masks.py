@@ -6,9 +6,13 @@ regions with smooth borders real masks have (random noise would be PNG's worst c
 
     PYTHONPATH=src python benchmarks/bench_masks.py              # the lead's figures
     PYTHONPATH=src python benchmarks/bench_masks.py --quick      # a seconds-long check
+    PYTHONPATH=src python benchmarks/bench_masks.py --batch 16   # a batch's figures only
 
 Prints, per image size and zlib level: milliseconds per mask, megapixels per second and
 bytes per mask, and the full postprocess (PNG + class fractions) at batchvision's level.
+``--batch N`` instead times one batch of N maps through the task's two steps: ``segment``
+(upsample, argmax, read back to the host; logits given, no model) and ``mask_batch``
+(every mask's PNG and class fractions), on ``torch.get_num_threads()`` threads.
 """
 
 from __future__ import annotations
@@ -48,11 +52,50 @@ def timed(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
     return (time.perf_counter() - t0) / repeat
 
 
+def batch_figures(n: int, size: tuple[int, int], classes: int, repeat: int) -> None:
+    """``segment`` and ``mask_batch`` over one batch of ``n`` maps of ``size``."""
+    from types import SimpleNamespace
+
+    h, w = size
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(n, classes, max(1, h // 32), max(1, w // 32), generator=g)
+    predictor = SimpleNamespace(
+        logits=lambda images: logits,
+        spec=SimpleNamespace(num_classes=classes),
+        upsample_bytes=UPSAMPLE_BYTES,
+        device=torch.device("cpu"),
+    )
+    sizes = [size] * n
+    maps: list[np.ndarray] = []
+
+    def run_segment() -> None:
+        maps[:] = segment.segment(predictor, np.zeros((n, 1, 1, 3), np.uint8), sizes)  # type: ignore[arg-type]
+
+    s = timed(run_segment, repeat)
+    print(f"{n} x {w}x{h}, {classes} classes: segment (upsample + argmax + read back) "
+          f"{s * 1e3:.0f} ms/batch")  # fmt: skip
+    column = np.empty(n, dtype=object)
+    column[:] = maps
+    batch = {"status": np.full(n, "ok", dtype=object), "class_map": column}
+    labels = [f"c{i}" for i in range(classes)]
+    s = timed(lambda: segment.mask_batch(batch, labels), repeat)
+    print(f"{n} x {w}x{h}, {classes} classes: mask_batch {s * 1e3:.0f} ms/batch, "
+          f"{s * 1e3 / n:.1f} ms/image")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     parser.add_argument("--classes", type=int, default=150, help="ADE20k has 150")
+    parser.add_argument("--batch", type=int, default=0, help="time one batch of N maps")
+    parser.add_argument("--size", default="1920x1080", help="--batch's WIDTHxHEIGHT")
     args = parser.parse_args()
+    if args.batch:
+        w, h = (int(v) for v in args.size.split("x"))
+        print(f"machine: {platform.processor() or platform.machine()}, torch threads "
+              f"{torch.get_num_threads()}")  # fmt: skip
+        batch_figures(args.batch, (h, w), args.classes, repeat=3)
+        return
     sizes = [(480, 640)] if args.quick else [(480, 640), (1080, 1920), (3000, 4000)]
     repeat = 2 if args.quick else 10
     levels = (0, 1, 3, 6)

@@ -24,7 +24,7 @@ from batchvision.io import lance_parts, outdir, outlock, sinks, sources
 from batchvision.models.registry import load_state_dict, resolve_model
 from batchvision.models.spec import ModelSpec
 from batchvision.runtimes.prepare import prepare as prepare_runtime
-from batchvision.stages.device import native_bf16, resolve_device
+from batchvision.stages.device import native_bf16, resolve_device, uses_tf32
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +229,7 @@ def _write_output(
             manifest, config, writer, earlier, str(e), storage, on_full=lock.free_reserve
         )
         raise
+    result.tf32 = uses_tf32(result.device or "cpu", result.precision)
     summary = Summary(
         output=config.output,
         ok=result.ok,

@@ -171,14 +171,21 @@ def cli() -> None:
 )
 @click.option("--labels", default=None, help="Class names, one per line (for checkpoints).")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda or cuda:N (--engine ray: cuda, each actor's own GPU).",
+)
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
     default="auto",
     show_default=True,
     help="auto: bf16 where the device runs it natively, else fp32 (fp32 for --runtime "
-    "onnxruntime). int8: post-training static quantization, --runtime onnxruntime or "
+    "onnxruntime). fp32 on CUDA lets matmuls and convolutions use TF32 tensor cores "
+    "(Ampere and newer; NVIDIA_TF32_OVERRIDE=0 for IEEE fp32 throughout). "
+    "int8: post-training static quantization, --runtime onnxruntime or "
     "openvino only, calibrated on the input's first --calibration-images images and "
     "refused when its agreement with fp32 falls below --min-agreement.",
 )
@@ -387,7 +394,8 @@ def cli() -> None:
     "--num-gpus",
     type=float,
     default=None,
-    help="--engine ray: GPUs per worker actor [default: 1 where the cluster has GPUs, else 0].",
+    help="--engine ray: GPUs per worker actor [default: 1 where the cluster has GPUs and "
+    "--device is not cpu, else 0].",
 )
 @click.option(
     "--num-cpus",

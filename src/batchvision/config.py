@@ -399,6 +399,12 @@ class RunConfig:
             )
             if value is not None
         ]
+        kind, _, index = self.device.partition(":")
+        if self.engine == "ray" and kind == "cuda" and index.strip() not in ("", "0"):
+            raise ConfigError(
+                f"--device {self.device}: Ray gives each actor its own GPU(s) (how many: "
+                "--num-gpus), which the actor sees as cuda:0; use --device cuda or auto"
+            )
         if self.engine == "ray" and self.decode_device == "cuda":
             raise ConfigError(
                 "--decode-device cuda applies to --engine local only; the Ray engine's actors "

@@ -120,6 +120,8 @@ RUN_FIELDS: dict[str, str] = {
     "config": "The full RunConfig of that run.",
     "device": "Device used, e.g. `cpu`, `cuda:0`.",
     "precision": "`fp32`, `bf16`, `fp16` or `int8`.",
+    "tf32": "Whether fp32 matmuls and convolutions could use TF32 tensor cores: `--precision "
+    "fp32` on CUDA (used on Ampere and newer GPUs), unless `NVIDIA_TF32_OVERRIDE=0` was set.",
     "runtime": "The manifest's `runtime` record as it was for this run.",
     "workers": "Decode workers (the Ray engine: worker actors, at most).",
     "batch_size": "Batch size the model finally ran at: `--batch-size`, the size "

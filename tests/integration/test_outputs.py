@@ -318,6 +318,8 @@ def test_manifest_records_the_run(
     assert run["wall_seconds"] > 0
     assert run["device"].split(":")[0] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert run["precision"] in ("fp32", "bf16")
+    # TF32 only for fp32 on CUDA (stages/device.py uses_tf32).
+    assert run["tf32"] is (run["device"].startswith("cuda") and run["precision"] == "fp32")
 
 
 def test_non_empty_output_refused_untouched(

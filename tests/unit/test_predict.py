@@ -233,6 +233,51 @@ def test_resolve_precision() -> None:
         resolve_precision("int8", cpu)
 
 
+def test_native_bf16_asks_the_models_gpu_not_the_current_one(monkeypatch) -> None:
+    # A Volta cuda:0 (the current device) beside an Ampere cuda:1: the model's GPU decides.
+    capability = {0: (7, 0), 1: (8, 0)}
+    asked: list[object] = []
+
+    def get_device_capability(device=None):  # type: ignore[no-untyped-def]
+        asked.append(device)
+        index = torch.device(device).index if device is not None else 0
+        return capability[0 if index is None else index]
+
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", get_device_capability)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kw: capability[0] >= (8, 0))
+    assert native_bf16(torch.device("cuda:1")) is True
+    assert resolve_precision("auto", torch.device("cuda:1")) == "bf16"
+    assert native_bf16(torch.device("cuda:0")) is False
+    assert resolve_precision("auto", torch.device("cuda:0")) == "fp32"
+    assert asked == [torch.device("cuda:1")] * 2 + [torch.device("cuda:0")] * 2
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm GPUs run bf16 natively
+    assert native_bf16(torch.device("cuda:0")) is True
+
+
+def test_fp32_on_cuda_runs_on_tf32_within_the_model_call_only(monkeypatch) -> None:
+    from batchvision.stages.device import autocast, uses_tf32
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = (matmul.fp32_precision, conv.fp32_precision)
+    assert matmul.fp32_precision != "tf32"  # PyTorch's default: IEEE fp32 matmuls
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    # Entering the CUDA context touches no GPU: only the backends' settings.
+    with autocast(torch.device("cuda:1"), "fp32"):
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+    assert (matmul.fp32_precision, conv.fp32_precision) == before  # restored after the call
+    for device, precision in (("cpu", "fp32"), ("cuda", "bf16"), ("cuda", "fp16")):
+        assert not uses_tf32(device, precision)
+    with autocast(torch.device("cpu"), "fp32"):
+        assert (matmul.fp32_precision, conv.fp32_precision) == before  # never on the CPU
+    assert uses_tf32("cuda:0", "fp32")
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")  # NVIDIA's opt-out: IEEE fp32 throughout
+    assert not uses_tf32("cuda:0", "fp32")
+    with autocast(torch.device("cuda"), "fp32"):
+        assert matmul.fp32_precision == before[0]
+
+
 def test_bf16_predictor_is_close_to_fp32(spec, images) -> None:
     fp32 = _predictor(spec).logits(images)
     bf16 = _predictor(spec, precision="bf16")
@@ -358,11 +403,11 @@ def test_out_of_memory_while_upsampling_halves_the_bands(spec, monkeypatch, capl
     mib = 2**20
     tried: list[int] = []
 
-    def short_of_memory(logits: torch.Tensor, size: tuple[int, int], max_bytes: int):
+    def short_of_memory(logits: torch.Tensor, size: tuple[int, int], max_bytes: int, out=None):
         tried.append(max_bytes)
         if max_bytes > 40 * mib:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-        return real(logits, size, max_bytes)
+        return real(logits, size, max_bytes, out=out)
 
     monkeypatch.setattr(predict_module, "upsample_argmax", short_of_memory)
     pred = Predictor(spec, PredictOptions(device="cpu", precision="fp32"))
@@ -377,7 +422,7 @@ def test_out_of_memory_while_upsampling_halves_the_bands(spec, monkeypatch, capl
     torch.testing.assert_close(_upsample(pred, logits, (60, 80)), expected, rtol=0, atol=0)
     assert tried[-1] == 32 * mib and len(tried) == 5
 
-    def never_fits(logits: torch.Tensor, size: tuple[int, int], max_bytes: int):
+    def never_fits(logits: torch.Tensor, size: tuple[int, int], max_bytes: int, out=None):
         tried.append(max_bytes)
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
 
@@ -387,7 +432,7 @@ def test_out_of_memory_while_upsampling_halves_the_bands(spec, monkeypatch, capl
     assert pred.upsample_bytes == upsample_module.MIN_UPSAMPLE_BYTES
     assert tried[-1] == upsample_module.MIN_UPSAMPLE_BYTES
 
-    def broken(logits: torch.Tensor, size: tuple[int, int], max_bytes: int):
+    def broken(logits: torch.Tensor, size: tuple[int, int], max_bytes: int, out=None):
         raise ValueError("not a memory problem")
 
     monkeypatch.setattr(predict_module, "upsample_argmax", broken)

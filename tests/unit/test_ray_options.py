@@ -54,6 +54,43 @@ def test_actor_resources_default_to_a_gpu_where_there_is_one() -> None:
         actor_resources(_cfg(engine="ray", num_gpus=1.0), {"CPU": 2})
 
 
+def test_ray_refuses_a_gpu_index_it_would_not_honour() -> None:
+    # An actor sees only the GPU(s) Ray assigned it, as cuda:0: cuda:1 would fail in every
+    # actor (or, were it mapped, run somewhere the user did not ask for).
+    with pytest.raises(ConfigError, match=r"^--device cuda:1: Ray gives each actor its own GPU"):
+        _cfg(engine="ray", device="cuda:1")
+    for device in ("cuda", "cuda:0", "auto", "cpu"):
+        assert _cfg(engine="ray", device=device).device == device
+    assert _cfg(device="cuda:1").device == "cuda:1"  # the local engine uses that GPU
+
+
+def test_actor_resources_follow_the_device() -> None:
+    gpus = {"CPU": 8, "GPU": 2}
+    # --device cpu reserves no GPU it would leave idle; cuda and auto take one each.
+    assert actor_resources(_cfg(engine="ray", device="cpu"), gpus) == (0.0, 1.0)
+    assert actor_resources(_cfg(engine="ray", device="cuda"), gpus) == (1.0, 1.0)
+    assert actor_resources(_cfg(engine="ray", device="cuda:0", num_gpus=0.5), gpus) == (0.5, 1.0)
+    # Ray hides the GPUs from an actor that reserves none: refused on the driver, up front.
+    with pytest.raises(ConfigError, match=r"--device cuda: .*the cluster has none"):
+        actor_resources(_cfg(engine="ray", device="cuda"), {"CPU": 8})
+    with pytest.raises(ConfigError, match=r"--device cuda:0: .*--num-gpus 0"):
+        actor_resources(_cfg(engine="ray", device="cuda:0", num_gpus=0.0), gpus)
+
+
+def test_a_missing_gpu_index_names_what_is_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from batchvision.stages.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # what Ray sets in an actor given GPU 3
+    seen = r"only 1 GPU\(s\) visible here \(CUDA_VISIBLE_DEVICES='3'\)"
+    with pytest.raises(ConfigError, match=seen):
+        resolve_device("cuda:1")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+
+
 def test_pool_size_defaults() -> None:
     ray_cfg = _cfg(engine="ray")
     assert pool_size(ray_cfg, {"CPU": 2}, 0) == (1, 1)  # 2 cores: 1 actor, 2 threads

@@ -171,6 +171,146 @@ def test_downsample_too() -> None:
     assert (banded == expected[0].argmax(0)).float().mean().item() > 0.99
 
 
+@pytest.mark.parametrize(
+    ("classes", "dtype"), [(21, np.uint8), (300, np.uint16), (40000, np.uint16)]
+)
+def test_segment_maps_are_made_in_the_map_dtype_and_read_back_in_few_copies(
+    classes: int, dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    import batchvision.tasks.segment as seg
+    from batchvision.stages.device import HostCopies
+
+    torch.manual_seed(classes)
+    sizes = [(37, 53), (80, 60), (5, 400), (61, 45)]
+    logits = torch.randn(len(sizes), classes, 8, 9)
+    logits[1, classes - 1] += 5  # the highest id wins there (past int16's 32767 for 40000)
+    predictor = SimpleNamespace(
+        logits=lambda images: logits,
+        spec=SimpleNamespace(num_classes=classes),
+        upsample_bytes=1 << 30,
+        device=torch.device("cpu"),
+    )
+    made: list[torch.dtype] = []
+    real_upsample = seg.upsample_argmax
+
+    def upsample(logits, size, max_bytes, out=None):  # type: ignore[no-untyped-def]
+        made.append(out.dtype)
+        return real_upsample(logits, size, max_bytes, out=out)
+
+    copied: list[int] = []
+    real_add = HostCopies.add
+    monkeypatch.setattr(seg, "upsample_argmax", upsample)
+
+    def add(self: HostCopies, values: torch.Tensor) -> None:
+        copied.append(values.numel())
+        real_add(self, values)
+
+    monkeypatch.setattr(HostCopies, "add", add)
+    # Room for the first two maps (37*53 + 80*60 = 6761 pixels) in one copy, not three.
+    monkeypatch.setattr(seg, "READBACK_BYTES", 7000 * np.dtype(dtype).itemsize)
+    maps = seg.segment(predictor, np.zeros((4, 1, 1, 3), np.uint8), sizes)  # type: ignore[arg-type]
+    assert made == [torch.uint8 if dtype == np.uint8 else torch.int16] * 4  # never int64
+    assert copied == [37 * 53 + 80 * 60, 5 * 400 + 61 * 45]
+    for i, (m, size) in enumerate(zip(maps, sizes, strict=True)):
+        expected = real_upsample(logits[i], size, 1 << 30).numpy()
+        assert m.dtype == dtype and m.shape == size
+        np.testing.assert_array_equal(m, expected.astype(dtype))
+        np.testing.assert_array_equal(m.astype(np.int64), expected)  # no id wrapped
+    assert int(maps[1].max()) == classes - 1
+
+
+def test_segment_picks_its_rows_of_a_tensor_batch_without_numpy_indices() -> None:
+    from types import SimpleNamespace
+
+    class NoNumpyIndex(torch.Tensor):
+        """A tensor that refuses numpy indices, which on a GPU wait for the device."""
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func is torch.Tensor.__getitem__:
+                index = args[1] if isinstance(args[1], tuple) else (args[1],)
+                assert not any(isinstance(i, np.ndarray) for i in index), "numpy index"
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    seen: list[tuple[list[int], tuple[int, ...]]] = []
+
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        seen.append((images[:, 0, 0, 0].tolist(), tuple(images.shape[1:3])))
+        return torch.zeros(len(images), 3, 2, 2)
+
+    predictor = SimpleNamespace(
+        logits=logits,
+        spec=SimpleNamespace(num_classes=3),
+        upsample_bytes=1 << 30,
+        device=torch.device("cpu"),
+    )
+    images = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 6, 8, 3).clone()
+    batch = {
+        "status": np.array(["ok", "error", "ok", "ok", "ok"], dtype=object),
+        "image": images.as_subclass(NoNumpyIndex),
+        "input_height": np.array([6, 0, 4, 6, 6]),
+        "input_width": np.array([8, 0, 8, 8, 8]),
+        "height": np.array([3, 0, 2, 3, 3]),
+        "width": np.array([4, 0, 4, 4, 4]),
+    }
+    out = get_task("segment").predict(predictor, batch)  # type: ignore[arg-type]
+    # Rows 0, 3, 4 (an index on the tensor's device), then row 2 (a slice), each group cut
+    # to its input size.
+    assert seen == [([0, 3, 4], (6, 8)), ([2], (4, 8))]
+    assert [m.shape for m in out["class_map"]] == [(3, 4), (0, 0), (2, 4), (3, 4), (3, 4)]
+
+
+def test_take_rows_slices_consecutive_rows_and_indexes_on_the_device() -> None:
+    from batchvision.tasks.base import take_rows
+
+    images = torch.arange(6 * 2).view(6, 2)
+    run = take_rows(images, np.array([2, 3, 4]))
+    assert run.data_ptr() == images[2].data_ptr()  # a view: no copy, no index
+    np.testing.assert_array_equal(take_rows(images, np.array([0, 3, 5])).numpy(), images[[0, 3, 5]])
+    arr = images.numpy()
+    np.testing.assert_array_equal(take_rows(arr, np.array([1, 4])), arr[[1, 4]])
+
+
+def test_mask_batch_on_threads_equals_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import batchvision.tasks.segment as seg
+
+    rng = np.random.default_rng(5)
+    maps = [rng.integers(0, 4, size=(30 + i, 40)).astype(np.uint8) for i in range(6)]
+    maps[4] = rng.integers(0, 700, size=(20, 30)).astype(np.uint16)
+    column = np.empty(7, dtype=object)
+    column[:] = [*maps, np.zeros((0, 0), np.uint8)]
+    batch = {"status": np.array(["ok"] * 6 + ["error"], dtype=object), "class_map": column}
+    labels = [f"c{i}" for i in range(700)]
+    threads: set[str] = set()
+    real_png = seg._png
+
+    def png(img):  # type: ignore[no-untyped-def]
+        threads.add(threading.current_thread().name)
+        return real_png(img)
+
+    monkeypatch.setattr(seg, "_png", png)
+    monkeypatch.setattr(seg.torch, "get_num_threads", lambda: 1)
+    one = mask_batch(batch, labels)
+    assert threads == {threading.current_thread().name}
+    threads.clear()
+    monkeypatch.setattr(seg.torch, "get_num_threads", lambda: 3)
+    many = mask_batch(batch, labels)
+    assert threads and all(t.startswith("masks") for t in threads)
+    assert list(many["mask"]) == list(one["mask"])
+    assert list(many["classes"]) == list(one["classes"])
+    for m, data, listed in zip(maps, many["mask"], many["classes"], strict=False):
+        np.testing.assert_array_equal(decode_mask(data), m)
+        ids, counts = np.unique(m, return_counts=True)
+        assert sorted((c["id"], c["fraction"]) for c in listed) == sorted(
+            zip(ids.tolist(), (counts / m.size).tolist(), strict=True)
+        )
+    assert many["mask"][6] is None and many["classes"][6] is None
+
+
 # ---------------------------------------------------------------------------------------
 # Preprocessing from Hugging Face and timm configs
 

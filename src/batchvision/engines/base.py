@@ -64,6 +64,8 @@ class EngineResult:
     interrupted: bool = False
     device: str = ""
     precision: str = ""
+    #: fp32 model calls on CUDA let matmuls and convolutions use TF32 (``uses_tf32``).
+    tf32: bool = False
     workers: int = 0
     #: Batch size the model finally ran at (after ``auto`` and any out-of-memory halving).
     batch_size: int = 0

@@ -79,13 +79,25 @@ def actor_resources(
     cfg: RunConfig, resources: dict[str, float], cpu_runtime: bool = False
 ) -> tuple[float, float]:
     """``(num_gpus, num_cpus)`` per worker actor: one GPU each where the cluster has GPUs,
-    none for a runtime that runs on the CPU (``cpu_runtime``: onnxruntime, openvino)."""
-    gpus = 1.0 if resources.get("GPU") and not cpu_runtime else 0.0
+    none for ``--device cpu`` or a runtime that runs on the CPU (``cpu_runtime``:
+    onnxruntime, openvino).
+
+    Ray hides every GPU from an actor that reserves none (``CUDA_VISIBLE_DEVICES`` empty),
+    so ``--device cuda`` without GPUs to reserve is refused here, not in each actor.
+    """
+    on_cpu = cpu_runtime or cfg.device == "cpu"
+    gpus = 1.0 if resources.get("GPU") and not on_cpu else 0.0
     num_gpus = cfg.num_gpus if cfg.num_gpus is not None else gpus
     if num_gpus > resources.get("GPU", 0):
         raise ConfigError(
             f"--num-gpus {num_gpus:g} per actor, but the cluster has "
             f"{resources.get('GPU', 0):g} GPU(s); use --num-gpus 0 for CPU actors"
+        )
+    if num_gpus == 0 and cfg.device.startswith("cuda") and not cpu_runtime:
+        raise ConfigError(
+            f"--device {cfg.device}: the worker actors would reserve no GPU ("
+            + ("--num-gpus 0" if cfg.num_gpus is not None else "the cluster has none")
+            + "), and Ray shows an actor only the GPUs it reserves; use --device auto or cpu"
         )
     num_cpus = cfg.num_cpus if cfg.num_cpus is not None else 1.0
     return num_gpus, num_cpus

@@ -742,6 +742,7 @@ def record_run(
             "config": asdict(config),
             "device": result.device,
             "precision": result.precision,
+            "tf32": result.tf32,
             "runtime": manifest.get("runtime"),
             "workers": result.workers,
             "batch_size": result.batch_size,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import contextlib
+import os
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 
+import numpy as np
 import torch
 
 from batchvision.config import TORCH_PRECISIONS, Precision
@@ -31,16 +35,28 @@ def resolve_device(device: str) -> torch.device:
         if count == 0:
             raise ConfigError(f"--device {device!r}: no CUDA GPU is available; use cpu or auto")
         if dev.index is not None and dev.index >= count:
+            # Ray (and schedulers like it) show a worker only its own GPUs, from cuda:0.
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            seen = "" if visible is None else f" (CUDA_VISIBLE_DEVICES={visible!r})"
             raise ConfigError(
-                f"--device {device!r}: only {count} GPU(s) here; valid: cuda:0..cuda:{count - 1}"
+                f"--device {device!r}: only {count} GPU(s) visible here{seen}; valid: "
+                f"cuda:0..cuda:{count - 1}"
             )
     return dev
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` runs bf16 matrix math in hardware (AVX512-BF16/AMX, or Ampere+)."""
+    """Whether ``device`` runs bf16 matrix math in hardware (AVX512-BF16/AMX, or Ampere+).
+
+    On CUDA the model's own GPU is asked (``torch.cuda.is_bf16_supported`` looks at the
+    current device, which need not be the model's: a Volta ``cuda:0`` beside an Ampere
+    ``cuda:1``). ROCm GPUs run bf16 natively.
+    """
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        if torch.version.hip:
+            return True
+        major, _ = torch.cuda.get_device_capability(device)
+        return major >= 8
     return bool(
         torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
@@ -58,8 +74,86 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
     return precision
 
 
-def autocast(device: torch.device, precision: str) -> torch.autocast | nullcontext[None]:
-    """The autocast context for ``precision`` (none for fp32)."""
+class HostCopies:
+    """Device tensors copied to the host as they are made, then one wait for them all.
+
+    From a GPU each copy goes into pinned memory without blocking: a pageable copy goes
+    through a staging buffer at a fraction of the bandwidth, and ``.cpu()`` per tensor
+    waits for the device once per tensor. :meth:`wait` waits on the device's stream once.
+    A device tensor may be freed once added: the caching allocator hands its memory out
+    again only to work queued after the copy. On the CPU a tensor is its own host copy.
+    """
+
+    def __init__(self) -> None:
+        self._host: list[torch.Tensor] = []
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
+
+    def add(self, values: torch.Tensor) -> None:
+        """Start copying ``values`` to the host; :meth:`wait` returns it, in order."""
+        if values.device.type == "cpu":
+            self._host.append(values)
+            return
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        self._streams.setdefault(values.device, torch.cuda.current_stream(values.device))
+        self._host.append(host)
+
+    def wait(self) -> list[np.ndarray]:
+        """The host arrays of every tensor added, once all copies are done."""
+        for stream in self._streams.values():
+            stream.synchronize()
+        self._streams.clear()
+        host, self._host = self._host, []
+        return [t.numpy() for t in host]
+
+
+#: NVIDIA's switch (read by cuBLAS and cuDNN themselves) that turns TF32 off for the whole
+#: process: ``NVIDIA_TF32_OVERRIDE=0`` makes ``--precision fp32`` IEEE fp32 throughout.
+TF32_OVERRIDE_ENV = "NVIDIA_TF32_OVERRIDE"
+
+
+def uses_tf32(device: str | torch.device, precision: str) -> bool:
+    """Whether a model at ``precision`` on ``device`` runs its fp32 matmuls and convolutions
+    on TF32 tensor cores (on Ampere and newer GPUs; older ones have none and run fp32).
+
+    ``--precision fp32`` on CUDA does, as JAX and TensorFlow do by default and PyTorch
+    already does for cuDNN convolutions: 10 mantissa bits in the products, fp32 sums and
+    range, several times the fp32 matmul speed, and class maps, labels and embeddings that
+    agree with IEEE fp32 as closely as bf16's do not. ``NVIDIA_TF32_OVERRIDE=0`` opts out.
+    """
+    return (
+        torch.device(device).type == "cuda"
+        and precision == "fp32"
+        and os.environ.get(TF32_OVERRIDE_ENV) != "0"
+    )
+
+
+@contextlib.contextmanager
+def tf32_math() -> Iterator[None]:
+    """Within the block, CUDA fp32 matmuls and convolutions may use TF32; the settings before
+    are restored after, so a process that runs batchvision keeps its own.
+
+    Only the new per-backend settings (``fp32_precision``) are read and written: PyTorch
+    refuses to read the legacy ``allow_tf32`` flags once the two are mixed, and setting
+    only what differs leaves untouched a process that chose TF32 itself.
+    """
+    conv = torch.backends.cudnn.conv  # type: ignore[attr-defined]  # set up at import, unstubbed
+    settings = (torch.backends.cuda.matmul, conv)
+    before = [s.fp32_precision for s in settings]
+    changed = [s for s, b in zip(settings, before, strict=True) if b != "tf32"]
+    for s in changed:
+        s.fp32_precision = "tf32"
+    try:
+        yield
+    finally:
+        for s, b in zip(settings, before, strict=True):
+            if s in changed:
+                s.fp32_precision = b
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[None]:
+    """The math context of a model call at ``precision``: autocast for bf16/fp16; for fp32,
+    TF32 on CUDA (see :func:`uses_tf32`), else nothing."""
     if precision == "fp32":
-        return nullcontext()
+        return tf32_math() if uses_tf32(device, precision) else nullcontext()
     return torch.autocast(device.type, dtype=DTYPES[precision])

@@ -11,7 +11,12 @@ UPSAMPLE_BYTES = 256 * 2**20
 MIN_UPSAMPLE_BYTES = 2**20
 
 
-def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], max_bytes: int) -> torch.Tensor:
+def upsample_argmax(
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    max_bytes: int,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """argmax over classes of ``logits`` ``(C, h, w)`` bilinearly upsampled to ``size``.
 
     Same as ``F.interpolate(..., mode="bilinear", align_corners=False)`` then argmax (what
@@ -20,16 +25,21 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], max_bytes: int)
     input rows, then interpolated along the width), so memory stays bounded for any image
     size and class count, and time grows with the output's pixels (C x out_h x (w + out_w)),
     not with the product of the input's and the output's sizes.
+
+    ``out``, an integer tensor of shape ``size`` on the logits' device, receives the class
+    ids band by band, converted to its dtype (uint8 for up to 256 classes: an eighth of the
+    argmax's int64); without it the result is int64.
     """
     c, h, w = logits.shape
     out_h, out_w = size
     logits = logits.float()
+    if out is None:
+        out = torch.empty(size, dtype=torch.int64, device=logits.device)
     if c * out_h * out_w * 4 <= max_bytes:
         up = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)
-        return up[0].argmax(0)
+        return out.copy_(up[0].argmax(0))
     y0, y1, fy = _bilinear_taps(h, out_h, logits.device)
     band = max(1, max_bytes // (4 * c * (out_w + 3 * w)))
-    rows = []
     for r0 in range(0, out_h, band):
         rs = slice(r0, r0 + band)
         # Rows: each output row blends its two input rows (bilinear is separable) ...
@@ -38,8 +48,8 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], max_bytes: int)
         # the image's own), by the native 1-D kernel.
         b = u.shape[1]
         v = F.interpolate(u.reshape(1, c * b, w), size=out_w, mode="linear", align_corners=False)
-        rows.append(v.view(c, b, out_w).argmax(0))
-    return torch.cat(rows)
+        out[rs].copy_(v.view(c, b, out_w).argmax(0))
+    return out
 
 
 def _bilinear_taps(

@@ -143,24 +143,32 @@ def without_image(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def ok_rows(batch: dict[str, Any]) -> tuple[np.ndarray, Any]:
-    """Indices of the ``ok`` rows and their images (``None`` when there are none).
-
-    Images on a GPU are indexed with the indices on that device: a numpy index would be
-    copied there from pageable memory, which waits for the device's queue.
-    """
+    """Indices of the ``ok`` rows and their images (``None`` when there are none)."""
     ok = np.flatnonzero(batch["status"] == "ok")
     if not len(ok):
         return ok, None
     images = batch["image"]
-    if len(ok) == len(images):
-        return ok, images
-    if isinstance(images, torch.Tensor):
-        return ok, images[device_index(ok, images.device)]
-    return ok, images[ok]
+    return ok, images if len(ok) == len(images) else take_rows(images, ok)
+
+
+def take_rows(images: Any, rows: np.ndarray) -> Any:
+    """``images[rows]`` for a numpy array, or a tensor (on the GPU after device decoding).
+
+    A tensor is never indexed with a numpy array: torch copies such an index to the device
+    from pageable memory and waits for the device to finish all its queued work first
+    (a boolean mask, whose count must come back, likewise). Consecutive rows are a slice
+    (a view, no copy); others an index sent to the device without blocking.
+    """
+    if isinstance(images, np.ndarray):
+        return images[rows]
+    if len(rows) and (np.diff(rows) == 1).all():
+        return images[int(rows[0]) : int(rows[-1]) + 1]
+    return images.index_select(0, device_index(rows, images.device))
 
 
 def device_index(rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Row indices as an int64 tensor on ``device``, copied without waiting for its queue."""
+    """Row indices as an int64 tensor on ``device``, copied without waiting for its queue
+    (from pinned memory: a copy from pageable memory would wait)."""
     index = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
     if device.type == "cuda":
         return index.pin_memory().to(device, non_blocking=True)

@@ -11,7 +11,7 @@ import torch
 from batchvision.errors import ConfigError
 from batchvision.stages.device import autocast
 from batchvision.tasks import register_task
-from batchvision.tasks.base import ListedLabels, without_image
+from batchvision.tasks.base import ListedLabels, take_rows, without_image
 
 if TYPE_CHECKING:
     from batchvision.config import RunConfig
@@ -165,7 +165,10 @@ class Detect(ListedLabels):
             pos = [j for j, k in enumerate(keys) if k == key]
             idx = ok[pos]
             group = detect(
-                predictor, images[idx], [inputs[j] for j in pos], [displayed[j] for j in pos]
+                predictor,
+                take_rows(images, idx),
+                [inputs[j] for j in pos],
+                [displayed[j] for j in pos],
             )
             for i, d in zip(idx, group, strict=True):
                 found[i] = d
