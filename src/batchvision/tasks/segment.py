@@ -122,14 +122,16 @@ def _upsample(
         except Exception as e:
             if not is_out_of_memory(e) or predictor.upsample_bytes <= MIN_UPSAMPLE_BYTES:
                 raise
-            free_cached_memory(predictor.device)
-            predictor.upsample_bytes = max(MIN_UPSAMPLE_BYTES, predictor.upsample_bytes // 2)
-            logger.warning(
-                "out of memory on %s upsampling a %dx%d class map (%s): retrying in "
-                "bands of at most %d MiB, and keeping that size",
-                *(predictor.device, size[1], size[0], str(e).splitlines()[0][:120]),
-                predictor.upsample_bytes // 2**20,
-            )
+            message = str(e).splitlines()[0][:120]
+        # Outside the handler: the failed band's traceback no longer holds its memory.
+        free_cached_memory(predictor.device)
+        predictor.upsample_bytes = max(MIN_UPSAMPLE_BYTES, predictor.upsample_bytes // 2)
+        logger.warning(
+            "out of memory on %s upsampling a %dx%d class map (%s): retrying in "
+            "bands of at most %d MiB, and keeping that size",
+            *(predictor.device, size[1], size[0], message),
+            predictor.upsample_bytes // 2**20,
+        )
 
 
 def encode_mask(class_map: np.ndarray) -> bytes:
