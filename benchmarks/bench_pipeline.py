@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--tiny-images", type=int, default=20000)
     ap.add_argument("--photos", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--only", default="", help="run the workloads whose name has this")
     args = ap.parse_args()
     trees = {"baseline": args.baseline.resolve(), "this tree": HERE}
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -99,6 +100,7 @@ def main() -> None:
                 "draft": False,
             },
         }  # fmt: skip
+        workloads = {k: v for k, v in workloads.items() if args.only in k}
         rates: dict[tuple[str, str], list[float]] = {}
         for r in range(args.rounds):
             for name, kw in workloads.items():
