@@ -183,8 +183,8 @@ def test_segment_maps_are_made_in_the_map_dtype_and_read_back_in_few_copies(
     from batchvision.stages.device import HostCopies
 
     torch.manual_seed(classes)
-    sizes = [(37, 53), (80, 60), (5, 400), (61, 45)]
-    logits = torch.randn(len(sizes), classes, 8, 9)
+    sizes = [(7, 9), (10, 8), (2, 40), (8, 6)]  # small: 40000 classes upsample per pixel
+    logits = torch.randn(len(sizes), classes, 4, 5)
     logits[1, classes - 1] += 5  # the highest id wins there (past int16's 32767 for 40000)
     predictor = SimpleNamespace(
         logits=lambda images: logits,
@@ -208,11 +208,11 @@ def test_segment_maps_are_made_in_the_map_dtype_and_read_back_in_few_copies(
         real_add(self, values)
 
     monkeypatch.setattr(HostCopies, "add", add)
-    # Room for the first two maps (37*53 + 80*60 = 6761 pixels) in one copy, not three.
-    monkeypatch.setattr(seg, "READBACK_BYTES", 7000 * np.dtype(dtype).itemsize)
+    # Room for the first two maps (7*9 + 10*8 = 143 pixels) in one copy, not three.
+    monkeypatch.setattr(seg, "READBACK_BYTES", 150 * np.dtype(dtype).itemsize)
     maps = seg.segment(predictor, np.zeros((4, 1, 1, 3), np.uint8), sizes)  # type: ignore[arg-type]
     assert made == [torch.uint8 if dtype == np.uint8 else torch.int16] * 4  # never int64
-    assert copied == [37 * 53 + 80 * 60, 5 * 400 + 61 * 45]
+    assert copied == [7 * 9 + 10 * 8, 2 * 40 + 8 * 6]
     for i, (m, size) in enumerate(zip(maps, sizes, strict=True)):
         expected = real_upsample(logits[i], size, 1 << 30).numpy()
         assert m.dtype == dtype and m.shape == size

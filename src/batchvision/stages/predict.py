@@ -148,6 +148,8 @@ class Predictor:
         out of memory again the wait before the next try doubles. Tasks whose model output
         is not one tensor (detection) run their own forward through this.
         """
+        if n == 0:
+            return [run(0, 0)]
         outs: list[_R] = []
         start = 0
         while start < n:
