@@ -16,6 +16,7 @@ from batchvision.stages.device_decode import decode_batch_device
 from batchvision.stages.device_route import CPU, DEVICE, frame_type, route_batch
 from batchvision.stages.preprocess import decode_batch
 from tests.unit import odd_images as oi
+from tests.unit.test_device_decode import _batch as read_batch
 
 CPU_DEVICE = torch.device("cpu")
 
@@ -41,16 +42,8 @@ def _inputs() -> dict[str, bytes | None]:
 
 
 def _batch(inputs: dict[str, bytes | None]) -> dict[str, np.ndarray]:
-    n = len(inputs)
-    data = np.empty(n, dtype=object)
-    data[:] = list(inputs.values())
-    return {
-        "id": np.array(list(inputs), dtype=object),
-        "path": np.array([f"/in/{k}" for k in inputs], dtype=object),
-        "bytes": data,
-        "error": np.array([None if v is not None else "not_found: x" for v in inputs.values()]),
-        "label": np.arange(n),  # a column the source keeps
-    }
+    """test_device_decode's read batch, with a column the source keeps."""
+    return {**read_batch(inputs), "label": np.arange(len(inputs))}
 
 
 def test_mpo_is_what_pillow_reports_for_the_fixture() -> None:

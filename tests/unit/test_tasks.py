@@ -180,7 +180,7 @@ def test_segment_maps_are_made_in_the_map_dtype_and_read_back_in_few_copies(
     from types import SimpleNamespace
 
     import batchvision.tasks.segment as seg
-    from batchvision.stages.device import HostCopies
+    from batchvision.stages.readback import Readback
 
     torch.manual_seed(classes)
     sizes = [(7, 9), (10, 8), (2, 40), (8, 6)]  # small: 40000 classes upsample per pixel
@@ -200,14 +200,14 @@ def test_segment_maps_are_made_in_the_map_dtype_and_read_back_in_few_copies(
         return real_upsample(logits, size, max_bytes, out=out)
 
     copied: list[int] = []
-    real_add = HostCopies.add
+    real_readback = seg.start_readback
     monkeypatch.setattr(seg, "upsample_argmax", upsample)
 
-    def add(self: HostCopies, values: torch.Tensor) -> None:
-        copied.append(values.numel())
-        real_add(self, values)
+    def readback(columns: dict[str, torch.Tensor], device: torch.device) -> Readback:
+        copied.append(columns["maps"].numel())
+        return real_readback(columns, device)
 
-    monkeypatch.setattr(HostCopies, "add", add)
+    monkeypatch.setattr(seg, "start_readback", readback)
     # Room for the first two maps (7*9 + 10*8 = 143 pixels) in one copy, not three.
     monkeypatch.setattr(seg, "READBACK_BYTES", 150 * np.dtype(dtype).itemsize)
     maps = seg.segment(predictor, np.zeros((4, 1, 1, 3), np.uint8), sizes)  # type: ignore[arg-type]

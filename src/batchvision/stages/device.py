@@ -7,7 +7,6 @@ import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 
-import numpy as np
 import torch
 
 from batchvision.config import TORCH_PRECISIONS, Precision
@@ -72,39 +71,6 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
-
-
-class HostCopies:
-    """Device tensors copied to the host as they are made, then one wait for them all.
-
-    From a GPU each copy goes into pinned memory without blocking: a pageable copy goes
-    through a staging buffer at a fraction of the bandwidth, and ``.cpu()`` per tensor
-    waits for the device once per tensor. :meth:`wait` waits on the device's stream once.
-    A device tensor may be freed once added: the caching allocator hands its memory out
-    again only to work queued after the copy. On the CPU a tensor is its own host copy.
-    """
-
-    def __init__(self) -> None:
-        self._host: list[torch.Tensor] = []
-        self._streams: dict[torch.device, torch.cuda.Stream] = {}
-
-    def add(self, values: torch.Tensor) -> None:
-        """Start copying ``values`` to the host; :meth:`wait` returns it, in order."""
-        if values.device.type == "cpu":
-            self._host.append(values)
-            return
-        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-        host.copy_(values, non_blocking=True)
-        self._streams.setdefault(values.device, torch.cuda.current_stream(values.device))
-        self._host.append(host)
-
-    def wait(self) -> list[np.ndarray]:
-        """The host arrays of every tensor added, once all copies are done."""
-        for stream in self._streams.values():
-            stream.synchronize()
-        self._streams.clear()
-        host, self._host = self._host, []
-        return [t.numpy() for t in host]
 
 
 #: NVIDIA's switch (read by cuBLAS and cuDNN themselves) that turns TF32 off for the whole

@@ -15,7 +15,7 @@ from PIL import Image
 
 from batchvision.io.sinks import COMMON_FIELDS
 from batchvision.stages.batching import free_cached_memory, is_out_of_memory
-from batchvision.stages.device import HostCopies
+from batchvision.stages.readback import start_readback
 from batchvision.stages.upsample import MIN_UPSAMPLE_BYTES, upsample_argmax
 from batchvision.tasks import register_task
 from batchvision.tasks.base import ListedLabels, take_rows, without_image
@@ -67,13 +67,13 @@ def segment(
     Each map is made on the device straight into its slice of a flat buffer in the map's
     dtype (never the argmax's int64, 8 bytes a pixel: 96 MB for 12 MP), and a buffer of
     maps (up to ``READBACK_BYTES``) crosses to the host in one copy, with one wait for the
-    device per batch (:class:`~batchvision.stages.device.HostCopies`). The maps returned
+    device per buffer (:func:`~batchvision.stages.readback.start_readback`). The maps returned
     are views of those host buffers.
     """
     logits = predictor.logits(images)
     dtype = map_dtype(predictor.spec)
     chunks = _chunks(sizes, READBACK_BYTES // np.dtype(dtype).itemsize)
-    copies = HostCopies()
+    readbacks = []
     i = 0
     for chunk in chunks:
         flat = torch.empty(
@@ -83,10 +83,10 @@ def segment(
         for h, w in chunk:
             _upsample(predictor, logits[i], (h, w), flat[start : start + h * w].view(h, w))
             start, i = start + h * w, i + 1
-        copies.add(flat)
+        readbacks.append(start_readback({"maps": flat}, logits.device))
     maps = []
-    for chunk, host in zip(chunks, copies.wait(), strict=True):
-        pixels = host.view(dtype)
+    for chunk, readback in zip(chunks, readbacks, strict=True):
+        pixels = readback.wait()["maps"].view(dtype)
         start = 0
         for h, w in chunk:
             maps.append(pixels[start : start + h * w].reshape(h, w))
